@@ -1,0 +1,243 @@
+//! gRPC client of the provider that implements [`DocumentProvider`] and [`DocumentProvisioner`].
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use shared::{DocumentOptions, DocumentProvider, ProviderClient};
+//! let provider = ProviderClient::connect("http://127.0.0.1:50051")?;
+//! let result = provider.get_document("ASX:GNP", &DocumentOptions::new().cache_hours(24)).await?;
+//! println!("{} v{}", result.document_id, result.version);
+//! # Ok(()) }
+//! ```
+//!
+//! Every call carries a deadline; UNAVAILABLE is retried with exponential backoff and full
+//! jitter up to a bound; several comma-separated endpoints are balanced over one lazily
+//! connected channel that is reused by every call.
+
+use std::{future::Future, time::Duration};
+
+use async_trait::async_trait;
+use rand::Rng;
+use tonic::{
+    metadata::MetadataValue,
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+    Code, Request, Status,
+};
+
+use crate::{
+    proto::documents::v1::document_provider_client::DocumentProviderClient,
+    provider::{
+        ensure_documents_request, get_document_request, get_documents_request, DocumentOptions,
+        DocumentProvider, DocumentProvisioner, DocumentResult, ItemError, Provisioned,
+    },
+};
+
+/// How the client talks to the provider.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline of each attempt, sent to the server as `grpc-timeout`.
+    pub timeout: Duration,
+    /// Retries after the first attempt when the answer is UNAVAILABLE.
+    pub retries: u32,
+    /// First backoff; doubles on every retry, capped by `max_backoff`, with full jitter.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Bearer token sent on every call, if the provider requires one.
+    pub auth_token: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retries: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            auth_token: None,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Inner = DocumentProviderClient<InterceptedService<Channel, BearerToken>>;
+
+/// A cheap-to-clone client of one or more provider endpoints.
+#[derive(Clone)]
+pub struct ProviderClient {
+    inner: Inner,
+    config: ClientConfig,
+}
+
+/// Parses a comma-separated list of endpoint URLs.
+pub fn parse_endpoints(
+    urls: &str,
+    connect_timeout: Duration,
+) -> Result<Vec<Endpoint>, anyhow::Error> {
+    let endpoints = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            Endpoint::from_shared(u.to_string())
+                .map(|e| {
+                    e.connect_timeout(connect_timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                        .keep_alive_timeout(Duration::from_secs(10))
+                        .keep_alive_while_idle(true)
+                })
+                .map_err(|e| anyhow::anyhow!("provider URL {u:?} is invalid: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        anyhow::bail!("provider URL list is empty: expected e.g. http://127.0.0.1:50051");
+    }
+    Ok(endpoints)
+}
+
+impl ProviderClient {
+    /// A client of `urls` (comma-separated) with default settings. Connects lazily.
+    pub fn connect(urls: &str) -> Result<Self, anyhow::Error> {
+        Self::with_config(urls, ClientConfig::default())
+    }
+
+    /// A client of `urls` (comma-separated). Connects lazily, so a provider that is down at
+    /// start-up only fails the calls made while it is down.
+    pub fn with_config(urls: &str, config: ClientConfig) -> Result<Self, anyhow::Error> {
+        let mut endpoints = parse_endpoints(urls, config.connect_timeout)?;
+        let channel = if endpoints.len() == 1 {
+            endpoints.remove(0).connect_lazy()
+        } else {
+            Channel::balance_list(endpoints.into_iter())
+        };
+        let token = config
+            .auth_token
+            .as_deref()
+            .map(|t| {
+                format!("Bearer {t}").parse().map_err(|_| {
+                    anyhow::anyhow!("auth token contains characters not allowed in a header")
+                })
+            })
+            .transpose()?;
+        let inner = DocumentProviderClient::with_interceptor(channel, BearerToken(token))
+            .max_decoding_message_size(64 * 1024 * 1024);
+        Ok(Self { inner, config })
+    }
+
+    /// Runs `call` with a deadline per attempt, retrying UNAVAILABLE with backoff and jitter.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Inner, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let timeout = self.config.timeout;
+            let result =
+                match tokio::time::timeout(timeout, call(self.inner.clone(), timeout)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "provider did not answer within {timeout:?}"
+                    ))),
+                };
+            match result {
+                Err(s) if s.code() == Code::Unavailable && attempt < self.config.retries => {
+                    let cap = self
+                        .config
+                        .initial_backoff
+                        .saturating_mul(1 << attempt.min(16))
+                        .min(self.config.max_backoff);
+                    let sleep = rand::rng().random_range(Duration::ZERO..=cap);
+                    tracing::debug!(attempt, ?sleep, error = %s.message(), "provider unavailable, retrying");
+                    tokio::time::sleep(sleep).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn with_deadline<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut req = Request::new(message);
+    req.set_timeout(timeout);
+    req
+}
+
+#[async_trait]
+impl DocumentProvider for ProviderClient {
+    async fn get_document(
+        &self,
+        identifier: &str,
+        options: &DocumentOptions,
+    ) -> Result<DocumentResult, Status> {
+        let msg = get_document_request(identifier, options);
+        let r = self
+            .with_retries(|mut c, t| {
+                let msg = msg.clone();
+                async move { c.get_document(with_deadline(msg, t)).await }
+            })
+            .await?;
+        let result: DocumentResult = r.into_inner().into();
+        match &result.error {
+            // A server that reports the failure in the body rather than the status.
+            Some(e) => Err(e.to_status()),
+            None => Ok(result),
+        }
+    }
+
+    async fn get_documents(
+        &self,
+        identifiers: &[String],
+        options: &DocumentOptions,
+    ) -> Result<Vec<DocumentResult>, Status> {
+        let msg = get_documents_request(identifiers, options);
+        let r = self
+            .with_retries(|mut c, t| {
+                let msg = msg.clone();
+                async move { c.get_documents(with_deadline(msg, t)).await }
+            })
+            .await?;
+        Ok(r.into_inner().results.into_iter().map(Into::into).collect())
+    }
+}
+
+#[async_trait]
+impl DocumentProvisioner for ProviderClient {
+    async fn ensure_documents(
+        &self,
+        identifiers: &[String],
+        options: &DocumentOptions,
+    ) -> Result<Provisioned, Status> {
+        let msg = ensure_documents_request(identifiers, options);
+        let r = self
+            .with_retries(|mut c, t| {
+                let msg = msg.clone();
+                async move { c.ensure_documents(with_deadline(msg, t)).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Provisioned {
+            document_ids: r.document_ids,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|(k, v)| (k, ItemError::from(v)))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! Document kinds: the `kind` field of requests and the `source_type` of stored documents.
+
+use std::{fmt, str::FromStr};
+
+/// A kind of document. Each kind has exactly one owning service that writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// ASX company announcements; owned by the provider. The default kind.
+    Announcement,
+    /// End-of-day prices and derived figures; owned by the provider.
+    MarketData,
+    /// The consumer's record of the PDFs it downloaded; owned by the consumer.
+    AnnouncementDownload,
+}
+
+/// The kind string is not one of the known kinds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kind {0:?} is unknown: expected one of announcement, market_data, announcement_download")]
+pub struct UnknownKind(pub String);
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [
+        Kind::Announcement,
+        Kind::MarketData,
+        Kind::AnnouncementDownload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Announcement => "announcement",
+            Kind::MarketData => "market_data",
+            Kind::AnnouncementDownload => "announcement_download",
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s.trim())
+            .ok_or_else(|| UnknownKind(s.chars().take(64).collect()))
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_unknown_is_named() {
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>().unwrap(), k);
+        }
+        let err = "prices".parse::<Kind>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"prices\"") && err.contains("market_data"),
+            "{err}"
+        );
+    }
+}

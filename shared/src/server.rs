@@ -1,0 +1,142 @@
+//! Plumbing both gRPC servers share: the health and reflection services, serving with a bounded
+//! drain on shutdown, the shutdown signal, and the `healthcheck` probe.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use anyhow::Context;
+use tonic_health::{
+    pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest},
+    server::HealthReporter,
+};
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// Health service with `service_name` (and the overall "" entry) reported NOT_SERVING until the
+/// caller marks it ready.
+pub async fn health_service(
+    service_name: &'static str,
+) -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    set_serving(&reporter, service_name, false).await;
+    (reporter, service)
+}
+
+/// Marks `service_name` and the overall server SERVING or NOT_SERVING.
+pub async fn set_serving(reporter: &HealthReporter, service_name: &str, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status(service_name, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
+/// grpcurl 1.8 speaks), describing this project's services and health.
+pub fn reflection_services() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+    Ok((v1, v1alpha))
+}
+
+/// A future that resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs a server until `shutdown` resolves, then lets in-flight calls finish for at most `drain`.
+/// `serve` receives the future that tells the server to stop accepting and drain.
+pub async fn serve_with_drain<S, Fut>(
+    serve: S,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> anyhow::Result<()>
+where
+    S: FnOnce(ShutdownFuture) -> Fut,
+    Fut: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(serve(Box::pin(async {
+        let _ = stop_rx.await;
+    })));
+    tokio::select! {
+        r = &mut server => return r.context("server task failed")?.context("server failed"),
+        _ = shutdown => {},
+    }
+    tracing::info!(?drain, "shutting down: draining in-flight calls");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(r) => r.context("server task failed")?.context("server failed"),
+        Err(_) => {
+            tracing::warn!(?drain, "drain time exceeded, closing remaining calls");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Calls `grpc.health.v1.Health/Check` for `service_name` on `listen_addr` and answers whether
+/// it is SERVING. A wildcard listen address is probed on loopback.
+pub async fn healthcheck(listen_addr: &str, service_name: &str) -> anyhow::Result<bool> {
+    let mut addr: SocketAddr = listen_addr
+        .parse()
+        .with_context(|| format!("listen address {listen_addr:?} is not host:port"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service_name.to_string(),
+        })
+        .await
+        .with_context(|| format!("health check of {service_name:?} on {addr}"))?;
+    Ok(resp.into_inner().status() == ServingStatus::Serving)
+}

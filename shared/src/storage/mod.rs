@@ -1,0 +1,240 @@
+//! Storage of documents and attachments: one [`DocumentStore`] trait with a PostgreSQL and an
+//! SQLite implementation, chosen at start-up from the database URL, each with its own embedded
+//! migrations.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A storage failure. Callers map it to UNAVAILABLE (the database is down or busy) or INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database URL {0:?} is not supported: expected sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StorageError::Unavailable(e),
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    // SQLITE_BUSY / SQLITE_LOCKED, PostgreSQL admin shutdown / cannot connect now.
+                    matches!(&*c, "5" | "6" | "517" | "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                StorageError::Unavailable(e)
+            }
+            other => StorageError::Database(other),
+        }
+    }
+}
+
+impl StorageError {
+    /// The gRPC code a caller should see for this failure.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            StorageError::Unavailable(_) => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        }
+    }
+}
+
+/// What the provider needs to judge freshness of a stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentHead {
+    pub id: String,
+    pub source_id: String,
+    pub tags: Vec<String>,
+    pub version: i64,
+    pub last_synced: DateTime<Utc>,
+}
+
+/// The heads found by one lookup, and the database's clock at the time of the lookup.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub now: DateTime<Utc>,
+    pub heads: Vec<DocumentHead>,
+}
+
+/// A whole stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub id: String,
+    pub source_type: String,
+    pub source_id: String,
+    pub title: String,
+    pub content_markdown: String,
+    pub content_json: serde_json::Value,
+    pub tags: Vec<String>,
+    pub content_hash: String,
+    pub version: i64,
+    pub last_synced: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StoredDocument {
+    pub fn head(&self) -> DocumentHead {
+        DocumentHead {
+            id: self.id.clone(),
+            source_id: self.source_id.clone(),
+            tags: self.tags.clone(),
+            version: self.version,
+            last_synced: self.last_synced,
+        }
+    }
+}
+
+/// New content for a document, as a source or the consumer produces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewContent {
+    pub title: String,
+    pub content_markdown: String,
+    pub content_json: serde_json::Value,
+    pub tags: Vec<String>,
+}
+
+impl NewContent {
+    /// sha256 (hex) over title, markdown and JSON content.
+    pub fn content_hash(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.title.as_bytes(),
+            self.content_markdown.as_bytes(),
+            self.content_json.to_string().as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// A binary attachment to store with a document, under a name unique within the document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+impl NewAttachment {
+    /// The content address: sha256 (hex) of the bytes.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(&self.data))
+    }
+}
+
+/// A document's reference to an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentRef {
+    pub name: String,
+    pub hash: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+}
+
+/// The result of writing a document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub head: DocumentHead,
+    /// True when the row was inserted, false when an existing row was refreshed.
+    pub inserted: bool,
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The one storage interface both services use.
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Applies the embedded migrations; safe when several processes start at once.
+    async fn migrate(&self) -> Result<(), StorageError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Heads of the documents of `source_type` with any of `source_ids`, in one query, with the
+    /// database's clock.
+    async fn lookup(
+        &self,
+        source_type: &str,
+        source_ids: &[String],
+    ) -> Result<Lookup, StorageError>;
+
+    /// Inserts the document for (source_type, source_id), or refreshes it in place: same ID,
+    /// version + 1, `last_synced` = the database's now. Attachments are stored (deduplicated by
+    /// hash) and linked to the document in the same transaction; the document's previous links
+    /// are kept unless replaced under the same name.
+    async fn upsert(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        content: &NewContent,
+        attachments: &[NewAttachment],
+    ) -> Result<Written, StorageError>;
+
+    /// A whole document by ID.
+    async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError>;
+
+    /// A whole document by source key.
+    async fn get_by_source(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<StoredDocument>, StorageError>;
+
+    /// The attachments a document references.
+    async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError>;
+
+    /// The bytes of an attachment.
+    async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// Connects to `url` (`sqlite://PATH` or `postgres://...`) without migrating.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn DocumentStore>, StorageError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else {
+        Err(StorageError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// A fresh, unused document ID.
+pub(crate) fn new_document_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,231 @@
+//! PostgreSQL implementation of [`DocumentStore`]. Timestamps come from the database's clock
+//! (`now()`), so provider replicas with skewed clocks agree on freshness.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{
+    postgres::{PgPoolOptions, PgRow},
+    PgPool, Row,
+};
+
+use super::{
+    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Lookup, NewAttachment,
+    NewContent, StorageError, StoredDocument, Written,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const DOCUMENT_COLUMNS: &str =
+    "id, source_type, source_id, title, content_markdown, content_json, \
+     tags, content_hash, version, last_synced, created_at, updated_at";
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
+    Ok(StoredDocument {
+        id: row.try_get("id")?,
+        source_type: row.try_get("source_type")?,
+        source_id: row.try_get("source_id")?,
+        title: row.try_get("title")?,
+        content_markdown: row.try_get("content_markdown")?,
+        content_json: row.try_get("content_json")?,
+        tags: row.try_get("tags")?,
+        content_hash: row.try_get("content_hash")?,
+        version: row.try_get("version")?,
+        last_synced: row.try_get("last_synced")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl DocumentStore for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> Result<(), StorageError> {
+        // sqlx takes a PostgreSQL advisory lock around the migrations, so replicas starting at
+        // once apply them exactly once.
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn lookup(
+        &self,
+        source_type: &str,
+        source_ids: &[String],
+    ) -> Result<Lookup, StorageError> {
+        // The LEFT JOIN always yields one row, so the database clock comes back even on a miss.
+        let rows = sqlx::query(
+            "SELECT n.db_now, d.id, d.source_id, d.tags, d.version, d.last_synced \
+             FROM (SELECT now() AS db_now) n \
+             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
+        )
+        .bind(source_type)
+        .bind(source_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut now = Utc::now();
+        let mut heads = Vec::with_capacity(rows.len());
+        for row in &rows {
+            now = row.try_get("db_now")?;
+            let id: Option<String> = row.try_get("id")?;
+            if let Some(id) = id {
+                heads.push(DocumentHead {
+                    id,
+                    source_id: row.try_get("source_id")?,
+                    tags: row.try_get("tags")?,
+                    version: row.try_get("version")?,
+                    last_synced: row.try_get("last_synced")?,
+                });
+            }
+        }
+        Ok(Lookup { now, heads })
+    }
+
+    async fn upsert(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        content: &NewContent,
+        attachments: &[NewAttachment],
+    ) -> Result<Written, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                 content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now()) \
+             ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                 title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
+                 content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
+                 content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
+                 last_synced = now(), updated_at = now() \
+             RETURNING id, source_id, tags, version, last_synced",
+        )
+        .bind(new_document_id())
+        .bind(source_type)
+        .bind(source_id)
+        .bind(&content.title)
+        .bind(&content.content_markdown)
+        .bind(&content.content_json)
+        .bind(&content.tags)
+        .bind(content.content_hash())
+        .fetch_one(&mut *tx)
+        .await?;
+        let head = DocumentHead {
+            id: row.try_get("id")?,
+            source_id: row.try_get("source_id")?,
+            tags: row.try_get("tags")?,
+            version: row.try_get("version")?,
+            last_synced: row.try_get("last_synced")?,
+        };
+        for a in attachments {
+            let hash = a.hash();
+            sqlx::query(
+                "INSERT INTO attachments (hash, content_type, size_bytes, data) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&hash)
+            .bind(&a.content_type)
+            .bind(a.data.len() as i64)
+            .bind(&a.data)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO document_attachments (document_id, name, attachment_hash) \
+                 VALUES ($1, $2, $3) \
+                 ON CONFLICT (document_id, name) DO UPDATE SET attachment_hash = EXCLUDED.attachment_hash",
+            )
+            .bind(&head.id)
+            .bind(&a.name)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Written {
+            inserted: head.version == 1,
+            head,
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
+        let sql = format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn get_by_source(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<StoredDocument>, StorageError> {
+        let sql = format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source_type = $1 AND source_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(source_type)
+            .bind(source_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT l.name, l.attachment_hash, a.content_type, a.size_bytes \
+             FROM document_attachments l JOIN attachments a ON a.hash = l.attachment_hash \
+             WHERE l.document_id = $1 ORDER BY l.name",
+        )
+        .bind(document_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttachmentRef {
+                    name: r.try_get("name")?,
+                    hash: r.try_get("attachment_hash")?,
+                    content_type: r.try_get("content_type")?,
+                    size_bytes: r.try_get("size_bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let row = sqlx::query("SELECT data FROM attachments WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("data")).transpose()?)
+    }
+}

@@ -1,0 +1,273 @@
+//! SQLite implementation of [`DocumentStore`]: the zero-setup default. WAL journal and a busy
+//! timeout let a provider and a consumer share one file. All processes using a file are on one
+//! machine, so the local clock is the database's clock.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+    types::Json,
+    Row, SqlitePool,
+};
+
+use super::{
+    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Lookup, NewAttachment,
+    NewContent, StorageError, StoredDocument, Written,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const DOCUMENT_COLUMNS: &str =
+    "id, source_type, source_id, title, content_markdown, content_json, \
+     tags, content_hash, version, last_synced, created_at, updated_at";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StorageError::Unavailable(e.into()))?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn document_from_row(row: &SqliteRow) -> Result<StoredDocument, StorageError> {
+    let content_json: Json<serde_json::Value> = row.try_get("content_json")?;
+    let tags: Json<Vec<String>> = row.try_get("tags")?;
+    Ok(StoredDocument {
+        id: row.try_get("id")?,
+        source_type: row.try_get("source_type")?,
+        source_id: row.try_get("source_id")?,
+        title: row.try_get("title")?,
+        content_markdown: row.try_get("content_markdown")?,
+        content_json: content_json.0,
+        tags: tags.0,
+        content_hash: row.try_get("content_hash")?,
+        version: row.try_get("version")?,
+        last_synced: row.try_get("last_synced")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn head_from_row(row: &SqliteRow) -> Result<DocumentHead, StorageError> {
+    let tags: Json<Vec<String>> = row.try_get("tags")?;
+    Ok(DocumentHead {
+        id: row.try_get("id")?,
+        source_id: row.try_get("source_id")?,
+        tags: tags.0,
+        version: row.try_get("version")?,
+        last_synced: row.try_get("last_synced")?,
+    })
+}
+
+#[async_trait]
+impl DocumentStore for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StorageError> {
+        // SQLite has no advisory lock: when two processes migrate a new file at once, the loser
+        // fails on the winner's bookkeeping row. The migrations are idempotent, so run again and
+        // let the second pass see them applied.
+        let mut last = None;
+        for attempt in 0..5u64 {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "sqlite migration raced, retrying");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+                }
+            }
+        }
+        Err(last.expect("at least one attempt").into())
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn lookup(
+        &self,
+        source_type: &str,
+        source_ids: &[String],
+    ) -> Result<Lookup, StorageError> {
+        let ids =
+            serde_json::to_string(source_ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let now = Utc::now();
+        let rows = sqlx::query(
+            "SELECT id, source_id, tags, version, last_synced FROM documents \
+             WHERE source_type = ?1 AND source_id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(source_type)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let heads = rows.iter().map(head_from_row).collect::<Result<_, _>>()?;
+        Ok(Lookup { now, heads })
+    }
+
+    async fn upsert(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        content: &NewContent,
+        attachments: &[NewAttachment],
+    ) -> Result<Written, StorageError> {
+        let now = Utc::now();
+        // BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on the busy
+        // timeout instead of failing on a lock upgrade.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let result = async {
+            let row = sqlx::query(
+                "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                     content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9, ?9) \
+                 ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                     title = excluded.title, content_markdown = excluded.content_markdown, \
+                     content_json = excluded.content_json, tags = excluded.tags, \
+                     content_hash = excluded.content_hash, version = documents.version + 1, \
+                     last_synced = excluded.last_synced, updated_at = excluded.updated_at \
+                 RETURNING id, source_id, tags, version, last_synced",
+            )
+            .bind(new_document_id())
+            .bind(source_type)
+            .bind(source_id)
+            .bind(&content.title)
+            .bind(&content.content_markdown)
+            .bind(Json(&content.content_json))
+            .bind(Json(&content.tags))
+            .bind(content.content_hash())
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+            let head = head_from_row(&row)?;
+            for a in attachments {
+                let hash = a.hash();
+                sqlx::query(
+                    "INSERT INTO attachments (hash, content_type, size_bytes, data, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(&hash)
+                .bind(&a.content_type)
+                .bind(a.data.len() as i64)
+                .bind(&a.data)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO document_attachments (document_id, name, attachment_hash) \
+                     VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (document_id, name) DO UPDATE SET attachment_hash = excluded.attachment_hash",
+                )
+                .bind(&head.id)
+                .bind(&a.name)
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok::<_, StorageError>(head)
+        }
+        .await;
+        match result {
+            Ok(head) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(Written {
+                    inserted: head.version == 1,
+                    head,
+                })
+            }
+            Err(e) => {
+                // Best effort: if the rollback fails too, the connection is closed with the
+                // transaction still open, and SQLite discards it.
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.detach();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
+        let sql = format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn get_by_source(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<StoredDocument>, StorageError> {
+        let sql = format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source_type = ?1 AND source_id = ?2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(source_type)
+            .bind(source_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT l.name, l.attachment_hash, a.content_type, a.size_bytes \
+             FROM document_attachments l JOIN attachments a ON a.hash = l.attachment_hash \
+             WHERE l.document_id = ?1 ORDER BY l.name",
+        )
+        .bind(document_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttachmentRef {
+                    name: r.try_get("name")?,
+                    hash: r.try_get("attachment_hash")?,
+                    content_type: r.try_get("content_type")?,
+                    size_bytes: r.try_get("size_bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let row = sqlx::query("SELECT data FROM attachments WHERE hash = ?1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("data")).transpose()?)
+    }
+}
