@@ -1,0 +1,128 @@
+//! Start-up and shutdown: binds the listener, serves health and reflection at once, connects
+//! and migrates the database in the background (health turns SERVING when done), and drains
+//! in-flight calls on shutdown.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use shared::{
+    proto::{
+        documents::v1::document_provider_server::DocumentProviderServer, PROVIDER_SERVICE_NAME,
+    },
+    server::{health_service, reflection_services, serve_with_drain, set_serving},
+    storage,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
+};
+
+use crate::{
+    config::Config,
+    grpc::{ProviderService, RequireToken},
+    provisioner::Provisioner,
+    sources,
+};
+
+/// Largest gRPC message accepted (a batch of identifiers).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+}
+
+impl Application {
+    /// Validates the configuration and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Fail fast on bad settings, before anything listens.
+        config.settings()?;
+        config.source_settings()?;
+        let listener = TcpListener::bind(&config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { config, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application { config, listener } = self;
+        let settings = config.settings()?;
+        let sources = sources::build(&config.source_settings()?)?;
+        let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
+        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let provisioner = Arc::new(OnceLock::new());
+
+        // The database comes up in the background; until then health says NOT_SERVING and
+        // calls answer UNAVAILABLE.
+        let cell = provisioner.clone();
+        let url = config.database_url.clone();
+        let max_conn = config.database_max_connections;
+        let ready = tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match async {
+                    let store = storage::connect(&url, max_conn).await?;
+                    store.migrate().await?;
+                    Ok::<_, storage::StorageError>(store)
+                }
+                .await
+                {
+                    Ok(store) => {
+                        let _ = cell.set(Arc::new(Provisioner::new(store, sources, settings)));
+                        set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
+                        tracing::info!("database ready: serving");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+
+        let service = DocumentProviderServer::new(ProviderService::new(provisioner))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        let token = RequireToken(
+            config
+                .auth_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        );
+        let router = Server::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_svc)
+            .add_service(InterceptedService::new(reflection_v1, token.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, token.clone()))
+            .add_service(InterceptedService::new(service, token));
+
+        tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
+        let incoming = TcpListenerStream::new(listener);
+        let result = serve_with_drain(
+            move |stop| router.serve_with_incoming_shutdown(incoming, stop),
+            shutdown,
+            Duration::from_millis(config.drain_timeout_ms),
+        )
+        .await;
+        ready.abort();
+        result
+    }
+}

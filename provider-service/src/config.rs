@@ -1,0 +1,174 @@
+//! Configuration: every option is a command-line flag with an environment variable behind it.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::{telemetry::LogFormat, Kind};
+
+use crate::{
+    provisioner::Settings,
+    sources::{HttpLimits, SourceSettings, UpstreamUrls},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provider-service",
+    version,
+    about = "gRPC document provider: makes sure fresh documents exist in the shared database and answers their IDs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Call grpc.health.v1.Health/Check on the configured listen address; exit 0 only when SERVING.
+    Healthcheck,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "PROVIDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: String,
+
+    /// Database: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/documents.db"
+    )]
+    pub database_url: String,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Bearer token required on every RPC but health. Unset: no authentication.
+    #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Kind served when a request leaves `kind` empty.
+    #[arg(long, env = "PROVIDER_DEFAULT_KIND", default_value = "announcement", value_parser = parse_kind)]
+    pub default_kind: Kind,
+
+    /// Freshness window in hours when a request leaves `options.cache_hours` unset.
+    #[arg(long, env = "PROVIDER_DEFAULT_CACHE_HOURS", default_value_t = 24)]
+    pub default_cache_hours: u32,
+
+    /// Exchange given to bare codes such as "GNP".
+    #[arg(long, env = "PROVIDER_DEFAULT_EXCHANGE", default_value = "ASX")]
+    pub default_exchange: String,
+
+    /// Largest batch accepted by GetDocuments and EnsureDocuments.
+    #[arg(long, env = "PROVIDER_MAX_BATCH_SIZE", default_value_t = 1000)]
+    pub max_batch_size: usize,
+
+    /// Fills running at once in this process.
+    #[arg(long, env = "PROVIDER_FILL_CONCURRENCY", default_value_t = 32)]
+    pub fill_concurrency: usize,
+
+    /// Replaces scheme and host of every upstream (listing, JSON API, PDFs, market data).
+    #[arg(long, env = "UPSTREAM_BASE_URL")]
+    pub upstream_base_url: Option<String>,
+
+    /// Base URL of the ASX website (announcement listing and PDFs); overrides UPSTREAM_BASE_URL.
+    #[arg(long, env = "ASX_BASE_URL")]
+    pub asx_base_url: Option<String>,
+
+    /// Base URL of the Markit Digital announcements API; overrides UPSTREAM_BASE_URL.
+    #[arg(long, env = "MARKIT_BASE_URL")]
+    pub markit_base_url: Option<String>,
+
+    /// Base URL of the end-of-day prices API; overrides UPSTREAM_BASE_URL.
+    #[arg(long, env = "MARKET_DATA_BASE_URL")]
+    pub market_data_base_url: Option<String>,
+
+    /// API token sent to the end-of-day prices API.
+    #[arg(long, env = "MARKET_DATA_API_TOKEN", hide_env_values = true)]
+    pub market_data_api_token: Option<String>,
+
+    /// Calendar years of announcements a fill fetches (the current one and those before).
+    #[arg(long, env = "ANNOUNCEMENT_YEARS", default_value_t = 2)]
+    pub announcement_years: u32,
+
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// Upstream total request timeout, in milliseconds.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 20_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// Largest upstream response body accepted, in bytes.
+    #[arg(long, env = "UPSTREAM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub upstream_max_body_bytes: usize,
+
+    /// Requests per second per upstream host, for the whole process (0: unlimited).
+    #[arg(long, env = "UPSTREAM_RATE_LIMIT", default_value_t = 20.0)]
+    pub upstream_rate_limit: f64,
+
+    /// Retries of a failed upstream GET (connection failures and 5xx).
+    #[arg(long, env = "UPSTREAM_RETRIES", default_value_t = 2)]
+    pub upstream_retries: u32,
+
+    /// Server-side deadline of a call when the client sets none, in milliseconds.
+    #[arg(long, env = "PROVIDER_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+
+    /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
+    #[arg(long, env = "PROVIDER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse::<Kind>().map_err(|e| e.to_string())
+}
+
+impl Config {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let exchange = self.default_exchange.trim().to_ascii_uppercase();
+        if !shared::ticker::KNOWN_EXCHANGES.contains(&exchange.as_str()) {
+            anyhow::bail!(
+                "--default-exchange {exchange:?} is unknown: expected one of {}",
+                shared::ticker::KNOWN_EXCHANGES.join(", ")
+            );
+        }
+        Ok(Settings {
+            default_kind: self.default_kind,
+            default_cache_hours: self.default_cache_hours,
+            default_exchange: exchange,
+            max_batch_size: self.max_batch_size,
+            fill_concurrency: self.fill_concurrency,
+        })
+    }
+
+    pub fn source_settings(&self) -> anyhow::Result<SourceSettings> {
+        Ok(SourceSettings {
+            urls: UpstreamUrls::resolve(
+                self.upstream_base_url.as_deref(),
+                self.asx_base_url.as_deref(),
+                self.markit_base_url.as_deref(),
+                self.market_data_base_url.as_deref(),
+            )?,
+            http: HttpLimits {
+                connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
+                total_timeout: Duration::from_millis(self.upstream_timeout_ms),
+                max_body_bytes: self.upstream_max_body_bytes,
+                rate_per_host: self.upstream_rate_limit,
+                retries: self.upstream_retries,
+            },
+            announcement_years: self.announcement_years,
+            market_data_api_token: self.market_data_api_token.clone(),
+        })
+    }
+}

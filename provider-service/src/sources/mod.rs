@@ -1,0 +1,136 @@
+//! Sources: what a fill fetches. One [`Source`] per document kind, all sharing one
+//! [`HttpClient`] and one set of upstream base URLs.
+
+pub mod announcements;
+pub mod http;
+pub mod market_data;
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use reqwest::Url;
+use shared::{storage::NewContent, Kind, Ticker};
+
+pub use http::{HttpClient, HttpLimits};
+
+/// Why a fill could not fetch its document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The upstream does not know the company.
+    #[error("{0}")]
+    NotFound(String),
+    /// The upstream is down, slow or overloaded (5xx, timeouts, connection failures).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The upstream answered something that cannot be parsed.
+    #[error("{0}")]
+    Malformed(String),
+    /// The identifier is valid but this source cannot serve it (e.g. a non-ASX ticker).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SourceError {
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            SourceError::NotFound(_) => tonic::Code::NotFound,
+            SourceError::Unavailable(_) => tonic::Code::Unavailable,
+            SourceError::Malformed(_) => tonic::Code::Internal,
+            SourceError::Unsupported(_) => tonic::Code::InvalidArgument,
+        }
+    }
+}
+
+/// Fetches the content of one kind of document for a ticker.
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    fn kind(&self) -> Kind;
+    async fn fetch(&self, ticker: &Ticker) -> Result<NewContent, SourceError>;
+}
+
+/// Base URLs of the real upstreams. `UPSTREAM_BASE_URL` replaces scheme and host of all of them.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrls {
+    /// ASX website: announcements HTML listing and announcement PDFs.
+    pub asx: Url,
+    /// Markit Digital JSON announcements API.
+    pub markit: Url,
+    /// End-of-day prices API.
+    pub market_data: Url,
+}
+
+impl UpstreamUrls {
+    pub const DEFAULT_ASX: &'static str = "https://www.asx.com.au";
+    pub const DEFAULT_MARKIT: &'static str = "https://asx.api.markitdigital.com";
+    pub const DEFAULT_MARKET_DATA: &'static str = "https://eodhd.com";
+
+    /// Builds the URLs: per-upstream overrides first, then the common base, then the defaults.
+    pub fn resolve(
+        base: Option<&str>,
+        asx: Option<&str>,
+        markit: Option<&str>,
+        market_data: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let pick = |own: Option<&str>, default: &str, name: &str| -> anyhow::Result<Url> {
+            let raw = own.or(base).unwrap_or(default);
+            let url =
+                Url::parse(raw).map_err(|e| anyhow::anyhow!("{name} {raw:?} is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                anyhow::bail!("{name} {raw:?} must be an http or https URL");
+            }
+            Ok(url)
+        };
+        Ok(Self {
+            asx: pick(asx, Self::DEFAULT_ASX, "ASX base URL")?,
+            markit: pick(markit, Self::DEFAULT_MARKIT, "Markit base URL")?,
+            market_data: pick(
+                market_data,
+                Self::DEFAULT_MARKET_DATA,
+                "market data base URL",
+            )?,
+        })
+    }
+}
+
+/// Joins a path (and query) onto a base URL, keeping any path prefix of the base.
+pub fn join(base: &Url, path_and_query: &str) -> Url {
+    let mut s = base.as_str().trim_end_matches('/').to_string();
+    s.push_str(path_and_query);
+    Url::parse(&s).unwrap_or_else(|_| base.clone())
+}
+
+/// The sources of the kinds this provider owns.
+pub type Sources = HashMap<Kind, Arc<dyn Source>>;
+
+/// Settings of the built-in sources.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub urls: UpstreamUrls,
+    pub http: HttpLimits,
+    /// How many calendar years of announcements (the current one and before) a fill fetches.
+    pub announcement_years: u32,
+    pub market_data_api_token: Option<String>,
+}
+
+/// The built-in sources: announcements and market data.
+pub fn build(settings: &SourceSettings) -> anyhow::Result<Sources> {
+    let http = HttpClient::new(settings.http.clone())?;
+    let mut sources: Sources = HashMap::new();
+    sources.insert(
+        Kind::Announcement,
+        Arc::new(announcements::AnnouncementsSource::new(
+            http.clone(),
+            settings.urls.clone(),
+            settings.announcement_years,
+        )),
+    );
+    sources.insert(
+        Kind::MarketData,
+        Arc::new(market_data::MarketDataSource::new(
+            http,
+            settings.urls.market_data.clone(),
+            settings.market_data_api_token.clone(),
+        )),
+    );
+    Ok(sources)
+}
