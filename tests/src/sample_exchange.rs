@@ -1,0 +1,529 @@
+//! The sample exchange: a local HTTP server that serves the real upstreams' paths and shapes
+//! from deterministic, clearly fictional data (every headline starts with "[SAMPLE]"), so the
+//! default run, the tests and the benchmarks exercise the real source code offline.
+//!
+//! Paths:
+//! - `GET /asx/v2/statistics/announcements.do?by=asxCode&asxCode=GNP&timeframe=Y&year=2025`:
+//!   HTML listing (an unknown code gets the page with an empty table, as the real site does);
+//! - `GET /asx-research/1.0/companies/gnp/announcements`: Markit-style JSON (404 when unknown);
+//! - `GET /asx/v2/statistics/displayAnnouncement.do?display=pdf&idsId=KEY`: a small valid PDF;
+//! - `GET /api/eod/GNP.AU?fmt=json&from=YYYY-MM-DD`: daily OHLCV bars (404 when unknown);
+//! - `GET /_stats`: request counts; `POST /_stats/reset`; `POST /_control`: test knobs
+//!   (`latency_ms`, `status` and `malformed` by path prefix, `fail_rate`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{Request, State},
+    http::{header, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
+use serde::{Deserialize, Serialize};
+
+/// A fictional company of the sample exchange.
+pub struct Company {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub base_price: f64,
+    /// Whether it has announcements (a quiet company has none).
+    pub announces: bool,
+}
+
+pub const COMPANIES: &[Company] = &[
+    Company {
+        code: "GNP",
+        name: "GenusPlus Group (sample)",
+        base_price: 2.4,
+        announces: true,
+    },
+    Company {
+        code: "BHP",
+        name: "BHP Group (sample)",
+        base_price: 44.0,
+        announces: true,
+    },
+    Company {
+        code: "CBA",
+        name: "Commonwealth Bank (sample)",
+        base_price: 130.0,
+        announces: true,
+    },
+    Company {
+        code: "QUIET",
+        name: "Quiet Holdings (sample)",
+        base_price: 1.0,
+        announces: false,
+    },
+];
+
+/// (month, day, headline, price sensitive) of each company's yearly announcements.
+const CALENDAR: &[(u32, u32, &str, bool)] = &[
+    (1, 29, "Quarterly Activities Report", false),
+    (2, 20, "Half Year Report and Appendix 4D", true),
+    (3, 10, "Change of Director's Interest Notice", false),
+    (4, 28, "Quarterly Activities Report", false),
+    (6, 3, "Trading Halt", true),
+    (7, 30, "Quarterly Activities Report", false),
+    (8, 27, "Appendix 4E and Annual Report", true),
+    (8, 27, "Preliminary Final Report", true),
+    (9, 5, "Dividend/Distribution", false),
+    (10, 15, "Notice of Annual General Meeting", false),
+    (11, 20, "Becoming a substantial holder", false),
+];
+
+/// How many years back the sample data reaches, counting the current one.
+pub const YEARS: i32 = 4;
+
+/// One sample announcement.
+#[derive(Debug, Clone)]
+pub struct SampleAnnouncement {
+    pub date: NaiveDate,
+    pub headline: String,
+    pub key: String,
+    pub price_sensitive: bool,
+    pub size: String,
+}
+
+pub fn company(code: &str) -> Option<(usize, &'static Company)> {
+    COMPANIES
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.code.eq_ignore_ascii_case(code))
+}
+
+/// A company's announcements of `year` up to `today`, newest first.
+pub fn announcements(code: &str, year: i32, today: NaiveDate) -> Vec<SampleAnnouncement> {
+    let Some((ci, c)) = company(code) else {
+        return Vec::new();
+    };
+    if !c.announces || year > today.year() || year <= today.year() - YEARS {
+        return Vec::new();
+    }
+    let mut out: Vec<SampleAnnouncement> = CALENDAR
+        .iter()
+        .enumerate()
+        .filter_map(|(seq, (m, d, headline, ps))| {
+            let date = NaiveDate::from_ymd_opt(year, *m, *d)?;
+            (date <= today).then(|| SampleAnnouncement {
+                date,
+                headline: format!("[SAMPLE] {headline}"),
+                key: key(ci, year, seq),
+                price_sensitive: *ps,
+                size: format!("{}KB", 100 + seq * 37),
+            })
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Eight-digit document key, unique per (company, year, calendar entry).
+fn key(company_index: usize, year: i32, seq: usize) -> String {
+    format!(
+        "{:02}{:02}{:04}",
+        company_index + 10,
+        year.rem_euclid(100),
+        seq + 1
+    )
+}
+
+/// Finds the announcement behind a document key.
+pub fn by_key(key: &str, today: NaiveDate) -> Option<SampleAnnouncement> {
+    let ci: usize = key.get(..2)?.parse::<usize>().ok()?.checked_sub(10)?;
+    let c = COMPANIES.get(ci)?;
+    (0..YEARS)
+        .flat_map(|i| announcements(c.code, today.year() - i, today))
+        .find(|a| a.key == key)
+}
+
+/// A minimal valid one-page PDF showing `text`.
+pub fn pdf(text: &str) -> Vec<u8> {
+    let safe: String = text
+        .chars()
+        .filter(|c| c.is_ascii() && !matches!(c, '(' | ')' | '\\'))
+        .collect();
+    let stream = format!("BT /F1 14 Tf 72 720 Td ({safe}) Tj ET");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+         /Resources << /Font << /F1 5 0 R >> >> >>"
+            .to_string(),
+        format!(
+            "<< /Length {} >>\nstream\n{stream}\nendstream",
+            stream.len()
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    let mut out = String::from("%PDF-1.4\n");
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.push_str(&format!("{} 0 obj\n{body}\nendobj\n", i + 1));
+    }
+    let xref = out.len();
+    out.push_str(&format!(
+        "xref\n0 {}\n0000000000 65535 f \n",
+        objects.len() + 1
+    ));
+    for o in offsets {
+        out.push_str(&format!("{o:010} 00000 n \n"));
+    }
+    out.push_str(&format!(
+        "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+        objects.len() + 1
+    ));
+    out.into_bytes()
+}
+
+/// One daily bar, in the EOD API's JSON shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Bar {
+    pub date: NaiveDate,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    pub adjusted_close: f64,
+    pub volume: u64,
+}
+
+/// Weekday bars of a company from `from` to `today`, deterministic per (code, date).
+pub fn bars(code: &str, from: NaiveDate, today: NaiveDate) -> Vec<Bar> {
+    let Some((ci, c)) = company(code) else {
+        return Vec::new();
+    };
+    let start = NaiveDate::from_ymd_opt(today.year() - YEARS + 1, 1, 1).unwrap_or(today);
+    let mut out = Vec::new();
+    let mut d = start.max(from);
+    while d <= today {
+        if !matches!(d.weekday(), Weekday::Sat | Weekday::Sun) {
+            let t = (d - start).num_days() as f64;
+            let phase = ci as f64 * 1.7;
+            let drift = 1.0 + t / 3000.0;
+            let wave = 1.0 + 0.08 * (t / 45.0 + phase).sin() + 0.03 * (t / 7.0 + phase).sin();
+            let close = round2(c.base_price * drift * wave);
+            let open = round2(close * (1.0 + 0.004 * (t / 3.0 + phase).cos()));
+            let high = round2(close.max(open) * 1.01);
+            let low = round2(close.min(open) * 0.99);
+            let volume = (100_000.0 * (1.5 + (t / 11.0 + phase).sin())) as u64;
+            out.push(Bar {
+                date: d,
+                open,
+                high,
+                low,
+                close,
+                adjusted_close: close,
+                volume,
+            });
+        }
+        d = d + Days::new(1);
+    }
+    out
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Test knobs, set with `POST /_control`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Control {
+    /// Added to every answer but `/_stats` and `/_control`.
+    pub latency_ms: u64,
+    /// Path prefix -> status answered instead of the real answer.
+    pub status: BTreeMap<String, u16>,
+    /// Path prefixes answered with a truncated, unparseable body.
+    pub malformed: Vec<String>,
+    /// Fraction (0..1) of answers replaced by 503.
+    pub fail_rate: f64,
+}
+
+#[derive(Default)]
+struct Shared {
+    control: Control,
+    by_path: BTreeMap<String, u64>,
+    by_request: BTreeMap<String, u64>,
+    total: u64,
+}
+
+/// Request counts, as `GET /_stats` answers them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Path (without query) -> requests.
+    pub by_path: BTreeMap<String, u64>,
+    /// Path and query -> requests.
+    pub by_request: BTreeMap<String, u64>,
+    pub total: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct AppState(Arc<Mutex<Shared>>);
+
+pub fn router(control: Control) -> Router {
+    let state = AppState::default();
+    state.0.lock().expect("state lock").control = control;
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let method = req.method().clone();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/_stats") => {
+            let s = state.0.lock().expect("state lock");
+            let stats = Stats {
+                by_path: s.by_path.clone(),
+                by_request: s.by_request.clone(),
+                total: s.total,
+            };
+            return json(StatusCode::OK, &stats);
+        }
+        (Method::POST, "/_stats/reset") => {
+            let mut s = state.0.lock().expect("state lock");
+            s.by_path.clear();
+            s.by_request.clear();
+            s.total = 0;
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        (Method::POST, "/_control") => return set_control(&state, &body),
+        (Method::GET, "/_control") => {
+            let s = state.0.lock().expect("state lock");
+            return json(StatusCode::OK, &s.control);
+        }
+        _ => {}
+    }
+
+    let control = {
+        let mut s = state.0.lock().expect("state lock");
+        *s.by_path.entry(path.clone()).or_default() += 1;
+        let full = if query.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{query}")
+        };
+        *s.by_request.entry(full).or_default() += 1;
+        s.total += 1;
+        s.control.clone()
+    };
+    if control.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
+    }
+    if let Some((_, code)) = control
+        .status
+        .iter()
+        .find(|(p, _)| path.starts_with(p.as_str()))
+    {
+        let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, "forced status from the sample exchange's control").into_response();
+    }
+    if control.fail_rate > 0.0 && rand::random::<f64>() < control.fail_rate {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "random failure from the sample exchange",
+        )
+            .into_response();
+    }
+    if method != Method::GET {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let params: HashMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut resp = route(&path, &params, Utc::now().date_naive());
+    if control
+        .malformed
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
+    {
+        resp.1.truncate(resp.1.len() / 2);
+    }
+    let (status, body, content_type) = resp;
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn set_control(state: &AppState, body: &Bytes) -> Response {
+    match serde_json::from_slice::<Control>(body) {
+        Ok(c) => {
+            state.0.lock().expect("state lock").control = c.clone();
+            json(StatusCode::OK, &c)
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("control body: {e}")).into_response(),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The real upstream routes: (status, body, content type).
+pub fn route(
+    path: &str,
+    params: &HashMap<String, String>,
+    today: NaiveDate,
+) -> (StatusCode, Vec<u8>, &'static str) {
+    const HTML: &str = "text/html; charset=utf-8";
+    const JSON: &str = "application/json";
+    let not_found = (
+        StatusCode::NOT_FOUND,
+        b"{\"errors\":[{\"message\":\"Not found\"}]}".to_vec(),
+        JSON,
+    );
+    match path {
+        "/asx/v2/statistics/announcements.do" => {
+            let code = params.get("asxCode").cloned().unwrap_or_default();
+            let year = params
+                .get("year")
+                .and_then(|y| y.parse().ok())
+                .unwrap_or(today.year());
+            (
+                StatusCode::OK,
+                listing_html(&code, year, today).into_bytes(),
+                HTML,
+            )
+        }
+        "/asx/v2/statistics/displayAnnouncement.do" => {
+            match params.get("idsId").and_then(|k| by_key(k, today)) {
+                Some(a) => (
+                    StatusCode::OK,
+                    pdf(&format!("{} {}", a.headline, a.date)),
+                    "application/pdf",
+                ),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    b"<html><body>Announcement not found</body></html>".to_vec(),
+                    HTML,
+                ),
+            }
+        }
+        p if p.starts_with("/asx-research/1.0/companies/") && p.ends_with("/announcements") => {
+            let code = p
+                .trim_start_matches("/asx-research/1.0/companies/")
+                .trim_end_matches("/announcements");
+            match company(code) {
+                None => not_found,
+                Some((_, c)) => {
+                    let items: Vec<serde_json::Value> = (0..YEARS)
+                        .flat_map(|i| announcements(c.code, today.year() - i, today))
+                        .map(|a| {
+                            serde_json::json!({
+                                "documentKey": format!("2924-{}-3A{}", a.key, &a.key[4..]),
+                                "date": format!("{}T08:30:00.000Z", a.date),
+                                "headline": a.headline,
+                                "announcementType": "",
+                                "isPriceSensitive": a.price_sensitive,
+                                "fileSize": a.size,
+                            })
+                        })
+                        .collect();
+                    let body = serde_json::json!({
+                        "data": { "displayName": c.name, "symbol": c.code, "items": items }
+                    });
+                    (StatusCode::OK, body.to_string().into_bytes(), JSON)
+                }
+            }
+        }
+        p if p.starts_with("/api/eod/") => {
+            let symbol = p.trim_start_matches("/api/eod/");
+            let code = symbol.split('.').next().unwrap_or_default();
+            if company(code).is_none() {
+                return not_found;
+            }
+            let from = params
+                .get("from")
+                .and_then(|f| NaiveDate::parse_from_str(f, "%Y-%m-%d").ok())
+                .unwrap_or(NaiveDate::MIN);
+            let body = serde_json::to_vec(&bars(code, from, today)).unwrap_or_default();
+            (StatusCode::OK, body, JSON)
+        }
+        _ => (StatusCode::NOT_FOUND, b"not found".to_vec(), "text/plain"),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The listing page for a code and year, in the real page's layout.
+pub fn listing_html(code: &str, year: i32, today: NaiveDate) -> String {
+    let mut rows = String::new();
+    for a in announcements(code, year, today) {
+        let ps = if a.price_sensitive {
+            r#"<img src="/images/icon-price-sensitive.svg" class="pricesens" alt="asterix" title="price sensitive">"#
+        } else {
+            ""
+        };
+        rows.push_str(&format!(
+            "<tr>\n<td>{}<br><span class=\"dates-time\">8:30 am</span></td>\n<td class=\"pricesens\">{ps}</td>\n\
+             <td><a href=\"/asx/v2/statistics/displayAnnouncement.do?display=pdf&amp;idsId={}\" target=\"_blank\">\n\
+             {}<br><span class=\"page\">12 pages</span><span class=\"filesize\">{}</span></a></td>\n</tr>\n",
+            a.date.format("%d/%m/%Y"),
+            a.key,
+            escape(&a.headline),
+            a.size
+        ));
+    }
+    let name = company(code).map(|(_, c)| c.name).unwrap_or("");
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>ASX Announcements (sample exchange)</title></head><body>\n\
+         <h2>{} {}</h2>\n<announcement_data>\n<table>\n<thead><tr><th>Date</th><th>Price sens.</th>\
+         <th>Headline</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</announcement_data>\n</body></html>\n",
+        escape(&code.to_uppercase()),
+        escape(name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_resolve() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for c in COMPANIES {
+            for y in 2023..=2026 {
+                for a in announcements(c.code, y, today) {
+                    assert!(seen.insert(a.key.clone()), "duplicate key {}", a.key);
+                    assert_eq!(by_key(&a.key, today).unwrap().headline, a.headline);
+                    assert!(a.headline.starts_with("[SAMPLE]"));
+                }
+            }
+        }
+        assert!(announcements("QUIET", 2026, today).is_empty());
+        assert!(announcements("NOPE", 2026, today).is_empty());
+    }
+
+    #[test]
+    fn pdf_is_well_formed() {
+        let p = pdf("hello (world)");
+        assert!(p.starts_with(b"%PDF-1.4"));
+        assert!(p.ends_with(b"%%EOF\n"));
+        let text = String::from_utf8(p).unwrap();
+        let xref: usize = text.lines().rev().nth(1).unwrap().parse().unwrap();
+        assert!(text[xref..].starts_with("xref"));
+    }
+}

@@ -1,0 +1,458 @@
+//! provider-service end to end: the real binary on a free port, a fresh database, the sample
+//! exchange as its upstream, talked to through the `shared` client.
+
+use std::time::Duration;
+
+use e2e::{
+    harness::{forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
+    on_both_databases,
+};
+use shared::{
+    proto::documents::v1::{document_provider_client::DocumentProviderClient, GetDocumentRequest},
+    DocumentOptions, DocumentProvider, DocumentProvisioner, Kind, Outcome,
+};
+use tonic::Code;
+
+/// Moves a document's `last_synced` `hours` into the past, as if it had aged.
+async fn age_document(db: &Db, source_id: &str, hours: i64) {
+    let when = chrono::Utc::now() - chrono::Duration::hours(hours);
+    if db.is_postgres() {
+        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+        sqlx::query("UPDATE documents SET last_synced = $1 WHERE source_id = $2")
+            .bind(when)
+            .bind(source_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+        sqlx::query("UPDATE documents SET last_synced = ?1 WHERE source_id = ?2")
+            .bind(when)
+            .bind(source_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+async fn freshness_semantics(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+    let opts = DocumentOptions::new();
+
+    let first = client.get_document("ASX:GNP", &opts).await.unwrap();
+    assert!(first.created && !first.fresh, "{first:?}");
+    assert_eq!((first.version, first.outcome), (1, Outcome::Created));
+    assert_eq!(first.source_id, "ASX:GNP:announcement");
+    assert!(
+        first.tags.contains(&"ticker:ASX:GNP".to_string()),
+        "{:?}",
+        first.tags
+    );
+
+    let second = client.get_document("ASX:GNP", &opts).await.unwrap();
+    assert!(second.fresh && !second.created, "{second:?}");
+    assert_eq!(
+        (second.document_id.as_str(), second.version),
+        (first.document_id.as_str(), 1)
+    );
+    assert_eq!(second.outcome, Outcome::Hit);
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        1,
+        "a hit must not call the upstream"
+    );
+
+    let zero = client
+        .get_document("ASX:GNP", &opts.clone().cache_hours(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (zero.document_id.as_str(), zero.version),
+        (first.document_id.as_str(), 2)
+    );
+    assert_eq!(zero.outcome, Outcome::Refreshed);
+    assert!(zero.created && !zero.fresh);
+
+    let forced = client
+        .get_document("asx:gnp", &opts.clone().force_refresh(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        (forced.document_id.as_str(), forced.version),
+        (first.document_id.as_str(), 3)
+    );
+    assert_eq!(ex.count(LISTING_PATH).await, 3);
+
+    // Unset cache_hours means 24: 23 hours old is fresh, 25 hours old is refreshed.
+    age_document(&db, "ASX:GNP:announcement", 23).await;
+    let r = client.get_document("ASX:GNP", &opts).await.unwrap();
+    assert_eq!((r.outcome, r.version), (Outcome::Hit, 3));
+    let r = client
+        .get_document("ASX:GNP", &opts.clone().cache_hours(22))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome, r.version),
+        (Outcome::Refreshed, 4),
+        "22h window on a 23h-old document"
+    );
+    age_document(&db, "ASX:GNP:announcement", 25).await;
+    let r = client.get_document("ASX:GNP", &opts).await.unwrap();
+    assert_eq!((r.outcome, r.version), (Outcome::Refreshed, 5));
+
+    // The stored row is the one document, with its content.
+    let store = db.store().await;
+    let doc = store
+        .get(&first.document_id)
+        .await
+        .unwrap()
+        .expect("document stored");
+    assert_eq!(doc.version, 5);
+    assert_eq!(doc.source_type, "announcement");
+    let items = doc.content_json["announcements"].as_array().unwrap();
+    assert!(!items.is_empty());
+    assert!(items
+        .iter()
+        .all(|a| a["headline"].as_str().unwrap().starts_with("[SAMPLE]")));
+    assert!(
+        doc.content_markdown.contains("ANNUAL_REPORT")
+            || doc.content_markdown.contains("QUARTERLY")
+    );
+}
+
+async fn batches_answer_in_order(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[("PROVIDER_MAX_BATCH_SIZE", "4")]).await;
+    let client = provider.client();
+    let ids: Vec<String> = ["ASX:GNP", "bad id!", "asx:gnp", "BHP"]
+        .map(String::from)
+        .to_vec();
+
+    let results = client
+        .get_documents(&ids, &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    for (r, id) in results.iter().zip(&ids) {
+        assert_eq!(&r.identifier, id);
+    }
+    let bad = results[1].error.as_ref().expect("bad id fails");
+    assert_eq!(bad.code, Code::InvalidArgument);
+    assert!(
+        bad.message.contains("bad id!") && bad.message.contains("[A-Z0-9.]"),
+        "{}",
+        bad.message
+    );
+    assert!(
+        results[0].is_ok() && results[2].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert_eq!(results[0].document_id, results[2].document_id);
+    assert_ne!(results[0].document_id, results[3].document_id);
+    assert_eq!(results[3].source_id, "ASX:BHP:announcement");
+    // Duplicates share one fill: GNP and BHP fetched once each.
+    assert_eq!(ex.count(LISTING_PATH).await, 2);
+
+    let legacy = client
+        .ensure_documents(&ids, &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(legacy.document_ids.len(), 3);
+    assert_eq!(legacy.document_ids["asx:gnp"], results[0].document_id);
+    assert_eq!(legacy.document_ids["BHP"], results[3].document_id);
+    assert_eq!(legacy.errors["bad id!"].code, Code::InvalidArgument);
+
+    let five: Vec<String> = ["A", "B", "C", "D", "E"].map(String::from).to_vec();
+    let err = client
+        .get_documents(&five, &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("maximum batch size of 4"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        2,
+        "a refused batch fetches nothing"
+    );
+
+    let err = client
+        .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(100_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("options.cache_hours"),
+        "{}",
+        err.message()
+    );
+
+    // Unknown kinds, and the consumer's own kind, are refused.
+    let mut raw = DocumentProviderClient::connect(provider.url())
+        .await
+        .unwrap();
+    for kind in ["prices", "announcement_download"] {
+        let err = raw
+            .get_document(GetDocumentRequest {
+                identifier: "GNP".into(),
+                kind: kind.into(),
+                options: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{kind}");
+        assert!(err.message().starts_with("kind:"), "{}", err.message());
+    }
+
+    let err = client
+        .get_document("  ", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("empty"), "{}", err.message());
+}
+
+async fn failing_source_keeps_the_old_document(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+    let first = client
+        .get_document("ASX:CBA", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let store = db.store().await;
+    let before = store.get(&first.document_id).await.unwrap().unwrap();
+
+    let mut control = forced_status(LISTING_PATH, 500);
+    control.status.insert(MARKIT_PATH.into(), 503);
+    ex.control(&control).await;
+    let err = client
+        .get_document("ASX:CBA", &DocumentOptions::new().force_refresh(true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("500"), "{}", err.message());
+    let after = store.get(&first.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        after, before,
+        "a failed fill must leave the document untouched"
+    );
+
+    // A new identifier in the same state: UNAVAILABLE, and nothing written.
+    let err = client
+        .get_document("ASX:BHP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(store
+        .get_by_source("announcement", "ASX:BHP:announcement")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn unknown_company_and_fallback(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+
+    // An unknown company: the listing is empty, the JSON API says 404.
+    let err = client
+        .get_document("ASX:NOPE", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // A known company with no announcements: a valid, empty document.
+    let quiet = client
+        .get_document("ASX:QUIET", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let store = db.store().await;
+    let doc = store.get(&quiet.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        doc.content_json["announcements"].as_array().unwrap().len(),
+        0
+    );
+
+    // The HTML listing and the JSON fallback give the same announcements.
+    let via_listing = client
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let listing_doc = store.get(&via_listing.document_id).await.unwrap().unwrap();
+    assert_eq!(listing_doc.content_json["fetched_via"], "listing");
+    ex.control(&forced_status(LISTING_PATH, 502)).await;
+    let via_json = client
+        .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(0))
+        .await
+        .unwrap();
+    let json_doc = store.get(&via_json.document_id).await.unwrap().unwrap();
+    assert_eq!(json_doc.content_json["fetched_via"], "json_api");
+    assert_eq!(
+        json_doc.content_json["announcements"],
+        listing_doc.content_json["announcements"]
+    );
+    assert_eq!(via_json.version, 2);
+}
+
+async fn market_data_kind(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+    let r = client
+        .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::MarketData))
+        .await
+        .unwrap();
+    assert_eq!(r.source_id, "ASX:BHP:market_data");
+    assert!(
+        r.tags.iter().any(|t| t.starts_with("trend:")),
+        "{:?}",
+        r.tags
+    );
+    let doc = db.store().await.get(&r.document_id).await.unwrap().unwrap();
+    assert_eq!(doc.source_type, "market_data");
+    let bars = doc.content_json["bars"].as_array().unwrap();
+    assert!(bars.len() > 200, "{} bars", bars.len());
+    let err = client
+        .get_document("ASX:NOPE", &DocumentOptions::new().kind(Kind::MarketData))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+on_both_databases!(
+    freshness_semantics,
+    batches_answer_in_order,
+    failing_source_keeps_the_old_document,
+    unknown_company_and_fallback,
+    market_data_kind,
+);
+
+#[tokio::test]
+async fn unreachable_source_is_unavailable() {
+    let db = Db::sqlite();
+    // Port 1 on loopback: nothing listens there.
+    let provider = Provider::start(db.url(), "http://127.0.0.1:1", &[]).await;
+    let err = provider
+        .client()
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("connection failed"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_the_database_is_ready() {
+    let name = format!("e2e_late_{}", uuid::Uuid::now_v7().simple());
+    let admin = e2e::harness::postgres_admin_url();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let ex = Exchange::start();
+    let provider = Provider::spawn(&url, &ex.url, &[]);
+    // The port answers health while the database does not exist yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match shared::server::healthcheck(&provider.addr, shared::proto::PROVIDER_SERVICE_NAME)
+            .await
+        {
+            Ok(serving) => {
+                assert!(!serving, "must not be SERVING without a database");
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("health never answered: {e}\n{}", provider.proc.logs()),
+        }
+    }
+    let err = provider
+        .client()
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("not ready"), "{}", err.message());
+
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    e2e::harness::wait_serving(
+        &provider.addr,
+        shared::proto::PROVIDER_SERVICE_NAME,
+        &provider.proc,
+    )
+    .await;
+    let ok = provider
+        .client()
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.version, 1);
+    drop(provider);
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let mut provider = Provider::start(db.url(), &ex.url, &[]).await;
+    ex.control(&e2e::sample_exchange::Control {
+        latency_ms: 1500,
+        ..Default::default()
+    })
+    .await;
+    let client = provider.client();
+    let call = tokio::spawn(async move {
+        client
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    provider.proc.signal("TERM");
+    let answer = call.await.unwrap();
+    assert!(answer.is_ok(), "in-flight call must finish: {answer:?}");
+    let status = provider
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("provider exits after draining");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn bearer_token_guards_every_rpc_but_health() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[("PROVIDER_AUTH_TOKEN", "s3cret")]).await;
+    let err = provider
+        .client()
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut config = e2e::harness::test_client_config();
+    config.auth_token = Some("s3cret".into());
+    let client = shared::ProviderClient::with_config(&provider.url(), config).unwrap();
+    assert!(client
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .is_ok());
+    // Health answers without a token (that is what wait_serving used).
+    assert!(shared::server::healthcheck(&provider.addr, "")
+        .await
+        .unwrap());
+}
