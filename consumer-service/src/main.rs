@@ -1,1 +1,56 @@
-fn main() {}
+use clap::Parser;
+use consumer_service::{
+    app::{processor, Application},
+    config::{Cli, Command},
+    job::JobRequest,
+};
+use shared::{proto::CONSUMER_SERVICE_NAME, server, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck => {
+            let serving =
+                server::healthcheck(&cli.config.listen_addr, CONSUMER_SERVICE_NAME).await?;
+            if !serving {
+                eprintln!(
+                    "{CONSUMER_SERVICE_NAME} is not SERVING on {}",
+                    cli.config.listen_addr
+                );
+                std::process::exit(1);
+            }
+            println!("SERVING");
+            Ok(())
+        }
+        Command::Process { tickers, json } => {
+            telemetry::init(cli.config.log_format);
+            let p = processor(&cli.config).await?;
+            let job = JobRequest {
+                tickers,
+                ..JobRequest::default()
+            };
+            p.validate(&job)
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let reports = p.run(&job, None).await;
+            let mut failed = 0;
+            for r in &reports {
+                failed += usize::from(r.error.is_some());
+                if json {
+                    println!("{}", consumer_service::report::json(r));
+                } else {
+                    println!("{}", consumer_service::report::text(r));
+                }
+            }
+            if failed > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Serve => {
+            telemetry::init(cli.config.log_format);
+            let app = Application::build(cli.config).await?;
+            app.run_until_stopped(server::shutdown_signal()).await
+        }
+    }
+}

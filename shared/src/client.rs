@@ -138,6 +138,14 @@ impl ProviderClient {
         Ok(Self { inner, config })
     }
 
+    /// The same client (same connections) with another per-attempt deadline, e.g. the
+    /// remainder of the caller's own deadline.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut c = self.clone();
+        c.config.timeout = timeout;
+        c
+    }
+
     /// Runs `call` with a deadline per attempt, retrying UNAVAILABLE with backoff and jitter.
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where

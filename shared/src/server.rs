@@ -140,3 +140,36 @@ pub async fn healthcheck(listen_addr: &str, service_name: &str) -> anyhow::Resul
         .with_context(|| format!("health check of {service_name:?} on {addr}"))?;
     Ok(resp.into_inner().status() == ServingStatus::Serving)
 }
+
+/// The caller's deadline from the `grpc-timeout` request header, as an instant.
+pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::time::Instant> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    tokio::time::Instant::now().checked_add(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_read() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(deadline_of(&m).is_none());
+        m.insert("grpc-timeout", "1500m".parse().unwrap());
+        let left = deadline_of(&m).unwrap() - tokio::time::Instant::now();
+        assert!(left <= Duration::from_millis(1500) && left > Duration::from_millis(1000));
+        m.insert("grpc-timeout", "garbage".parse().unwrap());
+        assert!(deadline_of(&m).is_none());
+    }
+}

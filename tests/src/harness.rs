@@ -277,7 +277,28 @@ impl Provider {
 
     /// Starts the provider without waiting for it to be ready.
     pub fn spawn(db_url: &str, upstream: &str, extra_env: &[(&str, &str)]) -> Provider {
-        let addr = free_addr();
+        Self::spawn_at(&free_addr(), db_url, upstream, extra_env)
+    }
+
+    /// Starts the provider on `addr` (e.g. to restart one on the port it had).
+    pub async fn start_at(
+        addr: &str,
+        db_url: &str,
+        upstream: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Provider {
+        let p = Self::spawn_at(addr, db_url, upstream, extra_env);
+        wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+        p
+    }
+
+    pub fn spawn_at(
+        addr: &str,
+        db_url: &str,
+        upstream: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Provider {
+        let addr = addr.to_string();
         let mut cmd = Command::new(bin("provider-service"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -383,4 +404,53 @@ pub fn forced_status(prefix: &str, status: u16) -> Control {
     let mut c = Control::default();
     c.status.insert(prefix.to_string(), status);
     c
+}
+
+/// A consumer-service process.
+pub struct ConsumerProc {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl ConsumerProc {
+    /// Starts the consumer on a free port and waits until it is SERVING.
+    pub async fn start(
+        db_url: &str,
+        provider_urls: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ConsumerProc {
+        let addr = free_addr();
+        let mut cmd = consumer_command(db_url, provider_urls, extra_env);
+        cmd.env("CONSUMER_LISTEN_ADDR", &addr).stdout(Stdio::null());
+        let proc = Proc::spawn("consumer-service", cmd);
+        wait_serving(&addr, shared::proto::CONSUMER_SERVICE_NAME, &proc).await;
+        ConsumerProc { proc, addr }
+    }
+
+    pub async fn client(
+        &self,
+    ) -> shared::proto::consumer::v1::consumer_client::ConsumerClient<tonic::transport::Channel>
+    {
+        shared::proto::consumer::v1::consumer_client::ConsumerClient::connect(format!(
+            "http://{}",
+            self.addr
+        ))
+        .await
+        .expect("connect to consumer")
+    }
+}
+
+/// The consumer binary with a clean environment pointing at `db_url` and `provider_urls`.
+pub fn consumer_command(db_url: &str, provider_urls: &str, extra_env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin("consumer-service"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("PROVIDER_URL", provider_urls)
+        .env("PROVIDER_BACKOFF_MS", "20")
+        .env("RUST_LOG", "info");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd
 }

@@ -245,6 +245,12 @@ pub struct Control {
     pub malformed: Vec<String>,
     /// Fraction (0..1) of answers replaced by 503.
     pub fail_rate: f64,
+    /// Path-and-query prefix -> extra latency in milliseconds.
+    pub delay_ms: BTreeMap<String, u64>,
+    /// Path-and-query prefixes answered with an HTML page instead of the real body.
+    pub not_pdf: Vec<String>,
+    /// Path-and-query prefixes answered with a 4 MiB body (still starting with %PDF-).
+    pub oversize: Vec<String>,
 }
 
 #[derive(Default)]
@@ -307,28 +313,45 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         _ => {}
     }
 
+    let full = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
     let control = {
         let mut s = state.0.lock().expect("state lock");
         *s.by_path.entry(path.clone()).or_default() += 1;
-        let full = if query.is_empty() {
-            path.clone()
-        } else {
-            format!("{path}?{query}")
-        };
-        *s.by_request.entry(full).or_default() += 1;
+        *s.by_request.entry(full.clone()).or_default() += 1;
         s.total += 1;
         s.control.clone()
     };
-    if control.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
-    }
-    if let Some((_, code)) = control
-        .status
+    let hit = |prefix: &String| full.starts_with(prefix.as_str());
+    let extra: u64 = control
+        .delay_ms
         .iter()
-        .find(|(p, _)| path.starts_with(p.as_str()))
-    {
+        .filter(|(p, _)| hit(p))
+        .map(|(_, ms)| ms)
+        .sum();
+    if control.latency_ms + extra > 0 {
+        tokio::time::sleep(Duration::from_millis(control.latency_ms + extra)).await;
+    }
+    if let Some((_, code)) = control.status.iter().find(|(p, _)| hit(p)) {
         let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, "forced status from the sample exchange's control").into_response();
+    }
+    if control.not_pdf.iter().any(hit) {
+        let page = "<html><body>Terms and conditions</body></html>";
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], page).into_response();
+    }
+    if control.oversize.iter().any(hit) {
+        let mut body = b"%PDF-1.4\n".to_vec();
+        body.resize(4 << 20, b' ');
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/pdf")],
+            body,
+        )
+            .into_response();
     }
     if control.fail_rate > 0.0 && rand::random::<f64>() < control.fail_rate {
         return (
@@ -346,11 +369,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let mut resp = route(&path, &params, Utc::now().date_naive());
-    if control
-        .malformed
-        .iter()
-        .any(|p| path.starts_with(p.as_str()))
-    {
+    if control.malformed.iter().any(hit) {
         resp.1.truncate(resp.1.len() / 2);
     }
     let (status, body, content_type) = resp;

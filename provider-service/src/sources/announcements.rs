@@ -372,7 +372,7 @@ impl AnnouncementsSource {
         }
     }
 
-    async fn from_listing(
+    async fn fetch_listing(
         &self,
         ticker: &Ticker,
         years: &[i32],
@@ -398,7 +398,7 @@ impl AnnouncementsSource {
         Ok(all)
     }
 
-    async fn from_markit(
+    async fn fetch_markit(
         &self,
         ticker: &Ticker,
         years: &[i32],
@@ -444,12 +444,12 @@ impl Source for AnnouncementsSource {
             .collect();
         // The listing is the primary path; the JSON API answers when the listing fails or is
         // empty, and is the one that can tell an unknown company from a quiet one.
-        let (items, via) = match self.from_listing(ticker, &years).await {
+        let (items, via) = match self.fetch_listing(ticker, &years).await {
             Ok(items) if !items.is_empty() => (items, "listing"),
-            Ok(_) => (self.from_markit(ticker, &years).await?, "json_api"),
+            Ok(_) => (self.fetch_markit(ticker, &years).await?, "json_api"),
             Err(listing_err) => {
                 tracing::warn!(error = %listing_err, "announcements listing failed, trying the JSON API");
-                match self.from_markit(ticker, &years).await {
+                match self.fetch_markit(ticker, &years).await {
                     Ok(items) => (items, "json_api"),
                     Err(SourceError::NotFound(m)) => return Err(SourceError::NotFound(m)),
                     Err(_) => return Err(listing_err),

@@ -1,0 +1,121 @@
+//! Start-up and shutdown of the consumer: binds the listener, serves health and reflection at
+//! once, connects and migrates the database in the background (health turns SERVING when done),
+//! and drains in-flight calls on shutdown. Also builds the processor for the one-shot CLI mode.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use shared::{
+    proto::{consumer::v1::consumer_server::ConsumerServer, CONSUMER_SERVICE_NAME},
+    server::{health_service, reflection_services, serve_with_drain, set_serving},
+    storage, ProviderClient,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{config::Config, download::Downloader, grpc::ConsumerService, job::Processor};
+
+/// Connects the database (migrating it) and the provider client into a processor.
+pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
+    let store = storage::connect(&config.database_url, config.database_max_connections)
+        .await
+        .with_context(|| format!("connecting to {}", config.database_url))?;
+    store.migrate().await.context("migrating the database")?;
+    processor_with(config, store)
+}
+
+fn processor_with(
+    config: &Config,
+    store: Arc<dyn storage::DocumentStore>,
+) -> anyhow::Result<Processor> {
+    let provider = ProviderClient::with_config(&config.provider_url, config.client_config())?;
+    let downloader = Downloader::new(config.download_limits())?;
+    Ok(Processor::new(
+        provider,
+        store,
+        downloader,
+        config.job_settings(),
+    ))
+}
+
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Validate what can be validated before listening.
+        shared::client::parse_endpoints(&config.provider_url, Duration::from_secs(1))?;
+        let listener = TcpListener::bind(&config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        Ok(Self { config, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application { config, listener } = self;
+        let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
+        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let cell = Arc::new(OnceLock::new());
+
+        let ready_cell = cell.clone();
+        let ready_config = config.clone();
+        let ready = tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let attempt = async {
+                    let store = storage::connect(
+                        &ready_config.database_url,
+                        ready_config.database_max_connections,
+                    )
+                    .await?;
+                    store.migrate().await?;
+                    processor_with(&ready_config, store)
+                };
+                match attempt.await {
+                    Ok(p) => {
+                        let _ = ready_cell.set(p);
+                        set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
+                        tracing::info!("database ready: serving");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ConsumerServer::new(ConsumerService::new(cell)));
+        tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
+        let incoming = TcpListenerStream::new(listener);
+        let result = serve_with_drain(
+            move |stop| router.serve_with_incoming_shutdown(incoming, stop),
+            shutdown,
+            Duration::from_millis(config.drain_timeout_ms),
+        )
+        .await;
+        ready.abort();
+        result
+    }
+}

@@ -1,0 +1,155 @@
+//! Configuration: every option is a command-line flag with an environment variable behind it.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::{telemetry::LogFormat, ClientConfig};
+
+use crate::{download::DownloadLimits, job::JobSettings};
+
+/// Headline/type filters used when a request names none.
+pub const DEFAULT_FILTERS: &str = "Annual Report,Full Year,FY,Preliminary Final Report,Appendix 4E";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "consumer-service",
+    version,
+    about = "gRPC consumer: asks the provider for announcements, reads them from the shared database and downloads the PDFs that matter"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Call grpc.health.v1.Health/Check on the configured listen address; exit 0 only when SERVING.
+    Healthcheck,
+    /// Process tickers once, print one report per ticker, and exit (non-zero if any failed).
+    Process {
+        /// Tickers, e.g. ASX:GNP BHP.
+        #[arg(required = true)]
+        tickers: Vec<String>,
+        /// Print the reports as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CONSUMER_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    pub listen_addr: String,
+
+    /// Database shared with the provider: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/documents.db"
+    )]
+    pub database_url: String,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Provider endpoints, comma-separated; calls are balanced over them.
+    #[arg(long, env = "PROVIDER_URL", default_value = "http://127.0.0.1:50051")]
+    pub provider_url: String,
+
+    /// Bearer token sent to the provider.
+    #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
+    pub provider_auth_token: Option<String>,
+
+    /// Deadline of one provider call, in milliseconds (shortened to the caller's own deadline).
+    #[arg(long, env = "PROVIDER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub provider_timeout_ms: u64,
+
+    /// Retries of a provider call that answered UNAVAILABLE (exponential backoff, full jitter).
+    #[arg(long, env = "PROVIDER_RETRIES", default_value_t = 4)]
+    pub provider_retries: u32,
+
+    /// First retry backoff, in milliseconds; doubles per retry up to 2 s.
+    #[arg(long, env = "PROVIDER_BACKOFF_MS", default_value_t = 100)]
+    pub provider_backoff_ms: u64,
+
+    /// Headline or type filters (comma-separated, case-insensitive, whole words).
+    #[arg(long, env = "CONSUMER_FILTERS", default_value = DEFAULT_FILTERS)]
+    pub filters: String,
+
+    /// PDFs downloaded per ticker at most.
+    #[arg(long, env = "CONSUMER_MAX_DOWNLOADS", default_value_t = 5)]
+    pub max_downloads: u32,
+
+    /// Timeout of one PDF download, in milliseconds.
+    #[arg(long, env = "CONSUMER_DOWNLOAD_TIMEOUT_MS", default_value_t = 20_000)]
+    pub download_timeout_ms: u64,
+
+    /// Largest PDF accepted, in bytes.
+    #[arg(long, env = "CONSUMER_DOWNLOAD_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub download_max_bytes: usize,
+
+    /// PDF downloads running at once in this process.
+    #[arg(long, env = "CONSUMER_DOWNLOAD_CONCURRENCY", default_value_t = 4)]
+    pub download_concurrency: usize,
+
+    /// Tickers processed at once within one request.
+    #[arg(long, env = "CONSUMER_TICKER_CONCURRENCY", default_value_t = 8)]
+    pub ticker_concurrency: usize,
+
+    /// Most tickers accepted in one ProcessTickers request.
+    #[arg(long, env = "CONSUMER_MAX_TICKERS", default_value_t = 1000)]
+    pub max_tickers: usize,
+
+    /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
+    #[arg(long, env = "CONSUMER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            timeout: Duration::from_millis(self.provider_timeout_ms),
+            retries: self.provider_retries,
+            initial_backoff: Duration::from_millis(self.provider_backoff_ms),
+            max_backoff: Duration::from_secs(2),
+            auth_token: self.provider_auth_token.clone().filter(|t| !t.is_empty()),
+            ..ClientConfig::default()
+        }
+    }
+
+    pub fn job_settings(&self) -> JobSettings {
+        JobSettings {
+            default_filters: split_filters(&self.filters),
+            max_downloads: self.max_downloads,
+            ticker_concurrency: self.ticker_concurrency.max(1),
+            max_tickers: self.max_tickers,
+            provider_timeout: Duration::from_millis(self.provider_timeout_ms),
+        }
+    }
+
+    pub fn download_limits(&self) -> DownloadLimits {
+        DownloadLimits {
+            timeout: Duration::from_millis(self.download_timeout_ms),
+            max_bytes: self.download_max_bytes,
+            concurrency: self.download_concurrency.max(1),
+        }
+    }
+}
+
+pub fn split_filters(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+        .collect()
+}

@@ -1,0 +1,61 @@
+//! The `consumer.v1.Consumer` gRPC service: translates wire messages to the job and back.
+
+use std::sync::{Arc, OnceLock};
+
+use shared::{proto::consumer::v1 as pb, server::deadline_of};
+use tonic::{Request, Response, Status};
+
+use crate::job::{JobRequest, Processor};
+
+/// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
+#[derive(Clone)]
+pub struct ConsumerService {
+    processor: Arc<OnceLock<Processor>>,
+}
+
+impl ConsumerService {
+    pub fn new(processor: Arc<OnceLock<Processor>>) -> Self {
+        Self { processor }
+    }
+
+    fn ready(&self) -> Result<&Processor, Status> {
+        self.processor.get().ok_or_else(|| {
+            Status::unavailable("consumer is starting: the database is not ready yet")
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consumer_server::Consumer for ConsumerService {
+    async fn process_tickers(
+        &self,
+        request: Request<pb::ProcessTickersRequest>,
+    ) -> Result<Response<pb::ProcessTickersResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let r = request.into_inner();
+        let p = self.ready()?;
+        let job = JobRequest {
+            tickers: r.tickers,
+            cache_hours: r.cache_hours,
+            force_refresh: r.force_refresh,
+            filters: r
+                .filters
+                .into_iter()
+                .map(|f| f.trim().to_string())
+                .filter(|f| !f.is_empty())
+                .collect(),
+            max_downloads: r.max_downloads,
+        };
+        p.validate(&job)?;
+        let reports = p.run(&job, deadline).await;
+        Ok(Response::new(pb::ProcessTickersResponse { reports }))
+    }
+
+    async fn get_stored(
+        &self,
+        request: Request<pb::GetStoredRequest>,
+    ) -> Result<Response<pb::GetStoredResponse>, Status> {
+        let p = self.ready()?;
+        Ok(Response::new(p.stored(&request.into_inner().ticker).await?))
+    }
+}

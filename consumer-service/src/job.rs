@@ -1,0 +1,566 @@
+//! The consumer's job, per ticker: ask the provider for the announcements document, read it from
+//! the shared database by ID (noticing a newer version), select the announcements that match the
+//! filters, download the PDFs not stored yet, and write the `announcement_download` document
+//! with its attachments in one transaction.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use shared::{
+    proto::consumer::v1 as pb,
+    storage::{DocumentStore, NewAttachment, NewContent, StoredDocument},
+    DocumentOptions, DocumentProvider, DocumentResult, ItemError, Kind, ProviderClient, Ticker,
+};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::download::Downloader;
+
+/// The announcement JSON layout this consumer understands.
+const ANNOUNCEMENT_SCHEMA_VERSION: u64 = 1;
+/// Version of the `announcement_download` JSON layout this consumer writes.
+pub const DOWNLOAD_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub default_filters: Vec<String>,
+    pub max_downloads: u32,
+    pub ticker_concurrency: usize,
+    pub max_tickers: usize,
+    pub provider_timeout: Duration,
+}
+
+/// What a caller asks of one round.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub tickers: Vec<String>,
+    pub cache_hours: Option<u32>,
+    pub force_refresh: bool,
+    pub filters: Vec<String>,
+    pub max_downloads: Option<u32>,
+}
+
+/// The part of an announcement the consumer reads (the provider's JSON has more).
+#[derive(Debug, Clone, Deserialize)]
+struct Announcement {
+    date: String,
+    headline: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+    pdf_url: String,
+    document_key: String,
+}
+
+/// One handled announcement, as recorded in the download document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub document_key: String,
+    pub headline: String,
+    pub date: String,
+    pub pdf_url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attachment_hash: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl From<Item> for pb::AnnouncementItem {
+    fn from(i: Item) -> Self {
+        pb::AnnouncementItem {
+            document_key: i.document_key,
+            headline: i.headline,
+            date: i.date,
+            pdf_url: i.pdf_url,
+            attachment_hash: i.attachment_hash,
+            error: i.error,
+        }
+    }
+}
+
+/// Whether `filter` matches the headline or type, as whole words, ignoring case.
+pub fn matches_filter(filter: &str, headline: &str, kind: &str) -> bool {
+    fn words(s: &str) -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let f = words(filter);
+    if f.is_empty() {
+        return false;
+    }
+    [words(headline), words(kind)]
+        .iter()
+        .any(|w| w.windows(f.len()).any(|win| win == f.as_slice()))
+}
+
+/// Runs rounds of the job.
+#[derive(Clone)]
+pub struct Processor {
+    provider: ProviderClient,
+    store: Arc<dyn DocumentStore>,
+    downloader: Downloader,
+    settings: JobSettings,
+}
+
+impl Processor {
+    pub fn new(
+        provider: ProviderClient,
+        store: Arc<dyn DocumentStore>,
+        downloader: Downloader,
+        settings: JobSettings,
+    ) -> Self {
+        Self {
+            provider,
+            store,
+            downloader,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn DocumentStore> {
+        &self.store
+    }
+
+    /// Checks the request as a whole; errors name the field and the rule.
+    pub fn validate(&self, req: &JobRequest) -> Result<(), Status> {
+        if req.tickers.is_empty() {
+            return Err(Status::invalid_argument(
+                "tickers: at least one ticker is required",
+            ));
+        }
+        if req.tickers.len() > self.settings.max_tickers {
+            return Err(Status::invalid_argument(format!(
+                "tickers: {} tickers is more than the maximum of {}",
+                req.tickers.len(),
+                self.settings.max_tickers
+            )));
+        }
+        if let Some(h) = req
+            .cache_hours
+            .filter(|h| *h > shared::provider::MAX_CACHE_HOURS)
+        {
+            return Err(Status::invalid_argument(format!(
+                "cache_hours: {h} is more than the maximum of {}",
+                shared::provider::MAX_CACHE_HOURS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Processes every ticker (concurrently, bounded) and answers reports in request order.
+    /// `deadline` is the caller's, and bounds every provider call.
+    pub async fn run(&self, req: &JobRequest, deadline: Option<Instant>) -> Vec<pb::TickerReport> {
+        stream::iter(req.tickers.iter().cloned())
+            .map(|t| async move { self.process_one(&t, req, deadline).await })
+            .buffered(self.settings.ticker_concurrency)
+            .collect()
+            .await
+    }
+
+    #[tracing::instrument(name = "process_ticker", skip(self, req, deadline), fields(ticker = %ticker))]
+    async fn process_one(
+        &self,
+        ticker: &str,
+        req: &JobRequest,
+        deadline: Option<Instant>,
+    ) -> pb::TickerReport {
+        let started = Instant::now();
+        let mut report = pb::TickerReport {
+            ticker: ticker.to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = self.fill_report(ticker, req, deadline, &mut report).await {
+            tracing::warn!(code = ?e.code, error = %e.message, "ticker failed");
+            report.error = Some(e.into());
+        } else {
+            tracing::info!(
+                matched = report.matched.len(),
+                downloaded = report.downloaded.len(),
+                skipped = report.skipped.len(),
+                failed = report.failed.len(),
+                version = report.version_read,
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "ticker processed"
+            );
+        }
+        report
+    }
+
+    async fn fill_report(
+        &self,
+        ticker: &str,
+        req: &JobRequest,
+        deadline: Option<Instant>,
+        report: &mut pb::TickerReport,
+    ) -> Result<(), ItemError> {
+        let parsed = Ticker::parse(ticker)
+            .map_err(|e| ItemError::new(Code::InvalidArgument, format!("ticker: {e}")))?;
+
+        // 1. Ask the provider, within the caller's deadline.
+        let mut opts = DocumentOptions::new()
+            .kind(Kind::Announcement)
+            .cache_hours(
+                req.cache_hours
+                    .unwrap_or(shared::provider::DEFAULT_CACHE_HOURS),
+            )
+            .force_refresh(req.force_refresh);
+        if opts.cache_hours == Some(0) {
+            opts.force_refresh = true;
+        }
+        let budget = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(self.settings.provider_timeout)
+            .min(self.settings.provider_timeout);
+        if budget.is_zero() {
+            return Err(ItemError::new(
+                Code::DeadlineExceeded,
+                "deadline passed before calling the provider",
+            ));
+        }
+        let provider = self.provider.with_timeout(budget);
+        let answer: DocumentResult = match provider.get_document(ticker, &opts).await {
+            Ok(r) => r,
+            Err(s) => {
+                let e = ItemError::from(&s);
+                report.provider_result = Some(
+                    DocumentResult::failed(
+                        ticker,
+                        Kind::Announcement.as_str(),
+                        String::new(),
+                        e.clone(),
+                    )
+                    .into(),
+                );
+                return Err(ItemError::new(e.code, format!("provider: {}", e.message)));
+            }
+        };
+        report.provider_result = Some(answer.clone().into());
+
+        // 2. Read the document by ID from the shared database.
+        let doc = self.read_checked(&answer, &parsed).await?;
+        report.document_id = doc.id.clone();
+        report.version_read = doc.version;
+        report.newer_version_read = doc.version > answer.version;
+
+        // 3. Select.
+        let announcements = parse_announcements(&doc)?;
+        let filters = if req.filters.is_empty() {
+            &self.settings.default_filters
+        } else {
+            &req.filters
+        };
+        let max = req.max_downloads.unwrap_or(self.settings.max_downloads) as usize;
+        let matched: Vec<&Announcement> = announcements
+            .iter()
+            .filter(|a| {
+                filters
+                    .iter()
+                    .any(|f| matches_filter(f, &a.headline, &a.kind))
+            })
+            .take(max)
+            .collect();
+
+        // 4. Skip what is stored; download the rest.
+        let own_source = parsed.source_id(Kind::AnnouncementDownload.as_str());
+        let previous = self
+            .store
+            .get_by_source(Kind::AnnouncementDownload.as_str(), &own_source)
+            .await
+            .map_err(storage_error)?;
+        let stored: HashMap<String, String> = match &previous {
+            Some(p) => self
+                .store
+                .attachments_of(&p.id)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .map(|a| (a.name, a.hash))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let item = |a: &Announcement| Item {
+            document_key: a.document_key.clone(),
+            headline: a.headline.clone(),
+            date: a.date.clone(),
+            pdf_url: a.pdf_url.clone(),
+            ..Item::default()
+        };
+        let mut skipped = Vec::new();
+        let mut to_fetch = Vec::new();
+        for a in &matched {
+            match stored.get(&a.document_key) {
+                Some(hash) => skipped.push(Item {
+                    attachment_hash: hash.clone(),
+                    ..item(a)
+                }),
+                None => to_fetch.push(item(a)),
+            }
+        }
+        let fetched: Vec<(Item, Result<Vec<u8>, String>)> = stream::iter(to_fetch)
+            .map(|i| async move {
+                let r = self.downloader.pdf(&i.pdf_url).await.map_err(|e| e.0);
+                (i, r)
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut downloaded = Vec::new();
+        let mut failed = Vec::new();
+        let mut attachments = Vec::new();
+        for (mut i, r) in fetched {
+            match r {
+                Ok(bytes) => {
+                    let a = NewAttachment {
+                        name: i.document_key.clone(),
+                        content_type: "application/pdf".into(),
+                        data: bytes,
+                    };
+                    i.attachment_hash = a.hash();
+                    attachments.push(a);
+                    downloaded.push(i);
+                }
+                Err(e) => {
+                    i.error = e;
+                    failed.push(i);
+                }
+            }
+        }
+
+        // 5. Record the round: document and new attachments in one transaction.
+        let all_matched: Vec<Item> = matched.iter().map(|a| item(a)).collect();
+        let content = download_document(
+            &parsed,
+            &doc,
+            filters,
+            &all_matched,
+            &downloaded,
+            &skipped,
+            &failed,
+        );
+        let written = self
+            .store
+            .upsert(
+                Kind::AnnouncementDownload.as_str(),
+                &own_source,
+                &content,
+                &attachments,
+            )
+            .await
+            .map_err(storage_error)?;
+        report.download_document_id = written.head.id;
+        report.matched = all_matched.into_iter().map(Into::into).collect();
+        report.downloaded = downloaded.into_iter().map(Into::into).collect();
+        report.skipped = skipped.into_iter().map(Into::into).collect();
+        report.failed = failed.into_iter().map(Into::into).collect();
+        Ok(())
+    }
+
+    /// Reads the answered document and checks it is the one asked for, at the answered version
+    /// or newer.
+    async fn read_checked(
+        &self,
+        answer: &DocumentResult,
+        ticker: &Ticker,
+    ) -> Result<StoredDocument, ItemError> {
+        let doc = self
+            .store
+            .get(&answer.document_id)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| {
+                ItemError::new(
+                    Code::NotFound,
+                    format!(
+                        "document {} answered by the provider is not in the database (do both services use the same DATABASE_URL?)",
+                        answer.document_id
+                    ),
+                )
+            })?;
+        let expected = ticker.source_id(Kind::Announcement.as_str());
+        if doc.source_type != Kind::Announcement.as_str() || doc.source_id != expected {
+            return Err(ItemError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "document {} is {}/{}, not the expected announcement/{expected}",
+                    doc.id, doc.source_type, doc.source_id
+                ),
+            ));
+        }
+        if doc.version < answer.version {
+            return Err(ItemError::new(
+                Code::FailedPrecondition,
+                format!(
+                    "document {} is at version {} in the database but the provider answered version {}: refusing older data",
+                    doc.id, doc.version, answer.version
+                ),
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// What is stored for a ticker.
+    pub async fn stored(&self, ticker: &str) -> Result<pb::GetStoredResponse, Status> {
+        let t =
+            Ticker::parse(ticker).map_err(|e| Status::invalid_argument(format!("ticker: {e}")))?;
+        let get = |kind: Kind| {
+            let sid = t.source_id(kind.as_str());
+            async move { self.store.get_by_source(kind.as_str(), &sid).await }
+        };
+        let announcements = get(Kind::Announcement)
+            .await
+            .map_err(|e| storage_error(e).to_status())?;
+        let downloads = get(Kind::AnnouncementDownload)
+            .await
+            .map_err(|e| storage_error(e).to_status())?;
+        let attachment_hashes = match &downloads {
+            Some(d) => self
+                .store
+                .attachments_of(&d.id)
+                .await
+                .map_err(|e| storage_error(e).to_status())?
+                .into_iter()
+                .map(|a| a.hash)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(pb::GetStoredResponse {
+            ticker: t.to_string(),
+            announcements: announcements.map(stored_document),
+            downloads: downloads.map(stored_document),
+            attachment_hashes,
+        })
+    }
+}
+
+fn stored_document(d: StoredDocument) -> pb::StoredDocument {
+    pb::StoredDocument {
+        document_id: d.id,
+        source_type: d.source_type,
+        source_id: d.source_id,
+        title: d.title,
+        version: d.version,
+        tags: d.tags,
+        content_hash: d.content_hash,
+    }
+}
+
+fn storage_error(e: shared::storage::StorageError) -> ItemError {
+    ItemError::new(e.code(), e.to_string())
+}
+
+fn parse_announcements(doc: &StoredDocument) -> Result<Vec<Announcement>, ItemError> {
+    let version = doc.content_json["schema_version"].as_u64();
+    if version != Some(ANNOUNCEMENT_SCHEMA_VERSION) {
+        return Err(ItemError::new(
+            Code::FailedPrecondition,
+            format!(
+                "document {} has schema_version {version:?}; this consumer reads version {ANNOUNCEMENT_SCHEMA_VERSION}",
+                doc.id
+            ),
+        ));
+    }
+    serde_json::from_value(doc.content_json["announcements"].clone()).map_err(|e| {
+        ItemError::new(
+            Code::Internal,
+            format!("document {} has unreadable announcements: {e}", doc.id),
+        )
+    })
+}
+
+fn download_document(
+    ticker: &Ticker,
+    source: &StoredDocument,
+    filters: &[String],
+    matched: &[Item],
+    downloaded: &[Item],
+    skipped: &[Item],
+    failed: &[Item],
+) -> NewContent {
+    let mut md = format!(
+        "# {ticker} announcement downloads\n\nFrom announcements document {} version {}: {} matched, {} downloaded, {} already stored, {} failed.\n\n",
+        source.id,
+        source.version,
+        matched.len(),
+        downloaded.len(),
+        skipped.len(),
+        failed.len()
+    );
+    if !matched.is_empty() {
+        md.push_str("| Date | Headline | Result |\n|---|---|---|\n");
+        for (items, label) in [
+            (downloaded, "downloaded"),
+            (skipped, "already stored"),
+            (failed, "failed"),
+        ] {
+            for i in items {
+                let result = if i.error.is_empty() {
+                    label.to_string()
+                } else {
+                    format!("{label}: {}", i.error)
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} |\n",
+                    i.date,
+                    i.headline.replace('|', "\\|"),
+                    result
+                ));
+            }
+        }
+    }
+    NewContent {
+        title: format!("{ticker} announcement downloads"),
+        content_markdown: md,
+        content_json: serde_json::json!({
+            "schema_version": DOWNLOAD_SCHEMA_VERSION,
+            "ticker": ticker.to_string(),
+            "source_document_id": source.id,
+            "source_version": source.version,
+            "filters": filters,
+            "matched": matched,
+            "downloaded": downloaded,
+            "skipped": skipped,
+            "failed": failed,
+        }),
+        tags: vec![
+            Kind::AnnouncementDownload.as_str().to_string(),
+            ticker.code().to_lowercase(),
+            format!("ticker:{ticker}"),
+            format!("source_type:{}", Kind::AnnouncementDownload),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_whole_words_in_headline_or_type() {
+        assert!(matches_filter(
+            "Annual Report",
+            "[SAMPLE] Appendix 4E and Annual Report",
+            ""
+        ));
+        assert!(matches_filter(
+            "appendix 4e",
+            "Appendix 4E and Annual Report",
+            ""
+        ));
+        assert!(!matches_filter("FY", "FY25 results", ""));
+        assert!(matches_filter("FY", "FY 2025 results", ""));
+        assert!(!matches_filter("FY", "Notify of meeting", ""));
+        assert!(matches_filter(
+            "annual report",
+            "Something",
+            "ANNUAL_REPORT"
+        ));
+        assert!(!matches_filter("", "anything", "OTHER"));
+        assert!(matches_filter(
+            "Preliminary Final Report",
+            "[SAMPLE] Preliminary Final Report",
+            ""
+        ));
+    }
+}

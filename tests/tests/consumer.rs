@@ -1,0 +1,438 @@
+//! consumer-service end to end: sample exchange, provider and consumer as three processes on
+//! one database; the consumer driven over gRPC and through its one-shot CLI.
+
+use std::time::Duration;
+
+use chrono::Datelike;
+use e2e::{
+    harness::{consumer_command, free_addr, ConsumerProc, Db, Exchange, Provider, PDF_PATH},
+    on_both_databases,
+    sample_exchange::Control,
+};
+use shared::proto::{
+    consumer::v1::{GetStoredRequest, ProcessTickersRequest, TickerReport},
+    documents::v1::{self as docs, document_provider_server},
+};
+use tonic::Code;
+
+fn request(tickers: &[&str]) -> ProcessTickersRequest {
+    ProcessTickersRequest {
+        tickers: tickers.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn keys(items: &[shared::proto::consumer::v1::AnnouncementItem]) -> Vec<String> {
+    let mut k: Vec<String> = items.iter().map(|i| i.document_key.clone()).collect();
+    k.sort();
+    k
+}
+
+fn outcome(r: &TickerReport) -> docs::Outcome {
+    r.provider_result
+        .as_ref()
+        .expect("provider result")
+        .outcome()
+}
+
+/// The sample exchange's key of GNP's yearly annual report ("Appendix 4E and Annual Report")
+/// and preliminary final report, for `year`.
+fn gnp_annual_keys(year: i32) -> [String; 2] {
+    let yy = year.rem_euclid(100);
+    [format!("10{yy:02}0007"), format!("10{yy:02}0008")]
+}
+
+async fn round_trip_downloads_once(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let mut client = consumer.client().await;
+
+    let first = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = &first.reports[0];
+    assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(outcome(r), docs::Outcome::Created);
+    assert_eq!(r.version_read, 1);
+    assert!(!r.newer_version_read);
+    let year = chrono::Utc::now().year();
+    let expected = gnp_annual_keys(year);
+    assert_eq!(
+        keys(&r.matched),
+        expected.to_vec(),
+        "annual report and preliminary final report match"
+    );
+    assert_eq!(keys(&r.downloaded), expected.to_vec());
+    assert!(r.skipped.is_empty() && r.failed.is_empty());
+    for k in &expected {
+        let hits = ex
+            .stats()
+            .await
+            .by_request
+            .iter()
+            .filter(|(p, _)| p.starts_with(PDF_PATH) && p.ends_with(k.as_str()))
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        assert_eq!(hits, 1, "PDF {k} fetched once");
+    }
+
+    // What is stored: the provider's document, the consumer's own, and the PDFs.
+    let store = db.store().await;
+    let own = store.get(&r.download_document_id).await.unwrap().unwrap();
+    assert_eq!(own.source_type, "announcement_download");
+    assert_eq!(own.source_id, "ASX:GNP:announcement_download");
+    assert_eq!(own.content_json["source_document_id"], r.document_id);
+    assert_eq!(own.content_json["downloaded"].as_array().unwrap().len(), 2);
+    let attachments = store.attachments_of(&own.id).await.unwrap();
+    assert_eq!(attachments.len(), 2);
+    for a in &attachments {
+        let bytes = store.attachment_data(&a.hash).await.unwrap().unwrap();
+        assert!(bytes.starts_with(b"%PDF-"));
+    }
+
+    // A second round within the window: provider hit, nothing downloaded again.
+    let second = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r2 = &second.reports[0];
+    assert!(r2.error.is_none(), "{r2:?}");
+    assert_eq!(outcome(r2), docs::Outcome::Hit);
+    assert!(r2.downloaded.is_empty());
+    assert_eq!(keys(&r2.skipped), expected.to_vec());
+    assert_eq!(ex.count(PDF_PATH).await, 2, "no PDF fetched twice");
+    assert_eq!(r2.download_document_id, r.download_document_id);
+
+    let stored = client
+        .get_stored(GetStoredRequest {
+            ticker: "gnp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.ticker, "ASX:GNP");
+    assert_eq!(stored.announcements.unwrap().document_id, r.document_id);
+    assert_eq!(stored.downloads.unwrap().version, 2);
+    assert_eq!(stored.attachment_hashes.len(), 2);
+}
+
+async fn one_failure_never_stops_the_others(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let mut client = consumer.client().await;
+    let resp = client
+        .process_tickers(request(&["ASX:NOPE", "ASX:BHP", "bad!", "ASX:CBA"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<Option<i32>> = resp
+        .reports
+        .iter()
+        .map(|r| r.error.as_ref().map(|e| e.code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some(Code::NotFound as i32),
+            None,
+            Some(Code::InvalidArgument as i32),
+            None
+        ],
+        "{resp:?}"
+    );
+    assert_eq!(resp.reports[1].ticker, "ASX:BHP");
+    assert!(!resp.reports[3].downloaded.is_empty());
+}
+
+on_both_databases!(
+    round_trip_downloads_once,
+    one_failure_never_stops_the_others
+);
+
+#[tokio::test]
+async fn bad_pdfs_fail_alone() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[("ANNOUNCEMENT_YEARS", "2")]).await;
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &provider.url(),
+        &[
+            ("CONSUMER_DOWNLOAD_TIMEOUT_MS", "500"),
+            ("CONSUMER_DOWNLOAD_MAX_BYTES", "1048576"),
+        ],
+    )
+    .await;
+    let year = chrono::Utc::now().year();
+    let [slow, huge] = gnp_annual_keys(year);
+    let [not_pdf, good] = gnp_annual_keys(year - 1);
+    let pdf = |k: &str| format!("{PDF_PATH}?display=pdf&idsId={k}");
+    let mut control = Control::default();
+    control.delay_ms.insert(pdf(&slow), 3000);
+    control.oversize.push(pdf(&huge));
+    control.not_pdf.push(pdf(&not_pdf));
+    ex.control(&control).await;
+
+    let mut client = consumer.client().await;
+    let r = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(r.matched.len(), 4);
+    assert_eq!(keys(&r.downloaded), vec![good.clone()]);
+    let reason = |k: &str| {
+        r.failed
+            .iter()
+            .find(|i| i.document_key == k)
+            .map(|i| i.error.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason(&slow).contains("timed out"), "{:?}", r.failed);
+    assert!(reason(&huge).contains("too large"), "{:?}", r.failed);
+    assert!(reason(&not_pdf).contains("not a PDF"), "{:?}", r.failed);
+    let own = db
+        .store()
+        .await
+        .get(&r.download_document_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(own.content_json["failed"].as_array().unwrap().len(), 3);
+
+    // Once the PDFs are fixed, only the failed ones are fetched.
+    ex.control(&Control::default()).await;
+    let r = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert_eq!(r.downloaded.len(), 3, "{r:?}");
+    assert_eq!(keys(&r.skipped), vec![good]);
+}
+
+#[tokio::test]
+async fn provider_down_then_back_and_failover() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let addr = free_addr();
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &format!("http://{addr}"),
+        &[("PROVIDER_RETRIES", "2"), ("PROVIDER_TIMEOUT_MS", "2000")],
+    )
+    .await;
+    let mut client = consumer.client().await;
+    let r = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    let e = r.error.expect("provider is down");
+    assert_eq!(e.code, Code::Unavailable as i32, "{}", e.message);
+
+    let provider = Provider::start_at(&addr, db.url(), &ex.url, &[]).await;
+    let r = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert!(r.error.is_none(), "{r:?}");
+    drop(provider);
+
+    // Two providers, one stopped: every round still succeeds.
+    let a = Provider::start(db.url(), &ex.url, &[]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer2 = ConsumerProc::start(db.url(), &format!("{},{}", a.url(), b.url()), &[]).await;
+    let mut client2 = consumer2.client().await;
+    for _ in 0..3 {
+        let r = client2
+            .process_tickers(request(&["ASX:BHP"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .reports
+            .remove(0);
+        assert!(r.error.is_none(), "{r:?}");
+    }
+    drop(a);
+    for i in 0..6 {
+        let req = ProcessTickersRequest {
+            force_refresh: true,
+            ..request(&["ASX:BHP"])
+        };
+        let r = client2
+            .process_tickers(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .reports
+            .remove(0);
+        assert!(r.error.is_none(), "round {i} with one provider down: {r:?}");
+    }
+}
+
+/// A provider in front of the real one that changes the database or the answer between the
+/// answer and the consumer's read, as a concurrent refresh or a confused provider would.
+#[derive(Clone)]
+struct Meddler {
+    real: docs::document_provider_client::DocumentProviderClient<tonic::transport::Channel>,
+    mode: &'static str,
+}
+
+#[tonic::async_trait]
+impl document_provider_server::DocumentProvider for Meddler {
+    async fn get_document(
+        &self,
+        request: tonic::Request<docs::GetDocumentRequest>,
+    ) -> Result<tonic::Response<docs::DocumentResult>, tonic::Status> {
+        let mut real = self.real.clone();
+        let req = request.into_inner();
+        let mut answer = real.get_document(req.clone()).await?.into_inner();
+        match self.mode {
+            "refresh" => {
+                // Someone forces a refresh after the answer left the provider.
+                let forced = docs::GetDocumentRequest {
+                    options: Some(docs::DocumentOptions {
+                        cache_hours: Some(0),
+                        force_refresh: true,
+                    }),
+                    ..req
+                };
+                real.get_document(forced).await?;
+            }
+            "ahead" => answer.version += 5,
+            "gone" => answer.document_id = "no-such-document".into(),
+            _ => {}
+        }
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn get_documents(
+        &self,
+        _: tonic::Request<docs::GetDocumentsRequest>,
+    ) -> Result<tonic::Response<docs::GetDocumentsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+
+    async fn ensure_documents(
+        &self,
+        _: tonic::Request<docs::EnsureDocumentsRequest>,
+    ) -> Result<tonic::Response<docs::EnsureDocumentsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+}
+
+async fn start_meddler(real_url: String, mode: &'static str) -> String {
+    let real = docs::document_provider_client::DocumentProviderClient::connect(real_url)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(document_provider_server::DocumentProviderServer::new(
+                Meddler { real, mode },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_moved_on_between_answer_and_read() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    for (mode, expect) in [
+        ("refresh", None),
+        ("ahead", Some(Code::FailedPrecondition)),
+        ("gone", Some(Code::NotFound)),
+    ] {
+        let url = start_meddler(provider.url(), mode).await;
+        let consumer = ConsumerProc::start(db.url(), &url, &[]).await;
+        let r = consumer
+            .client()
+            .await
+            .process_tickers(request(&["ASX:GNP"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .reports
+            .remove(0);
+        match expect {
+            None => {
+                assert!(r.error.is_none(), "{r:?}");
+                let answered = r.provider_result.as_ref().unwrap().version;
+                assert!(r.newer_version_read, "{r:?}");
+                assert_eq!(r.version_read, answered + 1);
+            }
+            Some(code) => {
+                let e = r
+                    .error
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{mode}: must fail: {r:?}"));
+                assert_eq!(e.code, code as i32, "{mode}: {}", e.message);
+                assert!(r.download_document_id.is_empty(), "{mode}: nothing written");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_shot_cli_prints_reports() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let mut cmd = consumer_command(db.url(), &provider.url(), &[]);
+    cmd.args(["process", "ASX:GNP", "BHP", "--json"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["ticker"], "ASX:GNP");
+    assert_eq!(lines[1]["outcome"], "OUTCOME_CREATED");
+    assert_eq!(lines[1]["downloaded"].as_array().unwrap().len(), 2);
+
+    let mut cmd = consumer_command(db.url(), &provider.url(), &[]);
+    cmd.args(["process", "ASX:NOPE"]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
