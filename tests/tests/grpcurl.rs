@@ -2,7 +2,7 @@
 //! describes the services and calls them with JSON, and every grpcurl recipe in the README runs
 //! as written against a live provider.
 
-use e2e::harness::{run_grpcurl, Db, Exchange, Provider};
+use e2e::harness::{run_grpcurl, ConsumerProc, Db, Exchange, Provider};
 
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls() {
@@ -109,9 +109,10 @@ async fn readme_grpcurl_recipes_run_as_written() {
     let db = Db::sqlite();
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let c = ConsumerProc::start(db.url(), &p.url(), &[]).await;
     for recipe in recipes {
-        // The README talks to the default address; the test's provider is on a free port.
-        let cmd = recipe.replace("127.0.0.1:50051", &p.addr);
+        // The README talks to the default addresses; the test's services are on free ports.
+        let cmd = recipe.replace("127.0.0.1:50051", &p.addr).replace("127.0.0.1:50052", &c.addr);
         let out = std::process::Command::new("sh")
             .args(["-c", &cmd])
             .output()
