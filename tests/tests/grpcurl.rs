@@ -112,7 +112,9 @@ async fn readme_grpcurl_recipes_run_as_written() {
     let c = ConsumerProc::start(db.url(), &p.url(), &[]).await;
     for recipe in recipes {
         // The README talks to the default addresses; the test's services are on free ports.
-        let cmd = recipe.replace("127.0.0.1:50051", &p.addr).replace("127.0.0.1:50052", &c.addr);
+        let cmd = recipe
+            .replace("127.0.0.1:50051", &p.addr)
+            .replace("127.0.0.1:50052", &c.addr);
         let out = std::process::Command::new("sh")
             .args(["-c", &cmd])
             .output()
