@@ -346,6 +346,7 @@ impl Processor {
                 &own_source,
                 &content,
                 &attachments,
+                None,
             )
             .await
             .map_err(storage_error)?;

@@ -73,6 +73,18 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_FILL_CONCURRENCY", default_value_t = 32)]
     pub fill_concurrency: usize,
 
+    /// Fills fetching at once in this process, per source (kind).
+    #[arg(long, env = "PROVIDER_FILL_CONCURRENCY_PER_SOURCE", default_value_t = 32)]
+    pub fill_concurrency_per_source: usize,
+
+    /// How long a fill lease lasts before another replica may take the fill over, in milliseconds.
+    #[arg(long, env = "PROVIDER_FILL_LEASE_MS", default_value_t = 60_000)]
+    pub fill_lease_ms: u64,
+
+    /// How long a failed fill's error is answered without trying again, in milliseconds (0: off).
+    #[arg(long, env = "PROVIDER_NEGATIVE_CACHE_MS", default_value_t = 5_000)]
+    pub negative_cache_ms: u64,
+
     /// Replaces scheme and host of every upstream (listing, JSON API, PDFs, market data).
     #[arg(long, env = "UPSTREAM_BASE_URL")]
     pub upstream_base_url: Option<String>,
@@ -149,6 +161,10 @@ impl Config {
             default_exchange: exchange,
             max_batch_size: self.max_batch_size,
             fill_concurrency: self.fill_concurrency,
+            fill_concurrency_per_source: self.fill_concurrency_per_source,
+            lease_ttl: Duration::from_millis(self.fill_lease_ms.max(1)),
+            negative_cache_ttl: Duration::from_millis(self.negative_cache_ms),
+            ..Settings::default()
         })
     }
 

@@ -12,6 +12,7 @@ use shared::{
     },
     DocumentResult, Provisioned,
 };
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::provisioner::Provisioner;
@@ -27,8 +28,8 @@ impl ProviderService {
         Self { provisioner }
     }
 
-    fn ready(&self) -> Result<&Provisioner, Status> {
-        self.provisioner.get().map(|p| p.as_ref()).ok_or_else(|| {
+    fn ready(&self) -> Result<&Arc<Provisioner>, Status> {
+        self.provisioner.get().ok_or_else(|| {
             Status::unavailable("provider is starting: the database is not ready yet")
         })
     }
@@ -36,19 +37,13 @@ impl ProviderService {
     async fn batch(
         &self,
         rpc: &'static str,
-        identifiers: &[String],
+        identifiers: Vec<String>,
         kind: &str,
         options: Option<pb::DocumentOptions>,
     ) -> Result<Vec<DocumentResult>, Status> {
         let started = Instant::now();
         let p = self.ready()?;
-        let opts = options.unwrap_or_default();
-        let req = p.validate(
-            kind,
-            opts.cache_hours,
-            opts.force_refresh,
-            identifiers.len(),
-        )?;
+        let req = p.validate(kind, options.as_ref(), identifiers.len())?;
         let results = p.provide(identifiers, req).await;
         for r in &results {
             log_answer(rpc, r, started);
@@ -60,6 +55,18 @@ impl ProviderService {
 fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &r.error {
+        Some(e) if r.is_ok() => tracing::warn!(
+            rpc,
+            identifier = %r.identifier,
+            kind = %r.kind,
+            outcome = r.outcome.as_str(),
+            document_id = %r.document_id,
+            version = r.version,
+            code = ?e.code,
+            error = %e.message,
+            latency_ms,
+            "answer"
+        ),
         None => tracing::info!(
             rpc,
             identifier = %r.identifier,
@@ -85,25 +92,37 @@ fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
 
 #[tonic::async_trait]
 impl DocumentProviderRpc for ProviderService {
+    type StreamDocumentsStream = futures::stream::BoxStream<'static, Result<pb::DocumentResult, Status>>;
+
+    async fn stream_documents(
+        &self,
+        request: Request<pb::GetDocumentsRequest>,
+    ) -> Result<Response<Self::StreamDocumentsStream>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let p = self.ready()?;
+        let req = p.validate(&r.kind, r.options.as_ref(), r.identifiers.len())?;
+        let stream = p.provide_each(r.identifiers, req).map(move |result| {
+            log_answer("StreamDocuments", &result, started);
+            Ok(result.into())
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
     async fn get_document(
         &self,
         request: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::DocumentResult>, Status> {
         let r = request.into_inner();
         let mut results = self
-            .batch(
-                "GetDocument",
-                std::slice::from_ref(&r.identifier),
-                &r.kind,
-                r.options,
-            )
+            .batch("GetDocument", vec![r.identifier], &r.kind, r.options)
             .await?;
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("no result for the identifier"))?;
         match &result.error {
-            Some(e) => Err(e.to_status()),
-            None => Ok(Response::new(result.into())),
+            Some(e) if !result.is_ok() => Err(e.to_status()),
+            _ => Ok(Response::new(result.into())),
         }
     }
 
@@ -113,7 +132,7 @@ impl DocumentProviderRpc for ProviderService {
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
         let r = request.into_inner();
         let results = self
-            .batch("GetDocuments", &r.identifiers, &r.kind, r.options)
+            .batch("GetDocuments", r.identifiers, &r.kind, r.options)
             .await?;
         Ok(Response::new(pb::GetDocumentsResponse {
             results: results.into_iter().map(Into::into).collect(),
@@ -126,7 +145,7 @@ impl DocumentProviderRpc for ProviderService {
     ) -> Result<Response<pb::EnsureDocumentsResponse>, Status> {
         let r = request.into_inner();
         let results = self
-            .batch("EnsureDocuments", &r.identifiers, &r.kind, r.options)
+            .batch("EnsureDocuments", r.identifiers, &r.kind, r.options)
             .await?;
         let p = Provisioned::from_results(results);
         Ok(Response::new(pb::EnsureDocumentsResponse {

@@ -1,10 +1,17 @@
-//! The provisioning core: judges freshness, fills misses from the sources, coalesces concurrent
-//! fills of the same document, and answers batches in request order.
+//! The provisioning core: judges freshness, fills misses from the sources, makes concurrent
+//! fills of one document share a single fetch (within the process and across replicas), and
+//! answers batches in request order or as a stream.
 //!
-//! A batch is looked up in one query. Misses are filled concurrently, each fill bounded by a
-//! process-wide semaphore. A fill runs in its own task, detached from the callers that wait for
-//! it: a caller that gives up does not cancel it, and every waiter gets its result (or its
-//! error, including a panic).
+//! - A batch is looked up in one query; fresh documents are answered at once.
+//! - Misses are filled concurrently. A fill runs in its own task, detached from the callers that
+//!   wait for it: a caller that gives up does not cancel it, and every waiter gets its result
+//!   (or its error, including a panic). Fills are bounded globally and per source.
+//! - Across replicas, a fill first claims the document's lease in the database. Whoever holds
+//!   it fetches; the others poll until a newer document appears, the holder reports an error, or
+//!   the lease expires and they take over. The write is fenced by the lease token, so a filler
+//!   paused past its lease cannot overwrite what the replica that took over wrote.
+//! - A failed fill writes nothing (the previous version stays); its error is cached briefly so a
+//!   failing upstream is not hammered; callers may accept the previous version (stale-if-error).
 
 use std::{
     collections::HashMap,
@@ -12,23 +19,24 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::{
     future::{BoxFuture, Shared},
-    FutureExt,
+    stream::{self, BoxStream, FuturesUnordered},
+    FutureExt, StreamExt,
 };
 use shared::{
     provider::{DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
-    storage::{DocumentHead, DocumentStore},
+    storage::{DocumentHead, DocumentStore, Fence, StorageError},
     DocumentResult, ItemError, Kind, Outcome, Ticker,
 };
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
-use crate::sources::Sources;
+use crate::sources::{Source, Sources};
 
 /// Provisioning settings.
 #[derive(Debug, Clone)]
@@ -37,8 +45,16 @@ pub struct Settings {
     pub default_cache_hours: u32,
     pub default_exchange: String,
     pub max_batch_size: usize,
-    /// Fills running at once in this process.
+    /// Fills fetching at once in this process, all sources together.
     pub fill_concurrency: usize,
+    /// Fills fetching at once in this process, per source.
+    pub fill_concurrency_per_source: usize,
+    /// How long a fill lease lasts before another replica may take the fill over.
+    pub lease_ttl: Duration,
+    /// How long a failed fill's error is answered without trying again (0: not at all).
+    pub negative_cache_ttl: Duration,
+    /// This process's name in fill leases.
+    pub holder: String,
 }
 
 impl Default for Settings {
@@ -49,16 +65,30 @@ impl Default for Settings {
             default_exchange: "ASX".into(),
             max_batch_size: 1000,
             fill_concurrency: 32,
+            fill_concurrency_per_source: 32,
+            lease_ttl: Duration::from_secs(60),
+            negative_cache_ttl: Duration::from_secs(5),
+            holder: format!("provider-{}-{:08x}", std::process::id(), rand_u32()),
         }
     }
 }
 
-/// A validated request: kind, freshness window, force flag.
+fn rand_u32() -> u32 {
+    // Good enough to tell processes apart; not a secret.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    t ^ std::process::id().rotate_left(16)
+}
+
+/// A validated request.
 #[derive(Debug, Clone, Copy)]
 pub struct Request {
     pub kind: Kind,
     pub cache_hours: u32,
     pub force_refresh: bool,
+    pub stale_if_error_hours: Option<u32>,
 }
 
 /// What a finished fill hands to its waiters.
@@ -68,7 +98,9 @@ struct Filled {
     outcome: Outcome,
 }
 
-type FillFuture = Shared<BoxFuture<'static, Result<Filled, ItemError>>>;
+type FillResult = Result<Filled, ItemError>;
+type FillFuture = Shared<BoxFuture<'static, FillResult>>;
+type FillKey = (Kind, String);
 
 struct InFlight {
     id: u64,
@@ -76,182 +108,218 @@ struct InFlight {
     fut: FillFuture,
 }
 
-type FillKey = (Kind, String);
+/// Everything a detached fill task needs.
+#[derive(Clone)]
+struct FillContext {
+    store: Arc<dyn DocumentStore>,
+    global: Arc<Semaphore>,
+    negative: Arc<Mutex<HashMap<FillKey, (Instant, ItemError)>>>,
+    settings: Arc<Settings>,
+}
 
 pub struct Provisioner {
-    store: Arc<dyn DocumentStore>,
     sources: Sources,
-    settings: Settings,
-    fill_permits: Arc<Semaphore>,
+    per_source: HashMap<Kind, Arc<Semaphore>>,
+    ctx: FillContext,
     in_flight: Arc<Mutex<HashMap<FillKey, InFlight>>>,
     next_fill_id: AtomicU64,
 }
 
 impl Provisioner {
     pub fn new(store: Arc<dyn DocumentStore>, sources: Sources, settings: Settings) -> Self {
-        let permits = settings.fill_concurrency.max(1);
+        let per_source = sources
+            .keys()
+            .map(|k| (*k, Arc::new(Semaphore::new(settings.fill_concurrency_per_source.max(1)))))
+            .collect();
         Self {
-            store,
+            per_source,
             sources,
-            settings,
-            fill_permits: Arc::new(Semaphore::new(permits)),
+            ctx: FillContext {
+                store,
+                global: Arc::new(Semaphore::new(settings.fill_concurrency.max(1))),
+                negative: Arc::new(Mutex::new(HashMap::new())),
+                settings: Arc::new(settings),
+            },
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             next_fill_id: AtomicU64::new(0),
         }
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.ctx.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn DocumentStore> {
+        &self.ctx.store
     }
 
     /// Validates the whole-request fields. Errors name the field and the rule.
     pub fn validate(
         &self,
         kind: &str,
-        cache_hours: Option<u32>,
-        force_refresh: bool,
+        options: Option<&shared::proto::documents::v1::DocumentOptions>,
         batch_len: usize,
     ) -> Result<Request, Status> {
+        let settings = self.settings();
         let kind = if kind.trim().is_empty() {
-            self.settings.default_kind
+            settings.default_kind
         } else {
             kind.parse::<Kind>()
                 .map_err(|e| Status::invalid_argument(format!("kind: {e}")))?
         };
         if !self.sources.contains_key(&kind) {
+            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
+            provided.sort();
             return Err(Status::invalid_argument(format!(
-                "kind: {kind:?} is not provided by this service: expected one of {}",
-                self.provided_kinds().join(", ")
+                "kind: {:?} is not provided by this service: expected one of {}",
+                kind.as_str(),
+                provided.join(", ")
             )));
         }
-        let cache_hours = cache_hours.unwrap_or(self.settings.default_cache_hours);
-        if cache_hours > MAX_CACHE_HOURS {
-            return Err(Status::invalid_argument(format!(
-                "options.cache_hours: {cache_hours} is more than the maximum of {MAX_CACHE_HOURS}"
-            )));
+        let default = Default::default();
+        let opts = options.unwrap_or(&default);
+        let cache_hours = opts.cache_hours.unwrap_or(settings.default_cache_hours);
+        for (field, value) in [
+            ("options.cache_hours", Some(cache_hours)),
+            ("options.stale_if_error_hours", opts.stale_if_error_hours),
+        ] {
+            if let Some(v) = value.filter(|v| *v > MAX_CACHE_HOURS) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: {v} is more than the maximum of {MAX_CACHE_HOURS}"
+                )));
+            }
         }
-        if batch_len > self.settings.max_batch_size {
+        if batch_len > settings.max_batch_size {
             return Err(Status::invalid_argument(format!(
                 "identifiers: {batch_len} identifiers is more than the maximum batch size of {}",
-                self.settings.max_batch_size
+                settings.max_batch_size
             )));
         }
         Ok(Request {
             kind,
             cache_hours,
-            force_refresh,
+            force_refresh: opts.force_refresh,
+            stale_if_error_hours: opts.stale_if_error_hours,
         })
     }
 
-    fn provided_kinds(&self) -> Vec<&'static str> {
-        let mut kinds: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
-        kinds.sort();
-        kinds
+    /// Ensures every identifier's document; one result per identifier, in request order.
+    pub async fn provide(self: &Arc<Self>, identifiers: Vec<String>, req: Request) -> Vec<DocumentResult> {
+        let mut results: Vec<DocumentResult> = self.provide_each(identifiers, req).collect().await;
+        results.sort_by_key(|r| r.index);
+        results
     }
 
-    /// Ensures every identifier's document; one result per identifier, in order.
-    pub async fn provide(&self, identifiers: &[String], req: Request) -> Vec<DocumentResult> {
+    /// Ensures every identifier's document, yielding each result as soon as it is ready:
+    /// failures to parse and fresh documents first, then fills as they finish.
+    pub fn provide_each(self: &Arc<Self>, identifiers: Vec<String>, req: Request) -> BoxStream<'static, DocumentResult> {
+        let this = self.clone();
+        stream::once(async move { this.plan(identifiers, req).await }).flatten().boxed()
+    }
+
+    async fn plan(self: Arc<Self>, identifiers: Vec<String>, req: Request) -> BoxStream<'static, DocumentResult> {
         let arrived = Instant::now();
         let kind = req.kind.as_str();
-        let parsed: Vec<Result<Ticker, ItemError>> = identifiers
-            .iter()
-            .map(|id| {
-                Ticker::parse_with_default(id, &self.settings.default_exchange)
-                    .map_err(|e| ItemError::new(Code::InvalidArgument, format!("identifier: {e}")))
-            })
-            .collect();
-
-        // Unique source keys, in first-seen order.
-        let mut keys: Vec<(String, Ticker)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for t in parsed.iter().flatten() {
-            let sid = t.source_id(kind);
-            if !index.contains_key(&sid) {
-                index.insert(sid.clone(), keys.len());
-                keys.push((sid, t.clone()));
+        let mut immediate = Vec::new();
+        // source_id -> (ticker, indices asking for it), in first-seen order.
+        let mut keys: Vec<(String, Ticker, Vec<usize>)> = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::new();
+        for (i, id) in identifiers.iter().enumerate() {
+            match Ticker::parse_with_default(id, &self.settings().default_exchange) {
+                Err(e) => immediate.push(DocumentResult {
+                    index: i as u32,
+                    ..DocumentResult::failed(
+                        id,
+                        kind,
+                        String::new(),
+                        ItemError::new(Code::InvalidArgument, format!("identifier: {e}")),
+                    )
+                }),
+                Ok(t) => {
+                    let sid = t.source_id(kind);
+                    match position.get(&sid) {
+                        Some(p) => keys[*p].2.push(i),
+                        None => {
+                            position.insert(sid.clone(), keys.len());
+                            keys.push((sid, t, vec![i]));
+                        }
+                    }
+                }
             }
         }
-
-        let answers: Vec<Result<Filled, ItemError>> = if keys.is_empty() {
-            Vec::new()
-        } else {
-            let ids: Vec<String> = keys.iter().map(|(s, _)| s.clone()).collect();
-            match self.store.lookup(kind, &ids).await {
-                Err(e) => {
-                    let err = ItemError::new(e.code(), e.to_string());
-                    vec![Err(err); keys.len()]
+        if keys.is_empty() {
+            return stream::iter(immediate).boxed();
+        }
+        let identifiers = Arc::new(identifiers);
+        let ids: Vec<String> = keys.iter().map(|(s, ..)| s.clone()).collect();
+        let lookup = match self.store().lookup(kind, &ids).await {
+            Ok(l) => l,
+            Err(e) => {
+                let err = ItemError::new(e.code(), e.to_string());
+                for (sid, _, indices) in keys {
+                    for i in indices {
+                        immediate.push(DocumentResult {
+                            index: i as u32,
+                            ..DocumentResult::failed(&identifiers[i], kind, sid.clone(), err.clone())
+                        });
+                    }
                 }
-                Ok(lookup) => {
-                    let heads: HashMap<&str, &DocumentHead> = lookup
-                        .heads
-                        .iter()
-                        .map(|h| (h.source_id.as_str(), h))
-                        .collect();
-                    let work = keys.iter().map(|(sid, ticker)| {
-                        let head = heads.get(sid.as_str()).copied();
-                        match head {
-                            Some(h) if is_fresh(h, lookup.now, req) => {
-                                futures::future::ready(Ok(Filled {
-                                    head: h.clone(),
-                                    outcome: Outcome::Hit,
-                                }))
-                                .boxed()
-                            }
-                            _ => self
-                                .fill(
-                                    req,
-                                    ticker.clone(),
-                                    sid.clone(),
-                                    arrived,
-                                    (!req.force_refresh).then_some(lookup.now),
-                                )
-                                .boxed(),
-                        }
-                    });
-                    futures::future::join_all(work).await
-                }
+                return stream::iter(immediate).boxed();
             }
         };
-
-        identifiers
-            .iter()
-            .zip(parsed)
-            .map(|(identifier, parsed)| {
-                let ticker = match parsed {
-                    Ok(t) => t,
-                    Err(e) => return DocumentResult::failed(identifier, kind, String::new(), e),
-                };
-                let sid = ticker.source_id(kind);
-                match &answers[index[&sid]] {
-                    Ok(f) => DocumentResult {
-                        identifier: identifier.clone(),
-                        source_id: sid,
-                        kind: kind.to_string(),
-                        document_id: f.head.id.clone(),
-                        tags: f.head.tags.clone(),
-                        fresh: f.outcome == Outcome::Hit,
-                        created: matches!(f.outcome, Outcome::Created | Outcome::Refreshed),
-                        version: f.head.version,
-                        last_synced: Some(f.head.last_synced),
-                        outcome: f.outcome,
-                        error: None,
-                    },
-                    Err(e) => DocumentResult::failed(identifier, kind, sid, e.clone()),
+        let mut heads: HashMap<String, DocumentHead> =
+            lookup.heads.into_iter().map(|h| (h.source_id.clone(), h)).collect();
+        let now = lookup.now;
+        let pending = FuturesUnordered::new();
+        for (sid, ticker, indices) in keys {
+            let previous = heads.remove(&sid);
+            match previous {
+                Some(h) if is_fresh(&h, now, req) => {
+                    let filled = Ok(Filled { head: h, outcome: Outcome::Hit });
+                    for i in indices {
+                        immediate.push(answer(&identifiers[i], i, &sid, req, &filled, None, now));
+                    }
                 }
-            })
-            .collect()
+                _ => {
+                    let fill = self.fill(req, ticker, sid.clone(), arrived, now);
+                    let identifiers = identifiers.clone();
+                    pending.push(async move {
+                        let filled = fill.await;
+                        indices
+                            .into_iter()
+                            .map(|i| answer(&identifiers[i], i, &sid, req, &filled, previous.as_ref(), now))
+                            .collect::<Vec<_>>()
+                    });
+                }
+            }
+        }
+        stream::iter(immediate)
+            .chain(pending.flat_map(stream::iter))
+            .boxed()
     }
 
     /// Joins the fill in flight for the key, or starts one. A forced refresh only joins a fill
     /// that started after the request arrived; an older one is awaited and then a new one made.
-    async fn fill(
+    fn fill(
+        self: &Arc<Self>,
+        req: Request,
+        ticker: Ticker,
+        source_id: String,
+        arrived: Instant,
+        seen_at: DateTime<Utc>,
+    ) -> impl std::future::Future<Output = FillResult> + Send + 'static {
+        let this = self.clone();
+        async move { this.join_or_start(req, ticker, source_id, arrived, seen_at).await }
+    }
+
+    async fn join_or_start(
         &self,
         req: Request,
         ticker: Ticker,
         source_id: String,
         arrived: Instant,
-        fresh_after: Option<DateTime<Utc>>,
-    ) -> Result<Filled, ItemError> {
+        seen_at: DateTime<Utc>,
+    ) -> FillResult {
         let key: FillKey = (req.kind, source_id);
         loop {
             let (fut, join) = {
@@ -260,15 +328,8 @@ impl Provisioner {
                     Some(f) if !req.force_refresh || f.started >= arrived => (f.fut.clone(), true),
                     Some(f) => (f.fut.clone(), false),
                     None => {
-                        let (id, fut) = self.start_fill(&key, ticker.clone(), fresh_after);
-                        map.insert(
-                            key.clone(),
-                            InFlight {
-                                id,
-                                started: Instant::now(),
-                                fut: fut.clone(),
-                            },
-                        );
+                        let (id, fut) = self.start_fill(&key, ticker.clone(), seen_at, req.force_refresh);
+                        map.insert(key.clone(), InFlight { id, started: Instant::now(), fut: fut.clone() });
                         (fut, true)
                     }
                 }
@@ -276,83 +337,32 @@ impl Provisioner {
             if join {
                 return fut.await;
             }
-            // An older fill: let it finish, then look again.
             let _ = fut.await;
         }
     }
 
     /// Spawns the fill task. The task removes its own in-flight entry when it ends, however it
     /// ends (including a panic, through the guard's Drop).
-    fn start_fill(
-        &self,
-        key: &FillKey,
-        ticker: Ticker,
-        fresh_after: Option<DateTime<Utc>>,
-    ) -> (u64, FillFuture) {
+    fn start_fill(&self, key: &FillKey, ticker: Ticker, seen_at: DateTime<Utc>, forced: bool) -> (u64, FillFuture) {
         let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
-        let store = self.store.clone();
+        let guard = InFlightGuard { map: self.in_flight.clone(), key: key.clone(), id };
+        let ctx = self.ctx.clone();
         let source = self.sources.get(&key.0).cloned();
-        let permits = self.fill_permits.clone();
-        let guard = InFlightGuard {
-            map: self.in_flight.clone(),
-            key: key.clone(),
-            id,
-        };
-        let (kind, source_id) = key.clone();
+        let per_source = self.per_source.get(&key.0).cloned();
+        let key = key.clone();
         let handle = tokio::spawn(async move {
             let _guard = guard;
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| ItemError::new(Code::Unavailable, "provider is shutting down"))?;
-            let source = source.ok_or_else(|| {
-                ItemError::new(Code::InvalidArgument, format!("kind: {kind} has no source"))
-            })?;
-            // Another caller (or replica) may have filled it since our lookup.
-            if let Some(after) = fresh_after {
-                let lookup = store
-                    .lookup(kind.as_str(), std::slice::from_ref(&source_id))
-                    .await
-                    .map_err(|e| ItemError::new(e.code(), e.to_string()))?;
-                if let Some(h) = lookup.heads.into_iter().find(|h| h.last_synced > after) {
-                    return Ok(Filled {
-                        head: h,
-                        outcome: Outcome::Hit,
-                    });
-                }
-            }
-            let started = Instant::now();
-            let content = source
-                .fetch(&ticker)
-                .await
-                .map_err(|e| ItemError::new(e.code(), format!("{ticker}: {e}")))?;
-            let written = store
-                .upsert(kind.as_str(), &source_id, &content, &[])
-                .await
-                .map_err(|e| ItemError::new(e.code(), e.to_string()))?;
-            tracing::debug!(%source_id, version = written.head.version, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
-            Ok(Filled {
-                outcome: if written.inserted {
-                    Outcome::Created
-                } else {
-                    Outcome::Refreshed
-                },
-                head: written.head,
-            })
+            let (Some(source), Some(per_source)) = (source, per_source) else {
+                return Err(ItemError::new(Code::InvalidArgument, format!("kind: {} has no source", key.0)));
+            };
+            ctx.run_fill(&key, &ticker, source, per_source, seen_at, forced).await
         });
         let fut = async move {
             match handle.await {
                 Ok(r) => r,
                 Err(e) => Err(ItemError::new(
                     Code::Internal,
-                    format!(
-                        "fill failed unexpectedly: {}",
-                        if e.is_panic() {
-                            "panicked"
-                        } else {
-                            "cancelled"
-                        }
-                    ),
+                    format!("fill failed unexpectedly: {}", if e.is_panic() { "it panicked" } else { "it was cancelled" }),
                 )),
             }
         }
@@ -362,10 +372,220 @@ impl Provisioner {
     }
 }
 
+impl FillContext {
+    /// One document's fill, coordinated with other replicas through the lease.
+    async fn run_fill(
+        &self,
+        key: &FillKey,
+        ticker: &Ticker,
+        source: Arc<dyn Source>,
+        per_source: Arc<Semaphore>,
+        seen_at: DateTime<Utc>,
+        forced: bool,
+    ) -> FillResult {
+        let (kind, sid) = (key.0.as_str(), key.1.as_str());
+        if let Some(e) = self.cached_failure(key) {
+            return Err(e);
+        }
+        let storage = |e: StorageError| ItemError::new(e.code(), e.to_string());
+        let give_up = Instant::now() + self.settings.lease_ttl * 2 + Duration::from_secs(5);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let claimed = {
+                let _global = self.global.clone().acquire_owned().await.map_err(|_| shutting_down())?;
+                let _source = per_source.clone().acquire_owned().await.map_err(|_| shutting_down())?;
+                match self.store.claim_fill(kind, sid, &self.settings.holder, self.settings.lease_ttl).await.map_err(storage)? {
+                    None => None,
+                    Some(token) => Some(self.fill_holding(key, ticker, source.as_ref(), token, seen_at, forced).await),
+                }
+            };
+            match claimed {
+                Some(Ok(filled)) => return Ok(filled),
+                Some(Err(FillError::Failed(e))) => return Err(e),
+                Some(Err(FillError::LeaseLost)) | None => {}
+            }
+            // Another replica holds the lease: wait for its result.
+            if Instant::now() > give_up {
+                return Err(ItemError::new(
+                    Code::Unavailable,
+                    format!("{ticker}: gave up waiting for another provider's fill of {sid}"),
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            if let Some(h) = self.newer_than(kind, sid, seen_at).await.map_err(storage)? {
+                return Ok(Filled { head: h, outcome: Outcome::Hit });
+            }
+            if let Some(lease) = self.store.lease(kind, sid).await.map_err(storage)? {
+                if let (false, Some((code, message)), Some(at)) = (lease.held, lease.last_error, lease.finished_at) {
+                    if at > seen_at {
+                        return Err(ItemError::new(Code::from_i32(code), message));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fill proper, holding the lease with `token`.
+    async fn fill_holding(
+        &self,
+        key: &FillKey,
+        ticker: &Ticker,
+        source: &dyn Source,
+        token: i64,
+        seen_at: DateTime<Utc>,
+        forced: bool,
+    ) -> Result<Filled, FillError> {
+        let (kind, sid) = (key.0.as_str(), key.1.as_str());
+        let release = |error: Option<ItemError>| async move {
+            let e = error.as_ref().map(|e| (e.code as i32, e.message.as_str()));
+            if let Err(err) = self.store.release_fill(kind, sid, token, e).await {
+                tracing::warn!(%sid, error = %err, "could not release the fill lease; it will expire");
+            }
+        };
+        // Someone may have finished a fill between our lookup and the claim.
+        if !forced {
+            match self.newer_than(kind, sid, seen_at).await {
+                Ok(Some(h)) => {
+                    release(None).await;
+                    return Ok(Filled { head: h, outcome: Outcome::Hit });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    release(None).await;
+                    return Err(FillError::Failed(ItemError::new(e.code(), e.to_string())));
+                }
+            }
+        }
+        let started = Instant::now();
+        let content = match source.fetch(ticker).await {
+            Ok(c) => c,
+            Err(e) => {
+                let err = ItemError::new(e.code(), format!("{ticker}: {e}"));
+                self.remember_failure(key, &err);
+                release(Some(err.clone())).await;
+                return Err(FillError::Failed(err));
+            }
+        };
+        match self.store.upsert(kind, sid, &content, &[], Some(Fence { token })).await {
+            Ok(w) => {
+                tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
+                Ok(Filled {
+                    outcome: if w.inserted { Outcome::Created } else { Outcome::Refreshed },
+                    head: w.head,
+                })
+            }
+            Err(StorageError::LeaseLost(t)) => {
+                tracing::warn!(%sid, token = t, "fill lease lost to another provider; its result will be served");
+                Err(FillError::LeaseLost)
+            }
+            Err(e) => {
+                let err = ItemError::new(e.code(), e.to_string());
+                release(Some(err.clone())).await;
+                Err(FillError::Failed(err))
+            }
+        }
+    }
+
+    async fn newer_than(&self, kind: &str, sid: &str, seen_at: DateTime<Utc>) -> Result<Option<DocumentHead>, StorageError> {
+        let lookup = self.store.lookup(kind, &[sid.to_string()]).await?;
+        Ok(lookup.heads.into_iter().find(|h| h.last_synced > seen_at))
+    }
+
+    fn cached_failure(&self, key: &FillKey) -> Option<ItemError> {
+        let mut map = self.negative.lock().ok()?;
+        match map.get(key) {
+            Some((until, e)) if *until > Instant::now() => Some(ItemError::new(
+                e.code,
+                format!("{} (failed moments ago; retried after {} ms)", e.message, until.duration_since(Instant::now()).as_millis()),
+            )),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_failure(&self, key: &FillKey, e: &ItemError) {
+        let ttl = self.settings.negative_cache_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut map) = self.negative.lock() {
+            let now = Instant::now();
+            map.retain(|_, (until, _)| *until > now);
+            map.insert(key.clone(), (now + ttl, e.clone()));
+        }
+    }
+}
+
+enum FillError {
+    Failed(ItemError),
+    LeaseLost,
+}
+
+fn shutting_down() -> ItemError {
+    ItemError::new(Code::Unavailable, "provider is shutting down")
+}
+
+/// The result for one identifier from its document's fill (or hit).
+fn answer(
+    identifier: &str,
+    index: usize,
+    sid: &str,
+    req: Request,
+    filled: &FillResult,
+    previous: Option<&DocumentHead>,
+    now: DateTime<Utc>,
+) -> DocumentResult {
+    let kind = req.kind.as_str();
+    let ok = |head: &DocumentHead, outcome: Outcome, error: Option<ItemError>| DocumentResult {
+        identifier: identifier.to_string(),
+        source_id: sid.to_string(),
+        kind: kind.to_string(),
+        document_id: head.id.clone(),
+        tags: head.tags.clone(),
+        fresh: outcome == Outcome::Hit,
+        created: matches!(outcome, Outcome::Created | Outcome::Refreshed),
+        version: head.version,
+        last_synced: Some(head.last_synced),
+        outcome,
+        error,
+        index: index as u32,
+    };
+    match filled {
+        Ok(f) => ok(&f.head, f.outcome, None),
+        Err(e) => match (previous, req.stale_if_error_hours) {
+            (Some(h), Some(max)) if now - h.last_synced <= ChronoDuration::hours(i64::from(max)) => {
+                ok(h, Outcome::Stale, Some(e.clone()))
+            }
+            (Some(h), Some(max)) => DocumentResult {
+                index: index as u32,
+                ..DocumentResult::failed(
+                    identifier,
+                    kind,
+                    sid.to_string(),
+                    ItemError::new(
+                        e.code,
+                        format!(
+                            "{}; the stored version is {} hours old, older than options.stale_if_error_hours = {max}",
+                            e.message,
+                            (now - h.last_synced).num_hours()
+                        ),
+                    ),
+                )
+            },
+            _ => DocumentResult {
+                index: index as u32,
+                ..DocumentResult::failed(identifier, kind, sid.to_string(), e.clone())
+            },
+        },
+    }
+}
+
 fn is_fresh(head: &DocumentHead, now: DateTime<Utc>, req: Request) -> bool {
-    !req.force_refresh
-        && req.cache_hours > 0
-        && now - head.last_synced < ChronoDuration::hours(i64::from(req.cache_hours))
+    !req.force_refresh && req.cache_hours > 0 && now - head.last_synced < ChronoDuration::hours(i64::from(req.cache_hours))
 }
 
 struct InFlightGuard {

@@ -203,8 +203,8 @@ impl DocumentProvider for ProviderClient {
         let result: DocumentResult = r.into_inner().into();
         match &result.error {
             // A server that reports the failure in the body rather than the status.
-            Some(e) => Err(e.to_status()),
-            None => Ok(result),
+            Some(e) if !result.is_ok() => Err(e.to_status()),
+            _ => Ok(result),
         }
     }
 

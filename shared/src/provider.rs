@@ -32,6 +32,9 @@ pub struct DocumentOptions {
     pub cache_hours: Option<u32>,
     /// Fetch from the source even when the stored document is fresh.
     pub force_refresh: bool,
+    /// Accept the stored document, marked stale, when a refresh fails and it is at most this
+    /// many hours old.
+    pub stale_if_error_hours: Option<u32>,
 }
 
 impl DocumentOptions {
@@ -54,11 +57,17 @@ impl DocumentOptions {
         self
     }
 
+    pub fn stale_if_error_hours(mut self, hours: u32) -> Self {
+        self.stale_if_error_hours = Some(hours);
+        self
+    }
+
     /// The wire form of the options (the kind travels beside them in the request).
     pub fn to_proto(&self) -> pb::DocumentOptions {
         pb::DocumentOptions {
             cache_hours: self.cache_hours,
             force_refresh: self.force_refresh,
+            stale_if_error_hours: self.stale_if_error_hours,
         }
     }
 
@@ -75,6 +84,8 @@ pub enum Outcome {
     Hit,
     Created,
     Refreshed,
+    /// A refresh failed and the caller accepted the previous version.
+    Stale,
     Error,
 }
 
@@ -84,6 +95,7 @@ impl Outcome {
             Outcome::Hit => "hit",
             Outcome::Created => "created",
             Outcome::Refreshed => "refreshed",
+            Outcome::Stale => "stale",
             Outcome::Error => "error",
         }
     }
@@ -93,6 +105,7 @@ impl Outcome {
             Outcome::Hit => pb::Outcome::Hit,
             Outcome::Created => pb::Outcome::Created,
             Outcome::Refreshed => pb::Outcome::Refreshed,
+            Outcome::Stale => pb::Outcome::Stale,
             Outcome::Error => pb::Outcome::Error,
         }
     }
@@ -102,6 +115,7 @@ impl Outcome {
             pb::Outcome::Hit => Outcome::Hit,
             pb::Outcome::Created => Outcome::Created,
             pb::Outcome::Refreshed => Outcome::Refreshed,
+            pb::Outcome::Stale => Outcome::Stale,
             pb::Outcome::Error => Outcome::Error,
             // An older server that does not send the outcome: derive it from the booleans.
             pb::Outcome::Unspecified if has_error => Outcome::Error,
@@ -171,7 +185,10 @@ pub struct DocumentResult {
     pub version: i64,
     pub last_synced: Option<DateTime<Utc>>,
     pub outcome: Outcome,
+    /// Set when the identifier failed, or with [`Outcome::Stale`] the refresh's error.
     pub error: Option<ItemError>,
+    /// Position of the identifier in the request.
+    pub index: u32,
 }
 
 impl DocumentResult {
@@ -189,11 +206,13 @@ impl DocumentResult {
             last_synced: None,
             outcome: Outcome::Error,
             error: Some(error),
+            index: 0,
         }
     }
 
+    /// The identifier has a document to read (fresh, filled, or accepted stale).
     pub fn is_ok(&self) -> bool {
-        self.error.is_none()
+        self.outcome != Outcome::Error
     }
 }
 
@@ -211,6 +230,7 @@ impl From<DocumentResult> for pb::DocumentResult {
             outcome: r.outcome.to_proto() as i32,
             source_id: r.source_id,
             kind: r.kind,
+            index: r.index,
         }
     }
 }
@@ -230,6 +250,7 @@ impl From<pb::DocumentResult> for DocumentResult {
             last_synced: r.last_synced.and_then(from_timestamp),
             outcome,
             error: r.error.map(Into::into),
+            index: r.index,
         }
     }
 }
@@ -247,11 +268,11 @@ impl Provisioned {
     pub fn from_results(results: impl IntoIterator<Item = DocumentResult>) -> Self {
         let mut out = Provisioned::default();
         for r in results {
-            match r.error {
-                Some(e) => {
+            match (r.is_ok(), r.error) {
+                (false, Some(e)) => {
                     out.errors.insert(r.identifier, e);
                 }
-                None => {
+                _ => {
                     out.document_ids.insert(r.identifier, r.document_id);
                 }
             }
@@ -349,6 +370,7 @@ mod tests {
             last_synced: DateTime::from_timestamp(1_700_000_000, 123_000),
             outcome: Outcome::Refreshed,
             error: None,
+            index: 3,
         };
         let back: DocumentResult = pb::DocumentResult::from(r.clone()).into();
         assert_eq!(back, r);
@@ -368,6 +390,7 @@ mod tests {
             last_synced: None,
             outcome: Outcome::Hit,
             error: None,
+            index: 0,
         };
         let bad = DocumentResult::failed(
             "x y",

@@ -296,6 +296,16 @@ struct Meddler {
 
 #[tonic::async_trait]
 impl document_provider_server::DocumentProvider for Meddler {
+    type StreamDocumentsStream =
+        futures::stream::BoxStream<'static, Result<docs::DocumentResult, tonic::Status>>;
+
+    async fn stream_documents(
+        &self,
+        _: tonic::Request<docs::GetDocumentsRequest>,
+    ) -> Result<tonic::Response<Self::StreamDocumentsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+
     async fn get_document(
         &self,
         request: tonic::Request<docs::GetDocumentRequest>,
@@ -310,6 +320,7 @@ impl document_provider_server::DocumentProvider for Meddler {
                     options: Some(docs::DocumentOptions {
                         cache_hours: Some(0),
                         force_refresh: true,
+                        stale_if_error_hours: None,
                     }),
                     ..req
                 };

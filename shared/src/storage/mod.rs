@@ -27,6 +27,8 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("fill lease lost: another filler took over (token {0} is no longer current)")]
+    LeaseLost(i64),
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -163,6 +165,24 @@ pub struct Written {
     pub inserted: bool,
 }
 
+/// The state of a document's fill lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: i64,
+    /// Some filler holds it and it has not expired (by the database's clock).
+    pub held: bool,
+    /// The outcome of the last fill that released it with an error, and when (database clock).
+    pub last_error: Option<(i32, String)>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A write made under a fill lease: it only lands while `token` is still the lease's token, and
+/// releases the lease in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub token: i64,
+}
+
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -192,14 +212,38 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Inserts the document for (source_type, source_id), or refreshes it in place: same ID,
     /// version + 1, `last_synced` = the database's now. Attachments are stored (deduplicated by
     /// hash) and linked to the document in the same transaction; the document's previous links
-    /// are kept unless replaced under the same name.
+    /// are kept unless replaced under the same name. With a `fence`, the write only lands if the
+    /// fill lease still has that token ([`StorageError::LeaseLost`] otherwise), and releases it.
     async fn upsert(
         &self,
         source_type: &str,
         source_id: &str,
         content: &NewContent,
         attachments: &[NewAttachment],
+        fence: Option<Fence>,
     ) -> Result<Written, StorageError>;
+
+    /// Claims the fill lease of a document for `ttl` unless another holder's lease is still
+    /// running. Answers the new fencing token, or `None` when someone else holds it.
+    async fn claim_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StorageError>;
+
+    /// Releases a lease this filler holds (same token), recording the fill's error if it failed.
+    async fn release_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        error: Option<(i32, &str)>,
+    ) -> Result<(), StorageError>;
+
+    /// The lease of a document, if one was ever claimed.
+    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError>;
 
     /// A whole document by ID.
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError>;

@@ -11,8 +11,8 @@ use sqlx::{
 };
 
 use super::{
-    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Lookup, NewAttachment,
-    NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Fence, Lease, Lookup,
+    NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -115,8 +115,32 @@ impl DocumentStore for PostgresStore {
         source_id: &str,
         content: &NewContent,
         attachments: &[NewAttachment],
+        fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(f) = fence {
+            // Lock the lease row: a takeover either happened before (we see its token and
+            // give up) or waits until this write has committed.
+            let current: Option<i64> = sqlx::query_scalar(
+                "SELECT token FROM fill_leases WHERE source_type = $1 AND source_id = $2 FOR UPDATE",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if current != Some(f.token) {
+                return Err(StorageError::LeaseLost(f.token));
+            }
+            sqlx::query(
+                "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                 last_error_code = NULL, last_error = NULL \
+                 WHERE source_type = $1 AND source_id = $2",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let row = sqlx::query(
             "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
                  content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
@@ -173,6 +197,76 @@ impl DocumentStore for PostgresStore {
             inserted: head.version == 1,
             head,
         })
+    }
+
+    async fn claim_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError> {
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+             VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
+             ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                 holder = EXCLUDED.holder, token = fill_leases.token + 1, \
+                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
+             WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+             RETURNING token",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(holder)
+        .bind(ttl.as_millis() as f64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    async fn release_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        error: Option<(i32, &str)>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+             last_error_code = $4, last_error = $5 \
+             WHERE source_type = $1 AND source_id = $2 AND token = $3",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(token)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError> {
+        let row = sqlx::query(
+            "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, \
+                    last_error_code, last_error, finished_at \
+             FROM fill_leases WHERE source_type = $1 AND source_id = $2",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let code: Option<i32> = r.try_get("last_error_code")?;
+            let message: Option<String> = r.try_get("last_error")?;
+            Ok(Lease {
+                token: r.try_get("token")?,
+                held: r.try_get("held")?,
+                last_error: code.zip(message),
+                finished_at: r.try_get("finished_at")?,
+            })
+        })
+        .transpose()
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {

@@ -5,7 +5,7 @@
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::{
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Lookup, NewAttachment,
-    NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Fence, Lease, Lookup,
+    NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -141,6 +141,7 @@ impl DocumentStore for SqliteStore {
         source_id: &str,
         content: &NewContent,
         attachments: &[NewAttachment],
+        fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
         let now = Utc::now();
         // BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on the busy
@@ -148,6 +149,28 @@ impl DocumentStore for SqliteStore {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
+            if let Some(f) = fence {
+                let current: Option<i64> = sqlx::query_scalar(
+                    "SELECT token FROM fill_leases WHERE source_type = ?1 AND source_id = ?2",
+                )
+                .bind(source_type)
+                .bind(source_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if current != Some(f.token) {
+                    return Err(StorageError::LeaseLost(f.token));
+                }
+                sqlx::query(
+                    "UPDATE fill_leases SET holder = NULL, expires_at_ms = ?3, finished_at_ms = ?3, \
+                     last_error_code = NULL, last_error = NULL \
+                     WHERE source_type = ?1 AND source_id = ?2",
+                )
+                .bind(source_type)
+                .bind(source_id)
+                .bind(now.timestamp_millis())
+                .execute(&mut *conn)
+                .await?;
+            }
             let row = sqlx::query(
                 "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
                      content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
@@ -215,6 +238,82 @@ impl DocumentStore for SqliteStore {
                 Err(e)
             }
         }
+    }
+
+    async fn claim_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError> {
+        let now = Utc::now().timestamp_millis();
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at_ms, expires_at_ms) \
+             VALUES (?1, ?2, ?3, 1, ?4, ?5) \
+             ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                 holder = excluded.holder, token = fill_leases.token + 1, \
+                 claimed_at_ms = excluded.claimed_at_ms, expires_at_ms = excluded.expires_at_ms \
+             WHERE fill_leases.holder IS NULL OR fill_leases.expires_at_ms <= ?4 \
+             RETURNING token",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(holder)
+        .bind(now)
+        .bind(now + ttl.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    async fn release_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        error: Option<(i32, &str)>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE fill_leases SET holder = NULL, expires_at_ms = ?4, finished_at_ms = ?4, \
+             last_error_code = ?5, last_error = ?6 \
+             WHERE source_type = ?1 AND source_id = ?2 AND token = ?3",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(token)
+        .bind(Utc::now().timestamp_millis())
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError> {
+        let row = sqlx::query(
+            "SELECT token, holder, expires_at_ms, last_error_code, last_error, finished_at_ms \
+             FROM fill_leases WHERE source_type = ?1 AND source_id = ?2",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let now = Utc::now().timestamp_millis();
+        row.map(|r| {
+            let holder: Option<String> = r.try_get("holder")?;
+            let expires: i64 = r.try_get("expires_at_ms")?;
+            let code: Option<i32> = r.try_get("last_error_code")?;
+            let message: Option<String> = r.try_get("last_error")?;
+            let finished: Option<i64> = r.try_get("finished_at_ms")?;
+            Ok(Lease {
+                token: r.try_get("token")?,
+                held: holder.is_some() && expires > now,
+                last_error: code.zip(message),
+                finished_at: finished.and_then(DateTime::from_timestamp_millis),
+            })
+        })
+        .transpose()
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
