@@ -74,7 +74,11 @@ pub struct Config {
     pub fill_concurrency: usize,
 
     /// Fills fetching at once in this process, per source (kind).
-    #[arg(long, env = "PROVIDER_FILL_CONCURRENCY_PER_SOURCE", default_value_t = 32)]
+    #[arg(
+        long,
+        env = "PROVIDER_FILL_CONCURRENCY_PER_SOURCE",
+        default_value_t = 32
+    )]
     pub fill_concurrency_per_source: usize,
 
     /// How long a fill lease lasts before another replica may take the fill over, in milliseconds.

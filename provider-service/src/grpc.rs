@@ -6,13 +6,13 @@ use std::{
     time::Instant,
 };
 
+use futures::StreamExt;
 use shared::{
     proto::documents::v1::{
         self as pb, document_provider_server::DocumentProvider as DocumentProviderRpc,
     },
     DocumentResult, Provisioned,
 };
-use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::provisioner::Provisioner;
@@ -92,7 +92,8 @@ fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
 
 #[tonic::async_trait]
 impl DocumentProviderRpc for ProviderService {
-    type StreamDocumentsStream = futures::stream::BoxStream<'static, Result<pb::DocumentResult, Status>>;
+    type StreamDocumentsStream =
+        futures::stream::BoxStream<'static, Result<pb::DocumentResult, Status>>;
 
     async fn stream_documents(
         &self,

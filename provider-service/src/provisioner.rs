@@ -129,7 +129,12 @@ impl Provisioner {
     pub fn new(store: Arc<dyn DocumentStore>, sources: Sources, settings: Settings) -> Self {
         let per_source = sources
             .keys()
-            .map(|k| (*k, Arc::new(Semaphore::new(settings.fill_concurrency_per_source.max(1)))))
+            .map(|k| {
+                (
+                    *k,
+                    Arc::new(Semaphore::new(settings.fill_concurrency_per_source.max(1))),
+                )
+            })
             .collect();
         Self {
             per_source,
@@ -204,7 +209,11 @@ impl Provisioner {
     }
 
     /// Ensures every identifier's document; one result per identifier, in request order.
-    pub async fn provide(self: &Arc<Self>, identifiers: Vec<String>, req: Request) -> Vec<DocumentResult> {
+    pub async fn provide(
+        self: &Arc<Self>,
+        identifiers: Vec<String>,
+        req: Request,
+    ) -> Vec<DocumentResult> {
         let mut results: Vec<DocumentResult> = self.provide_each(identifiers, req).collect().await;
         results.sort_by_key(|r| r.index);
         results
@@ -212,12 +221,22 @@ impl Provisioner {
 
     /// Ensures every identifier's document, yielding each result as soon as it is ready:
     /// failures to parse and fresh documents first, then fills as they finish.
-    pub fn provide_each(self: &Arc<Self>, identifiers: Vec<String>, req: Request) -> BoxStream<'static, DocumentResult> {
+    pub fn provide_each(
+        self: &Arc<Self>,
+        identifiers: Vec<String>,
+        req: Request,
+    ) -> BoxStream<'static, DocumentResult> {
         let this = self.clone();
-        stream::once(async move { this.plan(identifiers, req).await }).flatten().boxed()
+        stream::once(async move { this.plan(identifiers, req).await })
+            .flatten()
+            .boxed()
     }
 
-    async fn plan(self: Arc<Self>, identifiers: Vec<String>, req: Request) -> BoxStream<'static, DocumentResult> {
+    async fn plan(
+        self: Arc<Self>,
+        identifiers: Vec<String>,
+        req: Request,
+    ) -> BoxStream<'static, DocumentResult> {
         let arrived = Instant::now();
         let kind = req.kind.as_str();
         let mut immediate = Vec::new();
@@ -260,22 +279,33 @@ impl Provisioner {
                     for i in indices {
                         immediate.push(DocumentResult {
                             index: i as u32,
-                            ..DocumentResult::failed(&identifiers[i], kind, sid.clone(), err.clone())
+                            ..DocumentResult::failed(
+                                &identifiers[i],
+                                kind,
+                                sid.clone(),
+                                err.clone(),
+                            )
                         });
                     }
                 }
                 return stream::iter(immediate).boxed();
             }
         };
-        let mut heads: HashMap<String, DocumentHead> =
-            lookup.heads.into_iter().map(|h| (h.source_id.clone(), h)).collect();
+        let mut heads: HashMap<String, DocumentHead> = lookup
+            .heads
+            .into_iter()
+            .map(|h| (h.source_id.clone(), h))
+            .collect();
         let now = lookup.now;
         let pending = FuturesUnordered::new();
         for (sid, ticker, indices) in keys {
             let previous = heads.remove(&sid);
             match previous {
                 Some(h) if is_fresh(&h, now, req) => {
-                    let filled = Ok(Filled { head: h, outcome: Outcome::Hit });
+                    let filled = Ok(Filled {
+                        head: h,
+                        outcome: Outcome::Hit,
+                    });
                     for i in indices {
                         immediate.push(answer(&identifiers[i], i, &sid, req, &filled, None, now));
                     }
@@ -287,7 +317,17 @@ impl Provisioner {
                         let filled = fill.await;
                         indices
                             .into_iter()
-                            .map(|i| answer(&identifiers[i], i, &sid, req, &filled, previous.as_ref(), now))
+                            .map(|i| {
+                                answer(
+                                    &identifiers[i],
+                                    i,
+                                    &sid,
+                                    req,
+                                    &filled,
+                                    previous.as_ref(),
+                                    now,
+                                )
+                            })
                             .collect::<Vec<_>>()
                     });
                 }
@@ -309,7 +349,10 @@ impl Provisioner {
         seen_at: DateTime<Utc>,
     ) -> impl std::future::Future<Output = FillResult> + Send + 'static {
         let this = self.clone();
-        async move { this.join_or_start(req, ticker, source_id, arrived, seen_at).await }
+        async move {
+            this.join_or_start(req, ticker, source_id, arrived, seen_at)
+                .await
+        }
     }
 
     async fn join_or_start(
@@ -328,8 +371,16 @@ impl Provisioner {
                     Some(f) if !req.force_refresh || f.started >= arrived => (f.fut.clone(), true),
                     Some(f) => (f.fut.clone(), false),
                     None => {
-                        let (id, fut) = self.start_fill(&key, ticker.clone(), seen_at, req.force_refresh);
-                        map.insert(key.clone(), InFlight { id, started: Instant::now(), fut: fut.clone() });
+                        let (id, fut) =
+                            self.start_fill(&key, ticker.clone(), seen_at, req.force_refresh);
+                        map.insert(
+                            key.clone(),
+                            InFlight {
+                                id,
+                                started: Instant::now(),
+                                fut: fut.clone(),
+                            },
+                        );
                         (fut, true)
                     }
                 }
@@ -343,9 +394,19 @@ impl Provisioner {
 
     /// Spawns the fill task. The task removes its own in-flight entry when it ends, however it
     /// ends (including a panic, through the guard's Drop).
-    fn start_fill(&self, key: &FillKey, ticker: Ticker, seen_at: DateTime<Utc>, forced: bool) -> (u64, FillFuture) {
+    fn start_fill(
+        &self,
+        key: &FillKey,
+        ticker: Ticker,
+        seen_at: DateTime<Utc>,
+        forced: bool,
+    ) -> (u64, FillFuture) {
         let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlightGuard { map: self.in_flight.clone(), key: key.clone(), id };
+        let guard = InFlightGuard {
+            map: self.in_flight.clone(),
+            key: key.clone(),
+            id,
+        };
         let ctx = self.ctx.clone();
         let source = self.sources.get(&key.0).cloned();
         let per_source = self.per_source.get(&key.0).cloned();
@@ -353,16 +414,27 @@ impl Provisioner {
         let handle = tokio::spawn(async move {
             let _guard = guard;
             let (Some(source), Some(per_source)) = (source, per_source) else {
-                return Err(ItemError::new(Code::InvalidArgument, format!("kind: {} has no source", key.0)));
+                return Err(ItemError::new(
+                    Code::InvalidArgument,
+                    format!("kind: {} has no source", key.0),
+                ));
             };
-            ctx.run_fill(&key, &ticker, source, per_source, seen_at, forced).await
+            ctx.run_fill(&key, &ticker, source, per_source, seen_at, forced)
+                .await
         });
         let fut = async move {
             match handle.await {
                 Ok(r) => r,
                 Err(e) => Err(ItemError::new(
                     Code::Internal,
-                    format!("fill failed unexpectedly: {}", if e.is_panic() { "it panicked" } else { "it was cancelled" }),
+                    format!(
+                        "fill failed unexpectedly: {}",
+                        if e.is_panic() {
+                            "it panicked"
+                        } else {
+                            "it was cancelled"
+                        }
+                    ),
                 )),
             }
         }
@@ -392,11 +464,28 @@ impl FillContext {
         let mut backoff = Duration::from_millis(10);
         loop {
             let claimed = {
-                let _global = self.global.clone().acquire_owned().await.map_err(|_| shutting_down())?;
-                let _source = per_source.clone().acquire_owned().await.map_err(|_| shutting_down())?;
-                match self.store.claim_fill(kind, sid, &self.settings.holder, self.settings.lease_ttl).await.map_err(storage)? {
+                let _global = self
+                    .global
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| shutting_down())?;
+                let _source = per_source
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| shutting_down())?;
+                match self
+                    .store
+                    .claim_fill(kind, sid, &self.settings.holder, self.settings.lease_ttl)
+                    .await
+                    .map_err(storage)?
+                {
                     None => None,
-                    Some(token) => Some(self.fill_holding(key, ticker, source.as_ref(), token, seen_at, forced).await),
+                    Some(token) => Some(
+                        self.fill_holding(key, ticker, source.as_ref(), token, seen_at, forced)
+                            .await,
+                    ),
                 }
             };
             match claimed {
@@ -414,10 +503,15 @@ impl FillContext {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
             if let Some(h) = self.newer_than(kind, sid, seen_at).await.map_err(storage)? {
-                return Ok(Filled { head: h, outcome: Outcome::Hit });
+                return Ok(Filled {
+                    head: h,
+                    outcome: Outcome::Hit,
+                });
             }
             if let Some(lease) = self.store.lease(kind, sid).await.map_err(storage)? {
-                if let (false, Some((code, message)), Some(at)) = (lease.held, lease.last_error, lease.finished_at) {
+                if let (false, Some((code, message)), Some(at)) =
+                    (lease.held, lease.last_error, lease.finished_at)
+                {
                     if at > seen_at {
                         return Err(ItemError::new(Code::from_i32(code), message));
                     }
@@ -448,7 +542,10 @@ impl FillContext {
             match self.newer_than(kind, sid, seen_at).await {
                 Ok(Some(h)) => {
                     release(None).await;
-                    return Ok(Filled { head: h, outcome: Outcome::Hit });
+                    return Ok(Filled {
+                        head: h,
+                        outcome: Outcome::Hit,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -467,11 +564,19 @@ impl FillContext {
                 return Err(FillError::Failed(err));
             }
         };
-        match self.store.upsert(kind, sid, &content, &[], Some(Fence { token })).await {
+        match self
+            .store
+            .upsert(kind, sid, &content, &[], Some(Fence { token }))
+            .await
+        {
             Ok(w) => {
                 tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
                 Ok(Filled {
-                    outcome: if w.inserted { Outcome::Created } else { Outcome::Refreshed },
+                    outcome: if w.inserted {
+                        Outcome::Created
+                    } else {
+                        Outcome::Refreshed
+                    },
                     head: w.head,
                 })
             }
@@ -487,7 +592,12 @@ impl FillContext {
         }
     }
 
-    async fn newer_than(&self, kind: &str, sid: &str, seen_at: DateTime<Utc>) -> Result<Option<DocumentHead>, StorageError> {
+    async fn newer_than(
+        &self,
+        kind: &str,
+        sid: &str,
+        seen_at: DateTime<Utc>,
+    ) -> Result<Option<DocumentHead>, StorageError> {
         let lookup = self.store.lookup(kind, &[sid.to_string()]).await?;
         Ok(lookup.heads.into_iter().find(|h| h.last_synced > seen_at))
     }
@@ -497,7 +607,11 @@ impl FillContext {
         match map.get(key) {
             Some((until, e)) if *until > Instant::now() => Some(ItemError::new(
                 e.code,
-                format!("{} (failed moments ago; retried after {} ms)", e.message, until.duration_since(Instant::now()).as_millis()),
+                format!(
+                    "{} (failed moments ago; retried after {} ms)",
+                    e.message,
+                    until.duration_since(Instant::now()).as_millis()
+                ),
             )),
             Some(_) => {
                 map.remove(key);
@@ -585,7 +699,9 @@ fn answer(
 }
 
 fn is_fresh(head: &DocumentHead, now: DateTime<Utc>, req: Request) -> bool {
-    !req.force_refresh && req.cache_hours > 0 && now - head.last_synced < ChronoDuration::hours(i64::from(req.cache_hours))
+    !req.force_refresh
+        && req.cache_hours > 0
+        && now - head.last_synced < ChronoDuration::hours(i64::from(req.cache_hours))
 }
 
 struct InFlightGuard {

@@ -157,10 +157,9 @@ impl ProviderClient {
             let timeout = self.config.timeout;
             let result =
                 match tokio::time::timeout(timeout, call(self.inner.clone(), timeout)).await {
+                    Ok(Err(s)) if is_timeout(&s) => Err(deadline_exceeded(timeout)),
                     Ok(r) => r,
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "provider did not answer within {timeout:?}"
-                    ))),
+                    Err(_) => Err(deadline_exceeded(timeout)),
                 };
             match result {
                 Err(s) if s.code() == Code::Unavailable && attempt < self.config.retries => {
@@ -178,6 +177,29 @@ impl ProviderClient {
             }
         }
     }
+}
+
+fn deadline_exceeded(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("provider did not answer within {timeout:?}"))
+}
+
+/// tonic reports its own client-side deadline as CANCELLED with a `TimeoutExpired` source;
+/// callers should see DEADLINE_EXCEEDED.
+fn is_timeout(s: &Status) -> bool {
+    if s.code() != Code::Cancelled {
+        return false;
+    }
+    if s.message() == "Timeout expired" {
+        return true;
+    }
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn with_deadline<T>(message: T, timeout: Duration) -> Request<T> {

@@ -242,6 +242,15 @@ impl Exchange {
             .sum()
     }
 
+    /// Zeroes the request counters and the log.
+    pub async fn reset(&self) {
+        self.http
+            .post(format!("{}/_stats/reset", self.url))
+            .send()
+            .await
+            .expect("POST /_stats/reset");
+    }
+
     pub async fn control(&self, control: &Control) {
         let r = self
             .http
@@ -453,4 +462,26 @@ pub fn consumer_command(db_url: &str, provider_urls: &str, extra_env: &[(&str, &
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Moves a document's `last_synced` `hours` into the past, as if it had aged.
+pub async fn age_document(db: &Db, source_id: &str, hours: i64) {
+    let when = chrono::Utc::now() - chrono::Duration::hours(hours);
+    if db.is_postgres() {
+        let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
+        sqlx::query("UPDATE documents SET last_synced = $1 WHERE source_id = $2")
+            .bind(when)
+            .bind(source_id)
+            .execute(&pool)
+            .await
+            .expect("age document");
+    } else {
+        let pool = sqlx::SqlitePool::connect(db.url()).await.expect("connect");
+        sqlx::query("UPDATE documents SET last_synced = ?1 WHERE source_id = ?2")
+            .bind(when)
+            .bind(source_id)
+            .execute(&pool)
+            .await
+            .expect("age document");
+    }
 }

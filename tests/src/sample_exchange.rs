@@ -253,12 +253,51 @@ pub struct Control {
     pub oversize: Vec<String>,
 }
 
-#[derive(Default)]
 struct Shared {
     control: Control,
     by_path: BTreeMap<String, u64>,
     by_request: BTreeMap<String, u64>,
     total: u64,
+    in_flight: u64,
+    max_in_flight: u64,
+    log: Vec<Logged>,
+    started: std::time::Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            control: Control::default(),
+            by_path: BTreeMap::new(),
+            by_request: BTreeMap::new(),
+            total: 0,
+            in_flight: 0,
+            max_in_flight: 0,
+            log: Vec::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// One request in the log: when it arrived (ms since the server started) and its path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logged {
+    pub at_ms: f64,
+    pub path: String,
+}
+
+/// Requests kept in the log at most.
+const LOG_LIMIT: usize = 20_000;
+
+/// Counts a request as in flight until dropped.
+struct InFlightGuard(AppState);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0 .0.lock() {
+            s.in_flight -= 1;
+        }
+    }
 }
 
 /// Request counts, as `GET /_stats` answers them.
@@ -269,6 +308,10 @@ pub struct Stats {
     /// Path and query -> requests.
     pub by_request: BTreeMap<String, u64>,
     pub total: u64,
+    /// Most requests being answered at once since the last reset.
+    pub max_in_flight: u64,
+    /// Arrival times of the requests (the latest 20,000).
+    pub log: Vec<Logged>,
 }
 
 #[derive(Clone, Default)]
@@ -295,6 +338,8 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
                 by_path: s.by_path.clone(),
                 by_request: s.by_request.clone(),
                 total: s.total,
+                max_in_flight: s.max_in_flight,
+                log: s.log.clone(),
             };
             return json(StatusCode::OK, &stats);
         }
@@ -303,6 +348,8 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             s.by_path.clear();
             s.by_request.clear();
             s.total = 0;
+            s.max_in_flight = s.in_flight;
+            s.log.clear();
             return StatusCode::NO_CONTENT.into_response();
         }
         (Method::POST, "/_control") => return set_control(&state, &body),
@@ -323,8 +370,19 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         *s.by_path.entry(path.clone()).or_default() += 1;
         *s.by_request.entry(full.clone()).or_default() += 1;
         s.total += 1;
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        let at_ms = s.started.elapsed().as_secs_f64() * 1000.0;
+        if s.log.len() >= LOG_LIMIT {
+            s.log.remove(0);
+        }
+        s.log.push(Logged {
+            at_ms,
+            path: full.clone(),
+        });
         s.control.clone()
     };
+    let _in_flight = InFlightGuard(state.clone());
     let hit = |prefix: &String| full.starts_with(prefix.as_str());
     let extra: u64 = control
         .delay_ms

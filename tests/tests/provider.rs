@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::{
-    harness::{forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
+    harness::{age_document, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
     on_both_databases,
 };
 use shared::{
@@ -12,28 +12,6 @@ use shared::{
     DocumentOptions, DocumentProvider, DocumentProvisioner, Kind, Outcome,
 };
 use tonic::Code;
-
-/// Moves a document's `last_synced` `hours` into the past, as if it had aged.
-async fn age_document(db: &Db, source_id: &str, hours: i64) {
-    let when = chrono::Utc::now() - chrono::Duration::hours(hours);
-    if db.is_postgres() {
-        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-        sqlx::query("UPDATE documents SET last_synced = $1 WHERE source_id = $2")
-            .bind(when)
-            .bind(source_id)
-            .execute(&pool)
-            .await
-            .unwrap();
-    } else {
-        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
-        sqlx::query("UPDATE documents SET last_synced = ?1 WHERE source_id = ?2")
-            .bind(when)
-            .bind(source_id)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-}
 
 async fn freshness_semantics(db: Db) {
     let ex = Exchange::start();

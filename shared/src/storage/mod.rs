@@ -243,7 +243,11 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
 
     /// The lease of a document, if one was ever claimed.
-    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError>;
+    async fn lease(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<Lease>, StorageError>;
 
     /// A whole document by ID.
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError>;

@@ -246,7 +246,11 @@ impl DocumentStore for PostgresStore {
         Ok(())
     }
 
-    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError> {
+    async fn lease(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<Lease>, StorageError> {
         let row = sqlx::query(
             "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, \
                     last_error_code, last_error, finished_at \

@@ -290,7 +290,11 @@ impl DocumentStore for SqliteStore {
         Ok(())
     }
 
-    async fn lease(&self, source_type: &str, source_id: &str) -> Result<Option<Lease>, StorageError> {
+    async fn lease(
+        &self,
+        source_type: &str,
+        source_id: &str,
+    ) -> Result<Option<Lease>, StorageError> {
         let row = sqlx::query(
             "SELECT token, holder, expires_at_ms, last_error_code, last_error, finished_at_ms \
              FROM fill_leases WHERE source_type = ?1 AND source_id = ?2",

@@ -1,0 +1,388 @@
+//! Concurrency, proved with processes: one fill per document across provider replicas, leases
+//! that survive a killed or paused filler, callers that give up alone, bounded fills,
+//! stale-if-error, negative caching and streaming.
+
+use std::time::{Duration, Instant};
+
+use e2e::{
+    harness::{age_document, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
+    on_both_databases,
+    sample_exchange::Control,
+};
+use futures::StreamExt;
+use shared::{
+    proto::documents::v1::{
+        document_provider_client::DocumentProviderClient, DocumentOptions as PbOptions,
+        GetDocumentsRequest,
+    },
+    DocumentOptions, DocumentProvider, Outcome,
+};
+use tonic::Code;
+
+fn delay(prefix: &str, ms: u64) -> Control {
+    let mut c = Control::default();
+    c.delay_ms.insert(prefix.to_string(), ms);
+    c
+}
+
+async fn one_fill_across_two_replicas(db: Db) {
+    let ex = Exchange::start();
+    let a = Provider::start(db.url(), &ex.url, &[]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let first = a
+        .client()
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    age_document(&db, "ASX:GNP:announcement", 48).await;
+    ex.reset().await;
+    // Slow the upstream a little so all callers arrive while the fill runs.
+    ex.control(&delay(LISTING_PATH, 300)).await;
+
+    let (ca, cb) = (a.client(), b.client());
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let c = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+            tokio::spawn(async move { c.get_document("ASX:GNP", &DocumentOptions::new()).await })
+        })
+        .collect();
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        1,
+        "one upstream request for 200 callers on two replicas"
+    );
+    for r in &results {
+        assert_eq!(
+            (r.document_id.as_str(), r.version),
+            (first.document_id.as_str(), 2),
+            "{r:?}"
+        );
+    }
+    assert!(results.iter().any(|r| r.outcome == Outcome::Refreshed));
+    assert_eq!(
+        db.store()
+            .await
+            .lookup("announcement", &["ASX:GNP:announcement".into()])
+            .await
+            .unwrap()
+            .heads
+            .len(),
+        1
+    );
+}
+
+async fn killed_filler_is_taken_over(db: Db) {
+    let ex = Exchange::start();
+    let lease = [("PROVIDER_FILL_LEASE_MS", "1000")];
+    let a = Provider::start(db.url(), &ex.url, &lease).await;
+    let b = Provider::start(db.url(), &ex.url, &lease).await;
+    ex.control(&delay(LISTING_PATH, 5_000)).await;
+    let ca = a.client();
+    let doomed =
+        tokio::spawn(async move { ca.get_document("ASX:BHP", &DocumentOptions::new()).await });
+    // Wait until A is fetching, then kill it mid-fill.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ex.count(LISTING_PATH).await == 0 {
+        assert!(Instant::now() < deadline, "A never started its fill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.proc.signal("KILL");
+    assert!(doomed.await.unwrap().is_err());
+    let store = db.store().await;
+    assert!(
+        store
+            .get_by_source("announcement", "ASX:BHP:announcement")
+            .await
+            .unwrap()
+            .is_none(),
+        "no partial document"
+    );
+
+    ex.control(&Control::default()).await;
+    let started = Instant::now();
+    let r = b
+        .client()
+        .get_document("ASX:BHP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!((r.version, r.outcome), (1, Outcome::Created));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let lease = store
+        .lease("announcement", "ASX:BHP:announcement")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.token, 2, "B took the lease over");
+    assert!(!lease.held, "B released it");
+}
+
+async fn paused_filler_cannot_overwrite(db: Db) {
+    let ex = Exchange::start();
+    let lease = [("PROVIDER_FILL_LEASE_MS", "1000")];
+    let a = Provider::start(db.url(), &ex.url, &lease).await;
+    let b = Provider::start(db.url(), &ex.url, &lease).await;
+    let v1 = b
+        .client()
+        .get_document("ASX:CBA", &DocumentOptions::new())
+        .await
+        .unwrap();
+    ex.reset().await;
+    ex.control(&delay(LISTING_PATH, 800)).await;
+
+    // A claims the lease and starts fetching; then it is frozen past its lease.
+    let ca = a.client();
+    let paused = tokio::spawn(async move {
+        ca.get_document("ASX:CBA", &DocumentOptions::new().cache_hours(0))
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ex.count(LISTING_PATH).await == 0 {
+        assert!(Instant::now() < deadline, "A never started its fill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.proc.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // B takes over after the lease expired and writes version 2.
+    let v2 = b
+        .client()
+        .get_document("ASX:CBA", &DocumentOptions::new().cache_hours(0))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let store = db.store().await;
+    let after_b = store.get(&v1.document_id).await.unwrap().unwrap();
+
+    // A wakes up, finishes its fetch, and must not write over B's version.
+    a.proc.signal("CONT");
+    let late = paused.await.unwrap().expect("A answers with B's result");
+    assert_eq!(late.version, 2, "{late:?}");
+    let final_doc = store.get(&v1.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        final_doc.version, 2,
+        "versions only increase, and A's stale write was refused"
+    );
+    assert_eq!(final_doc, after_b, "the content is B's, the newest fill");
+    assert!(
+        a.proc.logs().contains("fill lease lost"),
+        "{}",
+        a.proc.logs()
+    );
+}
+
+on_both_databases!(
+    one_fill_across_two_replicas,
+    killed_filler_is_taken_over,
+    paused_filler_cannot_overwrite
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_fail_the_others() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    ex.control(&delay(LISTING_PATH, 1500)).await;
+    let impatient = p.client().with_timeout(Duration::from_millis(300));
+    let patient = p.client();
+    let a = tokio::spawn(async move {
+        impatient
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+    });
+    let b = tokio::spawn(async move {
+        patient
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+    });
+    let err = a.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let ok = b
+        .await
+        .unwrap()
+        .expect("the patient caller gets the document");
+    assert_eq!(ok.version, 1);
+    assert_eq!(ex.count(LISTING_PATH).await, 1);
+    // The fill was not cancelled by the caller that left: the document exists.
+    assert!(db
+        .store()
+        .await
+        .get(&ok.document_id)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn fills_are_concurrent_and_bounded() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    ex.control(&delay(LISTING_PATH, 200)).await;
+    let ids: Vec<String> = ["GNP", "BHP", "CBA", "QUIET"].map(String::from).to_vec();
+
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_FILL_CONCURRENCY", "2")]).await;
+    let results = p
+        .client()
+        .get_documents(&ids, &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        ex.stats().await.max_in_flight,
+        2,
+        "the bound of 2 is used and never exceeded"
+    );
+    drop(p);
+
+    ex.reset().await;
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_FILL_CONCURRENCY", "8")]).await;
+    let results = p
+        .client()
+        .get_documents(&ids, &DocumentOptions::new().cache_hours(0))
+        .await
+        .unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        ex.stats().await.max_in_flight,
+        4,
+        "all four fills run at once"
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_old_version_within_its_age() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_NEGATIVE_CACHE_MS", "0")]).await;
+    let client = p.client();
+    let v1 = client
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let mut down = forced_status(LISTING_PATH, 503);
+    down.status.insert(MARKIT_PATH.into(), 503);
+    ex.control(&down).await;
+    age_document(&db, "ASX:GNP:announcement", 30).await;
+
+    let stale = client
+        .get_document("ASX:GNP", &DocumentOptions::new().stale_if_error_hours(48))
+        .await
+        .unwrap();
+    assert_eq!(stale.outcome, Outcome::Stale);
+    assert_eq!(
+        (stale.document_id.as_str(), stale.version),
+        (v1.document_id.as_str(), 1)
+    );
+    assert!(!stale.fresh && !stale.created);
+    assert_eq!(stale.error.as_ref().unwrap().code, Code::Unavailable);
+
+    let err = client
+        .get_document("ASX:GNP", &DocumentOptions::new().stale_if_error_hours(24))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("stale_if_error_hours"),
+        "{}",
+        err.message()
+    );
+
+    // Without the option, the failure is the answer.
+    let err = client
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn failures_are_cached_briefly() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_NEGATIVE_CACHE_MS", "60000")],
+    )
+    .await;
+    let mut down = forced_status(LISTING_PATH, 500);
+    down.status.insert(MARKIT_PATH.into(), 500);
+    ex.control(&down).await;
+    let client = p.client();
+    let first = client
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    let calls = ex.stats().await.total;
+    for _ in 0..5 {
+        let again = client
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), first.code());
+        assert!(
+            again.message().contains("failed moments ago"),
+            "{}",
+            again.message()
+        );
+    }
+    assert_eq!(
+        ex.stats().await.total,
+        calls,
+        "no upstream request while the failure is cached"
+    );
+    // Other identifiers are not affected.
+    ex.control(&Control::default()).await;
+    assert!(client
+        .get_document("ASX:BHP", &DocumentOptions::new())
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn stream_yields_each_result_when_ready() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    p.client()
+        .get_document("ASX:CBA", &DocumentOptions::new())
+        .await
+        .unwrap();
+    ex.control(&delay(
+        &format!("{LISTING_PATH}?by=asxCode&asxCode=BHP"),
+        1500,
+    ))
+    .await;
+    let mut raw = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let started = Instant::now();
+    let mut stream = raw
+        .stream_documents(GetDocumentsRequest {
+            identifiers: ["BHP", "bad!", "CBA", "GNP"].map(String::from).to_vec(),
+            kind: String::new(),
+            options: Some(PbOptions::default()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut arrived = Vec::new();
+    while let Some(item) = stream.next().await {
+        let r = item.unwrap();
+        arrived.push((r.index, r.identifier.clone(), started.elapsed()));
+    }
+    let order: Vec<u32> = arrived.iter().map(|a| a.0).collect();
+    assert_eq!(order.len(), 4);
+    assert_eq!(
+        *order.last().unwrap(),
+        0,
+        "the slow BHP comes last: {arrived:?}"
+    );
+    assert!(
+        order[..2].contains(&1) && order[..2].contains(&2),
+        "error and hit first: {arrived:?}"
+    );
+    assert_eq!(arrived[3].1, "BHP");
+}
