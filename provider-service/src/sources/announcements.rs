@@ -160,6 +160,13 @@ fn selector(s: &str) -> Selector {
 /// Parses the HTML listing. Rows that lack a date or a link are skipped, not fatal; a page
 /// without the announcements table is Malformed.
 pub fn parse_listing(html: &str, asx: &Url) -> Result<Vec<Announcement>, SourceError> {
+    // HTML parsers repair anything, so a cut-off page would silently lose rows: insist on the
+    // end of the document.
+    if !html.trim_end().to_ascii_lowercase().ends_with("</html>") {
+        return Err(SourceError::Malformed(
+            "announcements listing is truncated: no closing </html>".into(),
+        ));
+    }
     let doc = Html::parse_document(html);
     let table = doc
         .select(&selector("announcement_data table, table.announcements"))
@@ -479,6 +486,56 @@ mod tests {
       <tr><td>not a date</td><td></td><td><a href="/x?idsId=1">Ignored</a></td></tr>
       <tr><td>02/03/2025</td><td></td><td>no link</td></tr>
     </table></announcement_data></body></html>"#;
+
+    proptest::proptest! {
+        #[test]
+        fn listing_parser_never_panics(s in "\\PC*", cut in 0usize..2000) {
+            let _ = parse_listing(&s, &base());
+            let page = format!("{}</html>", &LISTING[..cut.min(LISTING.len())]);
+            let _ = parse_listing(&page, &base());
+        }
+
+        #[test]
+        fn markit_parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_markit(&bytes, &base());
+        }
+    }
+
+    #[test]
+    fn hostile_listings_are_errors_or_skipped_rows() {
+        // Truncated.
+        assert!(matches!(
+            parse_listing(&LISTING[..LISTING.len() / 2], &base()),
+            Err(SourceError::Malformed(_))
+        ));
+        // Missing columns: rows with fewer than three cells are skipped.
+        let two_cols = "<html><announcement_data><table><tr><td>01/01/2025</td><td>x</td></tr></table></announcement_data></html>";
+        assert_eq!(parse_listing(two_cols, &base()).unwrap(), vec![]);
+        // Wrong encoding: invalid UTF-8 is replaced, never a panic.
+        let latin1 = String::from_utf8_lossy(b"<html><body>\xe9\xff</body></html>");
+        assert!(parse_listing(&latin1, &base()).is_err());
+        // A huge body of rows parses in bounded memory and keeps every valid row.
+        let row =
+            r#"<tr><td>01/03/2025</td><td></td><td><a href="/x?idsId=1">Quarterly</a></td></tr>"#;
+        let huge = format!(
+            "<html><announcement_data><table>{}</table></announcement_data></html>",
+            row.repeat(20_000)
+        );
+        let items = parse_listing(&huge, &base()).unwrap();
+        assert_eq!(items.len(), 20_000);
+        // Script injection in a headline stays text.
+        let evil = r#"<html><announcement_data><table><tr><td>01/03/2025</td><td></td><td><a href="/x?idsId=2">&lt;script&gt;alert(1)&lt;/script&gt; | Annual Report</a></td></tr></table></announcement_data></html>"#;
+        let items = parse_listing(evil, &base()).unwrap();
+        assert_eq!(
+            items[0].headline,
+            "<script>alert(1)</script> | Annual Report"
+        );
+        let doc = build_document(&Ticker::parse("GNP").unwrap(), "listing", &[2025], &items);
+        assert!(
+            doc.content_markdown.contains("\\|"),
+            "pipes are escaped in the table"
+        );
+    }
 
     #[test]
     fn listing_rows_are_normalised_and_bad_rows_skipped() {

@@ -289,6 +289,29 @@ mod tests {
         assert!(derive(&[]).is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn bar_parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(bars) = parse_bars(&bytes) {
+                let _ = derive(&bars);
+            }
+        }
+
+        #[test]
+        fn figures_stay_within_the_range_of_the_bars(closes in proptest::collection::vec(0.01f64..1000.0, 1..300)) {
+            let b = bars(&closes);
+            let f = derive(&b).unwrap();
+            let lo = closes.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = closes.iter().cloned().fold(f64::MIN, f64::max);
+            for v in [f.sma20, f.sma50, f.sma200].into_iter().flatten() {
+                proptest::prop_assert!(v >= lo - 1e-9 && v <= hi + 1e-9);
+            }
+            if let Some(r) = f.rsi14 {
+                proptest::prop_assert!((0.0..=100.0).contains(&r));
+            }
+        }
+    }
+
     #[test]
     fn malformed_bodies_are_errors() {
         assert!(matches!(parse_bars(b"{"), Err(SourceError::Malformed(_))));
