@@ -209,8 +209,13 @@ impl Processor {
         if opts.cache_hours == Some(0) {
             opts.force_refresh = true;
         }
+        // Keep a tenth of the caller's remaining time (up to 200 ms) to write and answer the
+        // report before the caller's own deadline.
         let budget = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                left.saturating_sub((left / 10).min(Duration::from_millis(200)))
+            })
             .unwrap_or(self.settings.provider_timeout)
             .min(self.settings.provider_timeout);
         if budget.is_zero() {

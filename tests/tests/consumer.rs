@@ -447,3 +447,40 @@ async fn one_shot_cli_prints_reports() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_callers_deadline_bounds_the_provider_call() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &provider.url(),
+        &[("PROVIDER_TIMEOUT_MS", "30000")],
+    )
+    .await;
+    let mut control = Control::default();
+    control
+        .delay_ms
+        .insert(e2e::harness::LISTING_PATH.into(), 5000);
+    ex.control(&control).await;
+    let mut req = tonic::Request::new(request(&["ASX:GNP"]));
+    req.set_timeout(Duration::from_millis(1000));
+    let started = std::time::Instant::now();
+    let resp = consumer
+        .client()
+        .await
+        .process_tickers(req)
+        .await
+        .expect("the consumer answers in time");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = resp.into_inner().reports[0]
+        .error
+        .clone()
+        .expect("the provider call ran out of time");
+    assert_eq!(e.code, Code::DeadlineExceeded as i32, "{}", e.message);
+}
