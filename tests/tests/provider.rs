@@ -434,3 +434,28 @@ async fn bearer_token_guards_every_rpc_but_health() {
         .await
         .unwrap());
 }
+
+async fn services_starting_at_once_migrate_once(db: Db) {
+    let ex = Exchange::start();
+    // Two providers and a consumer race to migrate the same fresh database.
+    let a = Provider::spawn(db.url(), &ex.url, &[]);
+    let b = Provider::spawn(db.url(), &ex.url, &[]);
+    let consumer = e2e::harness::ConsumerProc::start(db.url(), &a.url(), &[]).await;
+    for p in [&a, &b] {
+        e2e::harness::wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+    }
+    let ra = a
+        .client()
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let rb = b
+        .client()
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(ra.document_id, rb.document_id);
+    drop(consumer);
+}
+
+on_both_databases!(services_starting_at_once_migrate_once);
