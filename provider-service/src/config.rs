@@ -89,6 +89,10 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_NEGATIVE_CACHE_MS", default_value_t = 5_000)]
     pub negative_cache_ms: u64,
 
+    /// Answer hits from memory where the database announces changes (PostgreSQL LISTEN/NOTIFY).
+    #[arg(long, env = "PROVIDER_HIT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hit_cache: bool,
+
     /// Replaces scheme and host of every upstream (listing, JSON API, PDFs, market data).
     #[arg(long, env = "UPSTREAM_BASE_URL")]
     pub upstream_base_url: Option<String>,
@@ -168,6 +172,7 @@ impl Config {
             fill_concurrency_per_source: self.fill_concurrency_per_source,
             lease_ttl: Duration::from_millis(self.fill_lease_ms.max(1)),
             negative_cache_ttl: Duration::from_millis(self.negative_cache_ms),
+            hit_cache: self.hit_cache,
             ..Settings::default()
         })
     }

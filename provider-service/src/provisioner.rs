@@ -36,7 +36,10 @@ use shared::{
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
-use crate::sources::{Source, Sources};
+use crate::{
+    hit_cache::{HitCache, Stamp},
+    sources::{Source, Sources},
+};
 
 /// Provisioning settings.
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ pub struct Settings {
     pub negative_cache_ttl: Duration,
     /// This process's name in fill leases.
     pub holder: String,
+    /// Serve hits from memory where the database announces changes (PostgreSQL).
+    pub hit_cache: bool,
 }
 
 impl Default for Settings {
@@ -69,6 +74,7 @@ impl Default for Settings {
             lease_ttl: Duration::from_secs(60),
             negative_cache_ttl: Duration::from_secs(5),
             holder: format!("provider-{}-{:08x}", std::process::id(), rand_u32()),
+            hit_cache: true,
         }
     }
 }
@@ -119,6 +125,7 @@ struct FillContext {
 
 pub struct Provisioner {
     sources: Sources,
+    hit_cache: Option<Arc<HitCache>>,
     per_source: HashMap<Kind, Arc<Semaphore>>,
     ctx: FillContext,
     in_flight: Arc<Mutex<HashMap<FillKey, InFlight>>>,
@@ -136,8 +143,14 @@ impl Provisioner {
                 )
             })
             .collect();
+        let hit_cache = if settings.hit_cache {
+            store.changes().map(HitCache::new)
+        } else {
+            None
+        };
         Self {
             per_source,
+            hit_cache,
             sources,
             ctx: FillContext {
                 store,
@@ -266,13 +279,57 @@ impl Provisioner {
                 }
             }
         }
+        // Fresh documents this process already knows need no database round trip.
+        if let (Some(cache), false) = (&self.hit_cache, req.force_refresh) {
+            keys.retain(
+                |(sid, _, indices)| match cache.fresh(req.kind, sid, req.cache_hours) {
+                    Some(head) => {
+                        let filled = Ok(Filled {
+                            head,
+                            outcome: Outcome::Hit,
+                        });
+                        for i in indices {
+                            immediate.push(answer(
+                                &identifiers[*i],
+                                *i,
+                                sid,
+                                req,
+                                &filled,
+                                None,
+                                Utc::now(),
+                            ));
+                        }
+                        false
+                    }
+                    None => true,
+                },
+            );
+        }
         if keys.is_empty() {
             return stream::iter(immediate).boxed();
         }
         let identifiers = Arc::new(identifiers);
         let ids: Vec<String> = keys.iter().map(|(s, ..)| s.clone()).collect();
+        let stamps: HashMap<String, Stamp> = match &self.hit_cache {
+            Some(cache) => ids
+                .iter()
+                .map(|sid| (sid.clone(), cache.stamp(req.kind, sid)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let (sent, sent_wall) = (Instant::now(), Utc::now());
         let lookup = match self.store().lookup(kind, &ids).await {
-            Ok(l) => l,
+            Ok(l) => {
+                if let Some(cache) = &self.hit_cache {
+                    cache.observe_clock(l.now, sent, sent_wall);
+                    for h in &l.heads {
+                        if let Some(stamp) = stamps.get(&h.source_id) {
+                            cache.remember(req.kind, h, *stamp);
+                        }
+                    }
+                }
+                l
+            }
             Err(e) => {
                 let err = ItemError::new(e.code(), e.to_string());
                 for (sid, _, indices) in keys {
@@ -313,8 +370,13 @@ impl Provisioner {
                 _ => {
                     let fill = self.fill(req, ticker, sid.clone(), arrived, now);
                     let identifiers = identifiers.clone();
+                    let cache = self.hit_cache.clone();
+                    let stamp = stamps.get(&sid).copied();
                     pending.push(async move {
                         let filled = fill.await;
+                        if let (Some(cache), Some(stamp), Ok(f)) = (&cache, stamp, &filled) {
+                            cache.remember(req.kind, &f.head, stamp);
+                        }
                         indices
                             .into_iter()
                             .map(|i| {
@@ -462,6 +524,7 @@ impl FillContext {
         let storage = |e: StorageError| ItemError::new(e.code(), e.to_string());
         let give_up = Instant::now() + self.settings.lease_ttl * 2 + Duration::from_secs(5);
         let mut backoff = Duration::from_millis(10);
+        let mut feed = None;
         loop {
             let claimed = {
                 let _global = self
@@ -500,7 +563,14 @@ impl FillContext {
                     format!("{ticker}: gave up waiting for another provider's fill of {sid}"),
                 ));
             }
-            tokio::time::sleep(backoff).await;
+            // Wake on the database's change announcement where there is one, else poll.
+            let feed = feed.get_or_insert_with(|| self.store.changes());
+            match feed {
+                Some(rx) => {
+                    let _ = tokio::time::timeout(backoff, changed(rx, kind, sid)).await;
+                }
+                None => tokio::time::sleep(backoff).await,
+            }
             backoff = (backoff * 2).min(Duration::from_millis(100));
             if let Some(h) = self.newer_than(kind, sid, seen_at).await.map_err(storage)? {
                 return Ok(Filled {
@@ -630,6 +700,26 @@ impl FillContext {
             let now = Instant::now();
             map.retain(|_, (until, _)| *until > now);
             map.insert(key.clone(), (now + ttl, e.clone()));
+        }
+    }
+}
+
+/// Resolves when the change feed announces `sid` (or may have missed it).
+async fn changed(
+    rx: &mut tokio::sync::broadcast::Receiver<shared::storage::Change>,
+    kind: &str,
+    sid: &str,
+) {
+    use shared::storage::Change;
+    loop {
+        match rx.recv().await {
+            Ok(Change::Document {
+                source_type,
+                source_id,
+                ..
+            }) if source_type == kind && source_id == sid => return,
+            Ok(Change::Document { .. }) => {}
+            Ok(Change::Reset | Change::Lost) | Err(_) => return,
         }
     }
 }

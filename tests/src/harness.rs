@@ -475,6 +475,8 @@ pub async fn age_document(db: &Db, source_id: &str, hours: i64) {
             .execute(&pool)
             .await
             .expect("age document");
+        // Providers hear of the change through LISTEN/NOTIFY, within milliseconds.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     } else {
         let pool = sqlx::SqlitePool::connect(db.url()).await.expect("connect");
         sqlx::query("UPDATE documents SET last_synced = ?1 WHERE source_id = ?2")

@@ -183,6 +183,21 @@ pub struct Fence {
     pub token: i64,
 }
 
+/// A change to a stored document, as announced by the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The document of (source_type, source_id) now has `version` (0: deleted).
+    Document {
+        source_type: String,
+        source_id: String,
+        version: i64,
+    },
+    /// The feed (re)connected: changes before this may have been missed, forget what you know.
+    Reset,
+    /// The feed is down: changes are not being announced until the next `Reset`.
+    Lost,
+}
+
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -241,6 +256,12 @@ pub trait DocumentStore: Send + Sync + 'static {
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError>;
+
+    /// A feed of document changes made by any process, where the database can announce them
+    /// (PostgreSQL LISTEN/NOTIFY); `None` where it cannot (SQLite).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// The lease of a document, if one was ever claimed.
     async fn lease(

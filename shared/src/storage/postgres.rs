@@ -1,18 +1,23 @@
 //! PostgreSQL implementation of [`DocumentStore`]. Timestamps come from the database's clock
 //! (`now()`), so provider replicas with skewed clocks agree on freshness.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::{
-    postgres::{PgPoolOptions, PgRow},
+    postgres::{PgListener, PgPoolOptions, PgRow},
     PgPool, Row,
 };
 
+use tokio::sync::broadcast;
+
 use super::{
-    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Fence, Lease, Lookup,
-    NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Change, DocumentHead, DocumentStore, Fence, Lease,
+    Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -21,9 +26,14 @@ const DOCUMENT_COLUMNS: &str =
     "id, source_type, source_id, title, content_markdown, content_json, \
      tags, content_hash, version, last_synced, created_at, updated_at";
 
+/// Channel the `documents_changed` trigger notifies on.
+const CHANGES_CHANNEL: &str = "documents_changed";
+
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    changes: broadcast::Sender<Change>,
+    listening: Arc<OnceLock<()>>,
 }
 
 impl PostgresStore {
@@ -33,12 +43,84 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            changes: broadcast::channel(4096).0,
+            listening: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Listens on the changes channel for as long as anyone subscribes, reconnecting with
+    /// backoff; every (re)connection is announced as [`Change::Reset`].
+    fn start_listening(&self) {
+        if self.listening.set(()).is_err() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let tx = self.changes.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if tx.receiver_count() == 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for document changes; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                delay = Duration::from_millis(100);
+                let _ = tx.send(Change::Reset);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => {
+                            if let Some(c) = parse_change(n.payload()) {
+                                let _ = tx.send(c);
+                            }
+                        }
+                        // The connection was lost: anything may have been missed.
+                        Ok(None) => {
+                            tracing::warn!(
+                                "document change feed lost its connection; reconnecting"
+                            );
+                            let _ = tx.send(Change::Lost);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "document change feed failed; reconnecting");
+                            let _ = tx.send(Change::Lost);
+                            break;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+fn parse_change(payload: &str) -> Option<Change> {
+    let mut parts = payload.rsplitn(2, ' ');
+    let version = parts.next()?.parse().ok()?;
+    let (source_type, source_id) = parts.next()?.split_once(' ')?;
+    Some(Change::Document {
+        source_type: source_type.to_string(),
+        source_id: source_id.to_string(),
+        version,
+    })
 }
 
 fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
@@ -199,6 +281,12 @@ impl DocumentStore for PostgresStore {
         })
     }
 
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        let rx = self.changes.subscribe();
+        self.start_listening();
+        Some(rx)
+    }
+
     async fn claim_fill(
         &self,
         source_type: &str,
@@ -325,5 +413,23 @@ impl DocumentStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("data")).transpose()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_payloads_parse() {
+        assert_eq!(
+            parse_change("announcement ASX:GNP:announcement 7"),
+            Some(Change::Document {
+                source_type: "announcement".into(),
+                source_id: "ASX:GNP:announcement".into(),
+                version: 7
+            })
+        );
+        assert_eq!(parse_change("garbage"), None);
     }
 }

@@ -1,0 +1,202 @@
+//! The in-memory view of fresh documents that lets a hit skip the database round trip.
+//!
+//! It is only used where the database announces every change (PostgreSQL LISTEN/NOTIFY through
+//! a trigger on `documents`), so an entry is dropped within milliseconds of any write by any
+//! process. While the change feed is down the cache is empty and unused. Freshness is judged
+//! against an estimate of the database's clock (measured at every lookup) with a safety margin
+//! on the side of "not fresh", so a cached answer never claims fresh for a document that is not.
+//! Entries only ever move to higher versions, so this process never answers a version older
+//! than one it has answered.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::Instant,
+};
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use shared::{
+    storage::{Change, DocumentHead},
+    Kind,
+};
+use tokio::sync::broadcast;
+
+/// Entries kept at most; past it the cache starts over (hits then refill it from lookups).
+const MAX_ENTRIES: usize = 200_000;
+
+/// Added to the clock estimate's uncertainty before judging freshness.
+const SAFETY_MARGIN_MS: i64 = 1_000;
+
+type Key = (Kind, String);
+
+/// What the cache knows of one document: the highest version announced or read, and the head
+/// if it may be served (a change announced after the head was read leaves only the version).
+#[derive(Default)]
+struct Slot {
+    version: i64,
+    /// Bumped on every announced change of the document.
+    changes: u64,
+    head: Option<DocumentHead>,
+}
+
+/// What a read must show to be remembered: nothing changed since it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    epoch: u64,
+    changes: u64,
+}
+
+pub struct HitCache {
+    entries: RwLock<HashMap<Key, Slot>>,
+    /// Bumped whenever the feed restarts; reads begun in an older epoch are not remembered.
+    epoch: AtomicU64,
+    /// The change feed is connected (entries are trustworthy).
+    live: AtomicBool,
+    /// Database clock minus local clock, and the uncertainty of that, in microseconds.
+    offset_us: AtomicI64,
+    uncertainty_us: AtomicI64,
+    clock_known: AtomicBool,
+}
+
+impl HitCache {
+    /// A cache fed by `changes`; it starts unused until the feed connects.
+    pub fn new(changes: broadcast::Receiver<Change>) -> Arc<Self> {
+        let cache = Arc::new(Self {
+            entries: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            offset_us: AtomicI64::new(0),
+            uncertainty_us: AtomicI64::new(i64::MAX / 4),
+            clock_known: AtomicBool::new(false),
+        });
+        tokio::spawn(Self::follow(Arc::downgrade(&cache), changes));
+        cache
+    }
+
+    async fn follow(cache: std::sync::Weak<Self>, mut changes: broadcast::Receiver<Change>) {
+        loop {
+            let change = changes.recv().await;
+            let Some(cache) = cache.upgrade() else { return };
+            match change {
+                Ok(Change::Document {
+                    source_type,
+                    source_id,
+                    version,
+                }) => {
+                    let Ok(kind) = source_type.parse::<Kind>() else {
+                        continue;
+                    };
+                    let mut entries = cache.entries.write().expect("hit cache lock");
+                    let slot = entries.entry((kind, source_id)).or_default();
+                    // Any change (even one that keeps the version, like a hand-made UPDATE)
+                    // drops the head; a deletion pins the key out of memory until a reset.
+                    let version = if version == 0 { i64::MAX } else { version };
+                    slot.version = slot.version.max(version);
+                    slot.changes += 1;
+                    slot.head = None;
+                }
+                Ok(Change::Reset) => {
+                    cache.start_over();
+                    cache.live.store(true, Ordering::Release);
+                }
+                Ok(Change::Lost) => {
+                    cache.live.store(false, Ordering::Release);
+                    cache.start_over();
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => cache.start_over(),
+                Err(broadcast::error::RecvError::Closed) => {
+                    cache.live.store(false, Ordering::Release);
+                    cache.start_over();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_over(&self) {
+        let mut entries = self.entries.write().expect("hit cache lock");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
+    }
+
+    /// The stamp to pass to [`HitCache::remember`] for a read of the document that starts now.
+    pub fn stamp(&self, kind: Kind, source_id: &str) -> Stamp {
+        let entries = self.entries.read().expect("hit cache lock");
+        Stamp {
+            epoch: self.epoch.load(Ordering::Acquire),
+            changes: entries
+                .get(&(kind, source_id.to_string()))
+                .map_or(0, |s| s.changes),
+        }
+    }
+
+    /// Records the database clock seen by a lookup that started at `sent` and returned now.
+    pub fn observe_clock(&self, db_now: DateTime<Utc>, sent: Instant, sent_wall: DateTime<Utc>) {
+        let rtt = sent.elapsed();
+        let mid = sent_wall + ChronoDuration::from_std(rtt / 2).unwrap_or_default();
+        let offset = (db_now - mid).num_microseconds().unwrap_or(0);
+        let uncertainty = (rtt.as_micros() as i64) / 2 + 1;
+        // Keep the tightest measurement; it only gets replaced by a better (or a first) one.
+        if !self.clock_known.load(Ordering::Acquire)
+            || uncertainty <= self.uncertainty_us.load(Ordering::Acquire)
+        {
+            self.offset_us.store(offset, Ordering::Release);
+            self.uncertainty_us.store(uncertainty, Ordering::Release);
+            self.clock_known.store(true, Ordering::Release);
+        }
+    }
+
+    /// The latest the database's clock can be now.
+    fn db_now_upper_bound(&self) -> Option<DateTime<Utc>> {
+        if !self.clock_known.load(Ordering::Acquire) {
+            return None;
+        }
+        let us =
+            self.offset_us.load(Ordering::Acquire) + self.uncertainty_us.load(Ordering::Acquire);
+        Some(
+            Utc::now()
+                + ChronoDuration::microseconds(us)
+                + ChronoDuration::milliseconds(SAFETY_MARGIN_MS),
+        )
+    }
+
+    /// A cached head that is fresh within `cache_hours`, if any.
+    pub fn fresh(&self, kind: Kind, source_id: &str, cache_hours: u32) -> Option<DocumentHead> {
+        if cache_hours == 0 || !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = self.db_now_upper_bound()?;
+        let entries = self.entries.read().expect("hit cache lock");
+        let head = entries.get(&(kind, source_id.to_string()))?.head.as_ref()?;
+        (now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours)))
+            .then(|| head.clone())
+    }
+
+    /// Remembers a head read from or written to the database, unless the document changed or
+    /// the feed restarted since the read began (`stamp`), or a newer version is known.
+    pub fn remember(&self, kind: Kind, head: &DocumentHead, stamp: Stamp) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let mut entries = self.entries.write().expect("hit cache lock");
+        if self.epoch.load(Ordering::Acquire) != stamp.epoch {
+            return;
+        }
+        if entries.len() >= MAX_ENTRIES {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            entries.clear();
+            return;
+        }
+        let slot = entries.entry((kind, head.source_id.clone())).or_default();
+        if slot.changes == stamp.changes
+            && head.version >= slot.version
+            && slot.head.as_ref().is_none_or(|h| h.version <= head.version)
+        {
+            slot.version = head.version;
+            slot.head = Some(head.clone());
+        }
+    }
+}
