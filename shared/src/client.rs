@@ -9,7 +9,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every call carries a deadline; UNAVAILABLE is retried with exponential backoff and full
+//! Every call carries a deadline; UNAVAILABLE is retried with exponential backoff and equal
 //! jitter up to a bound; several comma-separated endpoints are balanced over one lazily
 //! connected channel that is reused by every call.
 
@@ -39,7 +39,7 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Retries after the first attempt when the answer is UNAVAILABLE.
     pub retries: u32,
-    /// First backoff; doubles on every retry, capped by `max_backoff`, with full jitter.
+    /// First backoff; doubles on every retry, capped by `max_backoff`, with equal jitter (half fixed, half random).
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// Bearer token sent on every call, if the provider requires one.
@@ -168,7 +168,9 @@ impl ProviderClient {
                         .initial_backoff
                         .saturating_mul(1 << attempt.min(16))
                         .min(self.config.max_backoff);
-                    let sleep = rand::rng().random_range(Duration::ZERO..=cap);
+                    // Equal jitter: half the backoff is fixed, so retries always give a failed
+                    // endpoint time to be noticed; the other half spreads the callers out.
+                    let sleep = cap / 2 + rand::rng().random_range(Duration::ZERO..=cap / 2);
                     tracing::debug!(attempt, ?sleep, error = %s.message(), "provider unavailable, retrying");
                     tokio::time::sleep(sleep).await;
                     attempt += 1;
