@@ -28,40 +28,64 @@ use chrono::{Datelike, Days, NaiveDate, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 
 /// A fictional company of the sample exchange.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Company {
-    pub code: &'static str,
-    pub name: &'static str,
+    /// Stable index (part of document keys).
+    pub index: usize,
+    pub code: String,
+    pub name: String,
     pub base_price: f64,
     /// Whether it has announcements (a quiet company has none).
     pub announces: bool,
 }
 
-pub const COMPANIES: &[Company] = &[
-    Company {
-        code: "GNP",
-        name: "GenusPlus Group (sample)",
-        base_price: 2.4,
-        announces: true,
-    },
-    Company {
-        code: "BHP",
-        name: "BHP Group (sample)",
-        base_price: 44.0,
-        announces: true,
-    },
-    Company {
-        code: "CBA",
-        name: "Commonwealth Bank (sample)",
-        base_price: 130.0,
-        announces: true,
-    },
-    Company {
-        code: "QUIET",
-        name: "Quiet Holdings (sample)",
-        base_price: 1.0,
-        announces: false,
-    },
+/// The named sample companies: (code, name, base price, announces).
+pub const NAMED: &[(&str, &str, f64, bool)] = &[
+    ("GNP", "GenusPlus Group (sample)", 2.4, true),
+    ("BHP", "BHP Group (sample)", 44.0, true),
+    ("CBA", "Commonwealth Bank (sample)", 130.0, true),
+    ("QUIET", "Quiet Holdings (sample)", 1.0, false),
 ];
+
+/// Synthetic companies `S0000` to `S9999` exist too, for benchmarks that need many documents.
+const SYNTHETIC_BASE: usize = 100;
+const SYNTHETIC_COUNT: usize = 10_000;
+
+fn by_index(index: usize) -> Option<Company> {
+    if let Some((code, name, base_price, announces)) = NAMED.get(index) {
+        return Some(Company {
+            index,
+            code: code.to_string(),
+            name: name.to_string(),
+            base_price: *base_price,
+            announces: *announces,
+        });
+    }
+    let n = index
+        .checked_sub(SYNTHETIC_BASE)
+        .filter(|n| *n < SYNTHETIC_COUNT)?;
+    Some(Company {
+        index,
+        code: format!("S{n:04}"),
+        name: format!("Synthetic {n:04} (sample)"),
+        base_price: 5.0 + (n % 97) as f64,
+        announces: true,
+    })
+}
+
+/// The company with `code` (case-insensitive), if the sample exchange knows it.
+pub fn company(code: &str) -> Option<Company> {
+    let upper = code.to_ascii_uppercase();
+    if let Some(i) = NAMED.iter().position(|(c, ..)| *c == upper) {
+        return by_index(i);
+    }
+    let n: usize = upper
+        .strip_prefix('S')
+        .filter(|d| d.len() == 4)?
+        .parse()
+        .ok()?;
+    by_index(SYNTHETIC_BASE + n)
+}
 
 /// (month, day, headline, price sensitive) of each company's yearly announcements.
 const CALENDAR: &[(u32, u32, &str, bool)] = &[
@@ -91,16 +115,9 @@ pub struct SampleAnnouncement {
     pub size: String,
 }
 
-pub fn company(code: &str) -> Option<(usize, &'static Company)> {
-    COMPANIES
-        .iter()
-        .enumerate()
-        .find(|(_, c)| c.code.eq_ignore_ascii_case(code))
-}
-
 /// A company's announcements of `year` up to `today`, newest first.
 pub fn announcements(code: &str, year: i32, today: NaiveDate) -> Vec<SampleAnnouncement> {
-    let Some((ci, c)) = company(code) else {
+    let Some(c) = company(code) else {
         return Vec::new();
     };
     if !c.announces || year > today.year() || year <= today.year() - YEARS {
@@ -114,7 +131,7 @@ pub fn announcements(code: &str, year: i32, today: NaiveDate) -> Vec<SampleAnnou
             (date <= today).then(|| SampleAnnouncement {
                 date,
                 headline: format!("[SAMPLE] {headline}"),
-                key: key(ci, year, seq),
+                key: key(c.index, year, seq),
                 price_sensitive: *ps,
                 size: format!("{}KB", 100 + seq * 37),
             })
@@ -124,11 +141,10 @@ pub fn announcements(code: &str, year: i32, today: NaiveDate) -> Vec<SampleAnnou
     out
 }
 
-/// Eight-digit document key, unique per (company, year, calendar entry).
+/// Nine-digit document key, unique per (company, year, calendar entry).
 fn key(company_index: usize, year: i32, seq: usize) -> String {
     format!(
-        "{:02}{:02}{:04}",
-        company_index + 10,
+        "{company_index:05}{:02}{:02}",
         year.rem_euclid(100),
         seq + 1
     )
@@ -136,10 +152,9 @@ fn key(company_index: usize, year: i32, seq: usize) -> String {
 
 /// Finds the announcement behind a document key.
 pub fn by_key(key: &str, today: NaiveDate) -> Option<SampleAnnouncement> {
-    let ci: usize = key.get(..2)?.parse::<usize>().ok()?.checked_sub(10)?;
-    let c = COMPANIES.get(ci)?;
+    let c = by_index(key.get(..5)?.parse::<usize>().ok()?)?;
     (0..YEARS)
-        .flat_map(|i| announcements(c.code, today.year() - i, today))
+        .flat_map(|i| announcements(&c.code, today.year() - i, today))
         .find(|a| a.key == key)
 }
 
@@ -197,9 +212,10 @@ pub struct Bar {
 
 /// Weekday bars of a company from `from` to `today`, deterministic per (code, date).
 pub fn bars(code: &str, from: NaiveDate, today: NaiveDate) -> Vec<Bar> {
-    let Some((ci, c)) = company(code) else {
+    let Some(c) = company(code) else {
         return Vec::new();
     };
+    let ci = c.index;
     let start = NaiveDate::from_ymd_opt(today.year() - YEARS + 1, 1, 1).unwrap_or(today);
     let mut out = Vec::new();
     let mut d = start.max(from);
@@ -499,9 +515,9 @@ pub fn route(
                 .trim_end_matches("/announcements");
             match company(code) {
                 None => not_found,
-                Some((_, c)) => {
+                Some(c) => {
                     let items: Vec<serde_json::Value> = (0..YEARS)
-                        .flat_map(|i| announcements(c.code, today.year() - i, today))
+                        .flat_map(|i| announcements(&c.code, today.year() - i, today))
                         .map(|a| {
                             serde_json::json!({
                                 "documentKey": format!("2924-{}-3A{}", a.key, &a.key[4..]),
@@ -563,13 +579,13 @@ pub fn listing_html(code: &str, year: i32, today: NaiveDate) -> String {
             a.size
         ));
     }
-    let name = company(code).map(|(_, c)| c.name).unwrap_or("");
+    let name = company(code).map(|c| c.name).unwrap_or_default();
     format!(
         "<!DOCTYPE html>\n<html><head><title>ASX Announcements (sample exchange)</title></head><body>\n\
          <h2>{} {}</h2>\n<announcement_data>\n<table>\n<thead><tr><th>Date</th><th>Price sens.</th>\
          <th>Headline</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n</announcement_data>\n</body></html>\n",
         escape(&code.to_uppercase()),
-        escape(name)
+        escape(&name)
     )
 }
 
@@ -581,9 +597,9 @@ mod tests {
     fn keys_are_unique_and_resolve() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
         let mut seen = std::collections::HashSet::new();
-        for c in COMPANIES {
+        for c in NAMED.iter().map(|n| n.0).chain(["S0000", "S0042", "S9999"]) {
             for y in 2023..=2026 {
-                for a in announcements(c.code, y, today) {
+                for a in announcements(c, y, today) {
                     assert!(seen.insert(a.key.clone()), "duplicate key {}", a.key);
                     assert_eq!(by_key(&a.key, today).unwrap().headline, a.headline);
                     assert!(a.headline.starts_with("[SAMPLE]"));

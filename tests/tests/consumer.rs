@@ -39,7 +39,7 @@ fn outcome(r: &TickerReport) -> docs::Outcome {
 /// and preliminary final report, for `year`.
 fn gnp_annual_keys(year: i32) -> [String; 2] {
     let yy = year.rem_euclid(100);
-    [format!("10{yy:02}0007"), format!("10{yy:02}0008")]
+    [format!("00000{yy:02}07"), format!("00000{yy:02}08")]
 }
 
 async fn round_trip_downloads_once(db: Db) {
