@@ -70,7 +70,7 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_TIMEOUT_MS", default_value_t = 30_000)]
     pub provider_timeout_ms: u64,
 
-    /// Retries of a provider call that answered UNAVAILABLE (exponential backoff, full jitter).
+    /// Retries of a provider call that answered UNAVAILABLE (exponential backoff, equal jitter).
     #[arg(long, env = "PROVIDER_RETRIES", default_value_t = 4)]
     pub provider_retries: u32,
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use shared::{proto::consumer::v1 as pb, server::deadline_of};
 use tonic::{Request, Response, Status};
 
-use crate::job::{JobRequest, Processor};
+use crate::job::{new_request_id, JobRequest, Processor};
 
 /// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
 #[derive(Clone)]
@@ -32,6 +32,14 @@ impl pb::consumer_server::Consumer for ConsumerService {
         request: Request<pb::ProcessTickersRequest>,
     ) -> Result<Response<pb::ProcessTickersResponse>, Status> {
         let deadline = deadline_of(request.metadata());
+        // The caller's request ID travels on to the provider; a round without one gets one.
+        let request_id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(String::from)
+            .unwrap_or_else(new_request_id);
         let r = request.into_inner();
         let p = self.ready()?;
         let job = JobRequest {
@@ -45,6 +53,7 @@ impl pb::consumer_server::Consumer for ConsumerService {
                 .filter(|f| !f.is_empty())
                 .collect(),
             max_downloads: r.max_downloads,
+            request_id,
         };
         p.validate(&job)?;
         let reports = p.run(&job, deadline).await;

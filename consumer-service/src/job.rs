@@ -39,6 +39,13 @@ pub struct JobRequest {
     pub force_refresh: bool,
     pub filters: Vec<String>,
     pub max_downloads: Option<u32>,
+    /// Sent to the provider as `x-request-id` and logged with every line of the round.
+    pub request_id: String,
+}
+
+/// A new request ID for a round that came without one.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// The part of an announcement the consumer reads (the provider's JSON has more).
@@ -159,7 +166,11 @@ impl Processor {
             .await
     }
 
-    #[tracing::instrument(name = "process_ticker", skip(self, req, deadline), fields(ticker = %ticker))]
+    #[tracing::instrument(
+        name = "process_ticker",
+        skip(self, req, deadline),
+        fields(ticker = %ticker, request_id = %req.request_id)
+    )]
     async fn process_one(
         &self,
         ticker: &str,
@@ -224,7 +235,10 @@ impl Processor {
                 "deadline passed before calling the provider",
             ));
         }
-        let provider = self.provider.with_timeout(budget);
+        let provider = self
+            .provider
+            .with_timeout(budget)
+            .with_request_id(&req.request_id);
         let answer: DocumentResult = match provider.get_document(ticker, &opts).await {
             Ok(r) => r,
             Err(s) => {

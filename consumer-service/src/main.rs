@@ -24,10 +24,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Process { tickers, json } => {
-            telemetry::init(cli.config.log_format);
+            let logs = telemetry::init(cli.config.log_format);
             let p = processor(&cli.config).await?;
             let job = JobRequest {
                 tickers,
+                request_id: consumer_service::job::new_request_id(),
                 ..JobRequest::default()
             };
             p.validate(&job)
@@ -43,12 +44,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             if failed > 0 {
+                drop(logs);
                 std::process::exit(1);
             }
             Ok(())
         }
         Command::Serve => {
-            telemetry::init(cli.config.log_format);
+            let _logs = telemetry::init(cli.config.log_format);
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(server::shutdown_signal()).await
         }

@@ -11,7 +11,7 @@ use shared::{
     proto::documents::v1::{
         self as pb, document_provider_server::DocumentProvider as DocumentProviderRpc,
     },
-    DocumentResult, Provisioned,
+    DocumentResult, Outcome, Provisioned,
 };
 use tonic::{Request, Response, Status};
 
@@ -37,6 +37,7 @@ impl ProviderService {
     async fn batch(
         &self,
         rpc: &'static str,
+        request_id: &str,
         identifiers: Vec<String>,
         kind: &str,
         options: Option<pb::DocumentOptions>,
@@ -45,18 +46,88 @@ impl ProviderService {
         let p = self.ready()?;
         let req = p.validate(kind, options.as_ref(), identifiers.len())?;
         let results = p.provide(identifiers, req).await;
+        let mut summary = Summary::new(rpc, request_id, started, results.len() > 1);
         for r in &results {
-            log_answer(rpc, r, started);
+            summary.record(r);
         }
         Ok(results)
     }
 }
 
-fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
+/// The request ID a caller sent in `x-request-id` (up to 64 visible ASCII characters), if any.
+fn request_id<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Answer logging. A single-identifier answer gets its own line. In a batch every identifier
+/// that was not a plain hit (created, refreshed, stale, error) gets its own line, and the batch
+/// one summary line with the count of each outcome when it is done, so a batch of a thousand
+/// hits costs one line, not a thousand.
+struct Summary {
+    rpc: &'static str,
+    request_id: String,
+    started: Instant,
+    batch: bool,
+    counts: [usize; 5],
+}
+
+impl Summary {
+    fn new(rpc: &'static str, request_id: &str, started: Instant, batch: bool) -> Self {
+        Self {
+            rpc,
+            request_id: request_id.to_string(),
+            started,
+            batch,
+            counts: [0; 5],
+        }
+    }
+
+    fn record(&mut self, r: &DocumentResult) {
+        self.counts[match r.outcome {
+            Outcome::Hit => 0,
+            Outcome::Created => 1,
+            Outcome::Refreshed => 2,
+            Outcome::Stale => 3,
+            Outcome::Error => 4,
+        }] += 1;
+        if !self.batch || r.outcome != Outcome::Hit {
+            log_answer(self.rpc, &self.request_id, r, self.started);
+        }
+    }
+}
+
+impl Drop for Summary {
+    fn drop(&mut self) {
+        if self.batch {
+            let [hit, created, refreshed, stale, error] = self.counts;
+            tracing::info!(
+                rpc = self.rpc,
+                request_id = %self.request_id,
+                identifiers = self.counts.iter().sum::<usize>(),
+                hit,
+                created,
+                refreshed,
+                stale,
+                error,
+                latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "batch answered"
+            );
+        }
+    }
+}
+
+fn log_answer(rpc: &'static str, request_id: &str, r: &DocumentResult, started: Instant) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match &r.error {
         Some(e) if r.is_ok() => tracing::warn!(
             rpc,
+            request_id = %request_id,
             identifier = %r.identifier,
             kind = %r.kind,
             outcome = r.outcome.as_str(),
@@ -69,6 +140,7 @@ fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
         ),
         None => tracing::info!(
             rpc,
+            request_id = %request_id,
             identifier = %r.identifier,
             kind = %r.kind,
             outcome = r.outcome.as_str(),
@@ -79,6 +151,7 @@ fn log_answer(rpc: &'static str, r: &DocumentResult, started: Instant) {
         ),
         Some(e) => tracing::warn!(
             rpc,
+            request_id = %request_id,
             identifier = %r.identifier,
             kind = %r.kind,
             outcome = r.outcome.as_str(),
@@ -100,11 +173,14 @@ impl DocumentProviderRpc for ProviderService {
         request: Request<pb::GetDocumentsRequest>,
     ) -> Result<Response<Self::StreamDocumentsStream>, Status> {
         let started = Instant::now();
+        let id = request_id(&request);
         let r = request.into_inner();
         let p = self.ready()?;
         let req = p.validate(&r.kind, r.options.as_ref(), r.identifiers.len())?;
+        // The summary is logged when the stream is dropped: done, or the caller went away.
+        let mut summary = Summary::new("StreamDocuments", &id, started, true);
         let stream = p.provide_each(r.identifiers, req).map(move |result| {
-            log_answer("StreamDocuments", &result, started);
+            summary.record(&result);
             Ok(result.into())
         });
         Ok(Response::new(stream.boxed()))
@@ -114,9 +190,10 @@ impl DocumentProviderRpc for ProviderService {
         &self,
         request: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::DocumentResult>, Status> {
+        let id = request_id(&request);
         let r = request.into_inner();
         let mut results = self
-            .batch("GetDocument", vec![r.identifier], &r.kind, r.options)
+            .batch("GetDocument", &id, vec![r.identifier], &r.kind, r.options)
             .await?;
         let result = results
             .pop()
@@ -131,9 +208,10 @@ impl DocumentProviderRpc for ProviderService {
         &self,
         request: Request<pb::GetDocumentsRequest>,
     ) -> Result<Response<pb::GetDocumentsResponse>, Status> {
+        let id = request_id(&request);
         let r = request.into_inner();
         let results = self
-            .batch("GetDocuments", r.identifiers, &r.kind, r.options)
+            .batch("GetDocuments", &id, r.identifiers, &r.kind, r.options)
             .await?;
         Ok(Response::new(pb::GetDocumentsResponse {
             results: results.into_iter().map(Into::into).collect(),
@@ -144,9 +222,10 @@ impl DocumentProviderRpc for ProviderService {
         &self,
         request: Request<pb::EnsureDocumentsRequest>,
     ) -> Result<Response<pb::EnsureDocumentsResponse>, Status> {
+        let id = request_id(&request);
         let r = request.into_inner();
         let results = self
-            .batch("EnsureDocuments", r.identifiers, &r.kind, r.options)
+            .batch("EnsureDocuments", &id, r.identifiers, &r.kind, r.options)
             .await?;
         let p = Provisioned::from_results(results);
         Ok(Response::new(pb::EnsureDocumentsResponse {

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            telemetry::init(cli.config.log_format);
+            let _logs = telemetry::init(cli.config.log_format);
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(server::shutdown_signal()).await
         }

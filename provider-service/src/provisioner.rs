@@ -279,6 +279,7 @@ impl Provisioner {
                 }
             }
         }
+        let identifiers = Arc::new(identifiers);
         // Fresh documents this process already knows need no database round trip.
         if let (Some(cache), false) = (&self.hit_cache, req.force_refresh) {
             keys.retain(
@@ -305,10 +306,46 @@ impl Provisioner {
                 },
             );
         }
-        if keys.is_empty() {
-            return stream::iter(immediate).boxed();
+        // A document this process is filling right now: join that fill; the database has
+        // nothing fresher to say. (Not with stale-if-error, which needs the stored version.)
+        let pending = FuturesUnordered::new();
+        if req.stale_if_error_hours.is_none() {
+            keys.retain(
+                |(sid, _, indices)| match self.in_flight_fill(req, sid, arrived) {
+                    Some(fill) => {
+                        let (identifiers, sid, indices) =
+                            (identifiers.clone(), sid.clone(), indices.clone());
+                        pending.push(
+                            async move {
+                                let filled = fill.await;
+                                indices
+                                    .into_iter()
+                                    .map(|i| {
+                                        answer(
+                                            &identifiers[i],
+                                            i,
+                                            &sid,
+                                            req,
+                                            &filled,
+                                            None,
+                                            Utc::now(),
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                            }
+                            .boxed(),
+                        );
+                        false
+                    }
+                    None => true,
+                },
+            );
         }
-        let identifiers = Arc::new(identifiers);
+        if keys.is_empty() {
+            return stream::iter(immediate)
+                .chain(pending.flat_map(stream::iter))
+                .boxed();
+        }
         let ids: Vec<String> = keys.iter().map(|(s, ..)| s.clone()).collect();
         let stamps: HashMap<String, Stamp> = match &self.hit_cache {
             Some(cache) => ids
@@ -354,7 +391,6 @@ impl Provisioner {
             .map(|h| (h.source_id.clone(), h))
             .collect();
         let now = lookup.now;
-        let pending = FuturesUnordered::new();
         for (sid, ticker, indices) in keys {
             let previous = heads.remove(&sid);
             match previous {
@@ -372,32 +408,49 @@ impl Provisioner {
                     let identifiers = identifiers.clone();
                     let cache = self.hit_cache.clone();
                     let stamp = stamps.get(&sid).copied();
-                    pending.push(async move {
-                        let filled = fill.await;
-                        if let (Some(cache), Some(stamp), Ok(f)) = (&cache, stamp, &filled) {
-                            cache.remember(req.kind, &f.head, stamp);
+                    pending.push(
+                        async move {
+                            let filled = fill.await;
+                            if let (Some(cache), Some(stamp), Ok(f)) = (&cache, stamp, &filled) {
+                                cache.remember(req.kind, &f.head, stamp);
+                            }
+                            indices
+                                .into_iter()
+                                .map(|i| {
+                                    answer(
+                                        &identifiers[i],
+                                        i,
+                                        &sid,
+                                        req,
+                                        &filled,
+                                        previous.as_ref(),
+                                        now,
+                                    )
+                                })
+                                .collect::<Vec<_>>()
                         }
-                        indices
-                            .into_iter()
-                            .map(|i| {
-                                answer(
-                                    &identifiers[i],
-                                    i,
-                                    &sid,
-                                    req,
-                                    &filled,
-                                    previous.as_ref(),
-                                    now,
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    });
+                        .boxed(),
+                    );
                 }
             }
         }
         stream::iter(immediate)
             .chain(pending.flat_map(stream::iter))
             .boxed()
+    }
+
+    /// The fill of `source_id` running in this process, if a request that arrived at `arrived`
+    /// may share it.
+    fn in_flight_fill(
+        &self,
+        req: Request,
+        source_id: &str,
+        arrived: Instant,
+    ) -> Option<FillFuture> {
+        let map = self.in_flight.lock().expect("in-flight map poisoned");
+        map.get(&(req.kind, source_id.to_string()))
+            .filter(|f| !req.force_refresh || f.started >= arrived)
+            .map(|f| f.fut.clone())
     }
 
     /// Joins the fill in flight for the key, or starts one. A forced refresh only joins a fill

@@ -80,6 +80,7 @@ type Inner = DocumentProviderClient<InterceptedService<Channel, BearerToken>>;
 pub struct ProviderClient {
     inner: Inner,
     config: ClientConfig,
+    request_id: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// Parses a comma-separated list of endpoint URLs.
@@ -135,7 +136,11 @@ impl ProviderClient {
             .transpose()?;
         let inner = DocumentProviderClient::with_interceptor(channel, BearerToken(token))
             .max_decoding_message_size(64 * 1024 * 1024);
-        Ok(Self { inner, config })
+        Ok(Self {
+            inner,
+            config,
+            request_id: None,
+        })
     }
 
     /// The same client (same connections) with another per-attempt deadline, e.g. the
@@ -143,6 +148,14 @@ impl ProviderClient {
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         let mut c = self.clone();
         c.config.timeout = timeout;
+        c
+    }
+
+    /// The same client sending `x-request-id: id` on every call, so the provider's log lines
+    /// can be matched with the caller's. An ID that is not a valid header value is not sent.
+    pub fn with_request_id(&self, id: &str) -> Self {
+        let mut c = self.clone();
+        c.request_id = id.parse().ok();
         c
     }
 
@@ -204,9 +217,16 @@ fn is_timeout(s: &Status) -> bool {
     false
 }
 
-fn with_deadline<T>(message: T, timeout: Duration) -> Request<T> {
+fn with_deadline<T>(
+    message: T,
+    timeout: Duration,
+    request_id: &Option<MetadataValue<tonic::metadata::Ascii>>,
+) -> Request<T> {
     let mut req = Request::new(message);
     req.set_timeout(timeout);
+    if let Some(id) = request_id {
+        req.metadata_mut().insert("x-request-id", id.clone());
+    }
     req
 }
 
@@ -221,7 +241,8 @@ impl DocumentProvider for ProviderClient {
         let r = self
             .with_retries(|mut c, t| {
                 let msg = msg.clone();
-                async move { c.get_document(with_deadline(msg, t)).await }
+                let id = self.request_id.clone();
+                async move { c.get_document(with_deadline(msg, t, &id)).await }
             })
             .await?;
         let result: DocumentResult = r.into_inner().into();
@@ -241,7 +262,8 @@ impl DocumentProvider for ProviderClient {
         let r = self
             .with_retries(|mut c, t| {
                 let msg = msg.clone();
-                async move { c.get_documents(with_deadline(msg, t)).await }
+                let id = self.request_id.clone();
+                async move { c.get_documents(with_deadline(msg, t, &id)).await }
             })
             .await?;
         Ok(r.into_inner().results.into_iter().map(Into::into).collect())
@@ -259,7 +281,8 @@ impl DocumentProvisioner for ProviderClient {
         let r = self
             .with_retries(|mut c, t| {
                 let msg = msg.clone();
-                async move { c.ensure_documents(with_deadline(msg, t)).await }
+                let id = self.request_id.clone();
+                async move { c.ensure_documents(with_deadline(msg, t, &id)).await }
             })
             .await?
             .into_inner();

@@ -1,6 +1,11 @@
 //! Logging set-up shared by the binaries: human-readable lines by default, JSON on request,
-//! filtered by `RUST_LOG` (default `info`).
+//! filtered by `RUST_LOG` (default `info`). Lines are written to stderr by a background thread,
+//! so a request never waits on the log's write; none are dropped (a full buffer makes writers
+//! wait instead).
 
+use std::io::IsTerminal;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Output format of the logs.
@@ -10,12 +15,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Logs go to stderr; calling it twice is harmless.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber. Keep the returned guard alive for the life of the program:
+/// dropping it flushes what is still buffered.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }

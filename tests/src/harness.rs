@@ -24,10 +24,11 @@ use crate::sample_exchange::{Control, Stats};
 /// Path of a workspace binary built next to the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile folder");
+    // Tests run from target/<profile>/deps; binaries such as the benchmark from target/<profile>.
+    let mut dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target profile folder");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -484,3 +484,41 @@ async fn the_callers_deadline_bounds_the_provider_call() {
         .expect("the provider call ran out of time");
     assert_eq!(e.code, Code::DeadlineExceeded as i32, "{}", e.message);
 }
+
+#[tokio::test]
+async fn request_id_reaches_the_providers_log() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let mut req = tonic::Request::new(request(&["ASX:GNP"]));
+    req.metadata_mut()
+        .insert("x-request-id", "round-7f3a".parse().unwrap());
+    let r = consumer
+        .client()
+        .await
+        .process_tickers(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.reports[0].error.is_none());
+    // Logs are written by a background thread: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, c) = (provider.proc.logs(), consumer.proc.logs());
+        let in_provider = p
+            .lines()
+            .any(|l| l.contains("request_id=round-7f3a") && l.contains("ASX:GNP"));
+        let in_consumer = c
+            .lines()
+            .any(|l| l.contains("request_id=round-7f3a") && l.contains("ticker processed"));
+        if in_provider && in_consumer {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request ID missing:\nprovider:\n{p}\nconsumer:\n{c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

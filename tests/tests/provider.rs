@@ -459,3 +459,59 @@ async fn services_starting_at_once_migrate_once(db: Db) {
 }
 
 on_both_databases!(services_starting_at_once_migrate_once);
+
+#[tokio::test]
+async fn batches_log_a_summary_and_every_non_hit() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+    let ids: Vec<String> = ["GNP", "BHP", "NOPE"].map(String::from).to_vec();
+    client
+        .get_documents(&ids, &DocumentOptions::new())
+        .await
+        .unwrap();
+    client
+        .get_documents(&ids[..2], &DocumentOptions::new())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = provider.proc.logs();
+        let summaries: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("batch answered"))
+            .collect();
+        let created = log
+            .lines()
+            .filter(|l| l.contains("outcome=\"created\""))
+            .count();
+        let failed = log
+            .lines()
+            .filter(|l| l.contains("outcome=\"error\"") && l.contains("NOPE"))
+            .count();
+        let hit_lines = log
+            .lines()
+            .filter(|l| l.contains("outcome=\"hit\""))
+            .count();
+        if summaries.len() == 2 {
+            assert!(
+                summaries[0].contains("created=2") && summaries[0].contains("error=1"),
+                "{}",
+                summaries[0]
+            );
+            assert!(
+                summaries[1].contains("hit=2") && summaries[1].contains("identifiers=2"),
+                "{}",
+                summaries[1]
+            );
+            assert_eq!((created, failed, hit_lines), (2, 1, 0), "{log}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch summaries:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

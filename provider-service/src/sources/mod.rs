@@ -71,8 +71,13 @@ impl UpstreamUrls {
         markit: Option<&str>,
         market_data: Option<&str>,
     ) -> anyhow::Result<Self> {
+        // Empty values (e.g. `UPSTREAM_BASE_URL=` from a compose file) count as unset.
+        fn set(v: Option<&str>) -> Option<&str> {
+            v.filter(|s| !s.trim().is_empty())
+        }
+        let base = set(base);
         let pick = |own: Option<&str>, default: &str, name: &str| -> anyhow::Result<Url> {
-            let raw = own.or(base).unwrap_or(default);
+            let raw = set(own).or(base).unwrap_or(default);
             let url =
                 Url::parse(raw).map_err(|e| anyhow::anyhow!("{name} {raw:?} is not a URL: {e}"))?;
             if !matches!(url.scheme(), "http" | "https") {

@@ -1,0 +1,730 @@
+//! The benchmark: starts the sample exchange and provider (and consumer) as separate processes
+//! on a fresh PostgreSQL database, runs each scenario with its baseline in the same run, and
+//! prints one table. Build in release first:
+//!
+//! ```sh
+//! cargo build --release --workspace --bins && target/release/bench
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use e2e::{
+    harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
+    sample_exchange::Control,
+};
+use shared::{
+    proto::{
+        consumer::v1::ProcessTickersRequest,
+        documents::v1::{
+            document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
+            GetDocumentsRequest,
+        },
+    },
+    DocumentProvider,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bench",
+    about = "Benchmarks the provider (and consumer) against baselines measured in the same run"
+)]
+struct Args {
+    /// Seconds each timed scenario runs.
+    #[arg(long, default_value_t = 5)]
+    duration_secs: u64,
+    /// Seconds of warm-up before each timed scenario.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// Calls in flight for the hit path.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// gRPC connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Connections of the raw sqlx baseline's pool.
+    #[arg(long, default_value_t = 16)]
+    db_pool: u32,
+    /// Scenarios to run, comma-separated: hit, batch, fanout, coalesce, consumer.
+    #[arg(long, default_value = "hit,batch,fanout,coalesce,consumer")]
+    scenarios: String,
+    /// Extra environment for the provider, KEY=VALUE, repeatable (e.g. PROVIDER_HIT_CACHE=false).
+    #[arg(long = "provider-env")]
+    provider_env: Vec<String>,
+}
+
+/// One line of the table.
+struct Row {
+    scenario: String,
+    rate: f64,
+    unit: &'static str,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    cpu: Option<f64>,
+    rss_mb: Option<f64>,
+    baseline: String,
+    baseline_rate: f64,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.rate / self.baseline_rate
+    }
+}
+
+/// Latencies and count of a load run.
+struct Load {
+    calls: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Option<f64> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        Some(self.latencies_us[i] as f64 / 1000.0)
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `duration`; the task number picks its channel.
+async fn load<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Load
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                let mut i = t;
+                while Instant::now() < deadline {
+                    let s = Instant::now();
+                    if !call(t, i).await {
+                        errors += 1;
+                    }
+                    lat.push(s.elapsed().as_micros() as u64);
+                    i += concurrency;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        latencies_us.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    Load {
+        calls: latencies_us.len(),
+        errors,
+        elapsed,
+        latencies_us,
+    }
+}
+
+/// CPU seconds used by a process so far (user + system).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Resets the peak RSS counter of a process (Linux `clear_refs` 5).
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Peak resident memory of a process in MB (VmHWM).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Measures a provider process around `f`: (cores used, peak RSS MB).
+async fn measured<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+    reset_peak_rss(pid);
+    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    let out = f.await;
+    let cores = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64();
+    (out, cores, peak_rss_mb(pid))
+}
+
+async fn channels(url: &str, n: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n.max(1) {
+        out.push(
+            Endpoint::from_shared(url.to_string())
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    out
+}
+
+fn ids(prefix_from: usize, n: usize) -> Vec<String> {
+    (prefix_from..prefix_from + n)
+        .map(|i| format!("ASX:S{i:04}"))
+        .collect()
+}
+
+fn options() -> Option<DocumentOptions> {
+    Some(DocumentOptions {
+        cache_hours: Some(24),
+        force_refresh: false,
+        stale_if_error_hours: None,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let duration = Duration::from_secs(args.duration_secs);
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let mut env: Vec<(String, String)> = vec![
+        ("UPSTREAM_RATE_LIMIT".into(), "0".into()),
+        ("RUST_LOG".into(), "info".into()),
+        ("LOG_FORMAT".into(), "json".into()),
+        ("PROVIDER_MAX_BATCH_SIZE".into(), "1000".into()),
+    ];
+    for kv in &args.provider_env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.push((k.into(), v.into()));
+        }
+    }
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let provider = Provider::start(db.url(), &ex.url, &env_ref).await;
+    let pid = provider.proc.pid();
+    let url = provider.url();
+    let client = provider.client();
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("bench: provider pid {pid} at {url}, database {}", db.url());
+
+    // 1000 fresh documents for the hit and batch scenarios.
+    let fresh = ids(0, 1000);
+    let preload = client
+        .get_documents(&fresh, &shared::DocumentOptions::new())
+        .await?;
+    anyhow::ensure!(
+        preload.iter().all(|r| r.is_ok()),
+        "preloading documents failed"
+    );
+
+    if wanted.contains(&"hit") {
+        let chans = channels(&url, args.channels).await;
+        let hot: Arc<Vec<String>> = Arc::new(fresh[..100].to_vec());
+        let get = {
+            let chans = chans.clone();
+            let hot = hot.clone();
+            move |t: usize, i: usize| {
+                let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
+                let identifier = hot[i % hot.len()].clone();
+                async move {
+                    c.get_document(GetDocumentRequest {
+                        identifier,
+                        kind: String::new(),
+                        options: options(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.get_ref().fresh)
+                }
+            }
+        };
+        let health = {
+            let chans = chans.clone();
+            move |t: usize, _| {
+                let mut c = HealthClient::new(chans[t % chans.len()].clone());
+                async move {
+                    c.check(HealthCheckRequest {
+                        service: "documents.v1.DocumentProvider".into(),
+                    })
+                    .await
+                    .is_ok()
+                }
+            }
+        };
+        let get = Arc::new(get);
+        let g = get.clone();
+        load(args.concurrency, warmup, move |t, i| g(t, i)).await;
+        let g = get.clone();
+        let (hits, cpu, rss) =
+            measured(pid, load(args.concurrency, duration, move |t, i| g(t, i))).await;
+        let health = Arc::new(health);
+        let h = health.clone();
+        load(args.concurrency, warmup, move |t, i| h(t, i)).await;
+        let h = health.clone();
+        let (checks, hcpu, hrss) =
+            measured(pid, load(args.concurrency, duration, move |t, i| h(t, i))).await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(args.db_pool)
+            .connect(db.url())
+            .await?;
+        let raw = {
+            let pool = pool.clone();
+            let hot = hot.clone();
+            move |_, i: usize| {
+                let pool = pool.clone();
+                let sid = format!("{}:announcement", hot[i % hot.len()]);
+                async move {
+                    sqlx::query("SELECT id, tags, version, last_synced, now() FROM documents WHERE source_type = $1 AND source_id = $2")
+                        .bind("announcement")
+                        .bind(sid)
+                        .fetch_optional(&pool)
+                        .await
+                        .is_ok_and(|r| r.is_some())
+                }
+            }
+        };
+        let raw = Arc::new(raw);
+        let r = raw.clone();
+        load(args.concurrency, warmup, move |t, i| r(t, i)).await;
+        let r = raw.clone();
+        let selects = load(args.concurrency, duration, move |t, i| r(t, i)).await;
+        let note = format!(
+            "{} errors; {} in flight over {} channels",
+            hits.errors, args.concurrency, args.channels
+        );
+        rows.push(Row {
+            scenario: "1 hit GetDocument".into(),
+            rate: hits.rate(),
+            unit: "calls/s",
+            p50_ms: hits.pct(0.5),
+            p99_ms: hits.pct(0.99),
+            cpu: Some(cpu),
+            rss_mb: Some(rss),
+            baseline: "Health/Check".into(),
+            baseline_rate: checks.rate(),
+            note,
+        });
+        rows.push(Row {
+            scenario: "  baseline Health/Check".into(),
+            rate: checks.rate(),
+            unit: "calls/s",
+            p50_ms: checks.pct(0.5),
+            p99_ms: checks.pct(0.99),
+            cpu: Some(hcpu),
+            rss_mb: Some(hrss),
+            baseline: "itself".into(),
+            baseline_rate: checks.rate(),
+            note: format!("{} errors", checks.errors),
+        });
+        rows.push(Row {
+            scenario: "  baseline raw sqlx point select".into(),
+            rate: selects.rate(),
+            unit: "selects/s",
+            p50_ms: selects.pct(0.5),
+            p99_ms: selects.pct(0.99),
+            cpu: None,
+            rss_mb: None,
+            baseline: "Health/Check".into(),
+            baseline_rate: checks.rate(),
+            note: format!("pool of {}", args.db_pool),
+        });
+        pool.close().await;
+    }
+
+    if wanted.contains(&"batch") {
+        let chans = channels(&url, args.channels).await;
+        let batch_ids = Arc::new(fresh.clone());
+        let call = {
+            let chans = chans.clone();
+            let batch_ids = batch_ids.clone();
+            Arc::new(move |t: usize, _| {
+                let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
+                let identifiers = (*batch_ids).clone();
+                async move {
+                    c.get_documents(GetDocumentsRequest {
+                        identifiers,
+                        kind: String::new(),
+                        options: options(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.get_ref().results.iter().all(|d| d.fresh))
+                }
+            })
+        };
+        let in_flight = args.channels.max(1);
+        let c = call.clone();
+        load(in_flight, warmup, move |t, i| c(t, i)).await;
+        let c = call.clone();
+        let (batches, cpu, rss) =
+            measured(pid, load(in_flight, duration, move |t, i| c(t, i))).await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(args.db_pool)
+            .connect(db.url())
+            .await?;
+        let sids: Arc<Vec<String>> =
+            Arc::new(fresh.iter().map(|f| format!("{f}:announcement")).collect());
+        let raw = {
+            let pool = pool.clone();
+            let sids = sids.clone();
+            Arc::new(move |_, _| {
+                let pool = pool.clone();
+                let sids = sids.clone();
+                async move {
+                    sqlx::query("SELECT id, source_id, tags, version, last_synced, now() FROM documents WHERE source_type = $1 AND source_id = ANY($2)")
+                        .bind("announcement")
+                        .bind(&*sids)
+                        .fetch_all(&pool)
+                        .await
+                        .is_ok_and(|r| r.len() == sids.len())
+                }
+            })
+        };
+        let r = raw.clone();
+        load(in_flight, warmup, move |t, i| r(t, i)).await;
+        let r = raw.clone();
+        let selects = load(in_flight, duration, move |t, i| r(t, i)).await;
+        // The naive client: one GetDocument per identifier, one after another.
+        let mut one = DocumentProviderClient::new(chans[0].clone());
+        let started = Instant::now();
+        for id in fresh.iter() {
+            one.get_document(GetDocumentRequest {
+                identifier: id.clone(),
+                kind: String::new(),
+                options: options(),
+            })
+            .await?;
+        }
+        let sequential_rate = fresh.len() as f64 / started.elapsed().as_secs_f64();
+        let n = fresh.len() as f64;
+        rows.push(Row {
+            scenario: "2 batch GetDocuments x1000".into(),
+            rate: batches.rate() * n,
+            unit: "ids/s",
+            p50_ms: batches.pct(0.5),
+            p99_ms: batches.pct(0.99),
+            cpu: Some(cpu),
+            rss_mb: Some(rss),
+            baseline: "raw ANY($1) select".into(),
+            baseline_rate: selects.rate() * n,
+            note: format!(
+                "{} in flight; vs sequential loop: {:.0}x",
+                in_flight,
+                batches.rate() * n / sequential_rate
+            ),
+        });
+        rows.push(Row {
+            scenario: "  baseline raw ANY($1) select".into(),
+            rate: selects.rate() * n,
+            unit: "ids/s",
+            p50_ms: selects.pct(0.5),
+            p99_ms: selects.pct(0.99),
+            cpu: None,
+            rss_mb: None,
+            baseline: "itself".into(),
+            baseline_rate: selects.rate() * n,
+            note: String::new(),
+        });
+        rows.push(Row {
+            scenario: "  baseline 1000 sequential GetDocument".into(),
+            rate: sequential_rate,
+            unit: "ids/s",
+            p50_ms: None,
+            p99_ms: None,
+            cpu: None,
+            rss_mb: None,
+            baseline: "itself".into(),
+            baseline_rate: sequential_rate,
+            note: String::new(),
+        });
+        pool.close().await;
+    }
+
+    if wanted.contains(&"fanout") {
+        ex.control(&Control {
+            latency_ms: 50,
+            ..Control::default()
+        })
+        .await;
+        let mut times = Vec::new();
+        let mut rss = 0.0f64;
+        let mut cpu = 0.0f64;
+        for run in 0..3 {
+            let batch = ids(1000 + run * 200, 200);
+            let (r, c, m) = measured(pid, async {
+                let s = Instant::now();
+                let r = client
+                    .get_documents(&batch, &shared::DocumentOptions::new())
+                    .await;
+                (r, s.elapsed())
+            })
+            .await;
+            let (results, took) = r;
+            anyhow::ensure!(results?.iter().all(|d| d.created), "fan-out fills failed");
+            times.push(took);
+            rss = rss.max(m);
+            cpu = cpu.max(c);
+        }
+        times.sort();
+        let median = times[1];
+        let ideal = Duration::from_millis(200usize.div_ceil(32) as u64 * 50);
+        rows.push(Row {
+            scenario: "3 miss fan-out 200 @50ms, bound 32".into(),
+            rate: 1.0 / median.as_secs_f64(),
+            unit: "batches/s",
+            p50_ms: Some(median.as_secs_f64() * 1000.0),
+            p99_ms: Some(times[2].as_secs_f64() * 1000.0),
+            cpu: Some(cpu),
+            rss_mb: Some(rss),
+            baseline: format!("ideal {} ms", ideal.as_millis()),
+            baseline_rate: 1.0 / ideal.as_secs_f64(),
+            note: "median of 3 runs; ratio = actual / ideal".to_string(),
+        });
+        ex.control(&Control::default()).await;
+    }
+
+    if wanted.contains(&"coalesce") {
+        let second = Provider::start(db.url(), &ex.url, &env_ref).await;
+        let target = "ASX:S2000".to_string();
+        client
+            .get_document(&target, &shared::DocumentOptions::new())
+            .await?;
+        let pool = sqlx::PgPool::connect(db.url()).await?;
+        sqlx::query(
+            "UPDATE documents SET last_synced = now() - interval '48 hours' WHERE source_id = $1",
+        )
+        .bind(format!("{target}:announcement"))
+        .execute(&pool)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ex.control(&Control {
+            latency_ms: 50,
+            ..Control::default()
+        })
+        .await;
+        ex.reset().await;
+        let ca = channels(&url, 2).await;
+        let cb = channels(&second.url(), 2).await;
+        // All callers are spawned first and released together.
+        let (go, ready) = tokio::sync::watch::channel(false);
+        let start = Instant::now();
+        let calls: Vec<_> = (0..500)
+            .map(|i| {
+                let ch = if i % 2 == 0 {
+                    ca[i / 2 % 2].clone()
+                } else {
+                    cb[i / 2 % 2].clone()
+                };
+                let identifier = target.clone();
+                let mut ready = ready.clone();
+                tokio::spawn(async move {
+                    let mut c = DocumentProviderClient::new(ch);
+                    let _ = ready.wait_for(|go| *go).await;
+                    let sent = start.elapsed();
+                    let r = c
+                        .get_document(GetDocumentRequest {
+                            identifier,
+                            kind: String::new(),
+                            options: options(),
+                        })
+                        .await;
+                    (r.map(|r| r.into_inner().version), sent, start.elapsed())
+                })
+            })
+            .collect();
+        go.send(true)?;
+        let mut answers = Vec::new();
+        let mut versions = std::collections::BTreeSet::new();
+        for c in calls {
+            let (v, sent, done) = c.await?;
+            versions.insert(v.map_err(|s| s.code() as i32).unwrap_or(-1));
+            answers.push((sent, done));
+        }
+        // The filler's caller finishes first; the waiters are the callers sent before that.
+        let first_done = answers.iter().map(|a| a.1).min().unwrap_or_default();
+        let mut extra: Vec<f64> = answers
+            .iter()
+            .filter(|(sent, _)| *sent < first_done)
+            .map(|(_, done)| (*done - first_done).as_secs_f64() * 1000.0)
+            .collect();
+        extra.sort_by(f64::total_cmp);
+        let sent_spread = answers.iter().map(|a| a.0).max().unwrap_or_default()
+            - answers.iter().map(|a| a.0).min().unwrap_or_default();
+        let replicas = format!(
+            "{} waiters; calls sent within {:.1} ms; first answer at {:.1} ms",
+            extra.len(),
+            sent_spread.as_secs_f64() * 1000.0,
+            first_done.as_secs_f64() * 1000.0
+        );
+        // The same spread as the servers saw it, from their answer log lines.
+        let server_times: Vec<chrono::DateTime<chrono::Utc>> = [&provider.proc, &second.proc]
+            .iter()
+            .flat_map(|p| p.logs().lines().map(String::from).collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| {
+                v["message"] == "answer" && v["identifier"] == target.as_str() && v["version"] == 2
+            })
+            .filter_map(|v| v["timestamp"].as_str().and_then(|t| t.parse().ok()))
+            .collect();
+        let server_spread = match (server_times.iter().min(), server_times.iter().max()) {
+            (Some(a), Some(b)) => format!(
+                "{:.1} ms over {} logged answers",
+                (*b - *a).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                server_times.len()
+            ),
+            _ => "n/a (answer lines not logged)".into(),
+        };
+        let upstream = ex.count(LISTING_PATH).await;
+        rows.push(Row {
+            scenario: "4 coalescing 500 callers, 2 replicas".into(),
+            rate: upstream as f64,
+            unit: "upstream req",
+            p50_ms: Some(extra[extra.len() / 2]),
+            p99_ms: Some(extra[extra.len() * 99 / 100]),
+            cpu: None,
+            rss_mb: None,
+            baseline: "exactly 1 request".into(),
+            baseline_rate: 1.0,
+            note: format!(
+                "client-side wait after the filler's answer: p50/p99 in the columns, max {:.1} ms; server-side spread of all answers: {server_spread}; versions {versions:?}; {replicas}",
+                extra.last().copied().unwrap_or_default()
+            ),
+        });
+        ex.control(&Control::default()).await;
+        drop(second);
+    }
+
+    if wanted.contains(&"consumer") {
+        let consumer =
+            ConsumerProc::start(db.url(), &url, &[("CONSUMER_TICKER_CONCURRENCY", "16")]).await;
+        let tickers = ids(3000, 100);
+        let mut cc = consumer.client().await;
+        let req = ProcessTickersRequest {
+            tickers: tickers.clone(),
+            ..Default::default()
+        };
+        let first = cc.process_tickers(req.clone()).await?.into_inner();
+        anyhow::ensure!(
+            first.reports.iter().all(|r| r.error.is_none()),
+            "consumer warm-up round failed"
+        );
+        let cc2 = cc.clone();
+        let rounds = load(1, duration, move |_, _| {
+            let mut c = cc2.clone();
+            let req = req.clone();
+            async move {
+                c.process_tickers(req)
+                    .await
+                    .is_ok_and(|r| r.get_ref().reports.iter().all(|x| x.error.is_none()))
+            }
+        })
+        .await;
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < duration {
+            client
+                .get_documents(&tickers, &shared::DocumentOptions::new())
+                .await?;
+            n += 1;
+        }
+        let provider_rate = n as f64 * 100.0 / started.elapsed().as_secs_f64();
+        rows.push(Row {
+            scenario: "5 consumer round 100 fresh tickers".into(),
+            rate: rounds.rate() * 100.0,
+            unit: "tickers/s",
+            p50_ms: rounds.pct(0.5),
+            p99_ms: rounds.pct(0.99),
+            cpu: None,
+            rss_mb: None,
+            baseline: "provider GetDocuments of the 100".into(),
+            baseline_rate: provider_rate,
+            note: format!("{} errors; one round at a time", rounds.errors),
+        });
+        drop(consumer);
+    }
+
+    print_table(&rows, &args);
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(rows: &[Row], args: &Args) {
+    println!(
+        "\nprovider on PostgreSQL; {} s per scenario after {} s warm-up; client, server and database share this machine ({} cores)\n",
+        args.duration_secs,
+        args.warmup_secs,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "| {:<40} | {:>12} | {:<12} | {:>8} | {:>8} | {:>9} | {:>8} | {:<32} | {:>7} | notes",
+        "scenario", "rate", "unit", "p50 ms", "p99 ms", "cpu cores", "peak MB", "baseline", "ratio"
+    );
+    println!(
+        "|{}|{}|{}|{}|{}|{}|{}|{}|{}|---",
+        "-".repeat(42),
+        "-".repeat(14),
+        "-".repeat(14),
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(11),
+        "-".repeat(10),
+        "-".repeat(34),
+        "-".repeat(9)
+    );
+    for r in rows {
+        println!(
+            "| {:<40} | {:>12.1} | {:<12} | {:>8} | {:>8} | {:>9} | {:>8} | {:<32} | {:>7.2} | {}",
+            r.scenario,
+            r.rate,
+            r.unit,
+            fmt_opt(r.p50_ms, 2),
+            fmt_opt(r.p99_ms, 2),
+            fmt_opt(r.cpu, 2),
+            fmt_opt(r.rss_mb, 1),
+            r.baseline,
+            if r.scenario.starts_with("3 ") {
+                1.0 / r.ratio()
+            } else {
+                r.ratio()
+            },
+            r.note
+        );
+    }
+}
