@@ -16,8 +16,7 @@ use shared::{
     storage, ProviderClient,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{server::TcpIncoming, Server};
 
 use crate::{config::Config, download::Downloader, grpc::ConsumerService, job::Processor};
 
@@ -101,6 +100,8 @@ impl Application {
 
         let router = Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_svc)
@@ -108,7 +109,10 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(ConsumerServer::new(ConsumerService::new(cell)));
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
-        let incoming = TcpListenerStream::new(listener);
+        // Options on accepted connections: tonic only applies its own when it binds itself.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let result = serve_with_drain(
             move |stop| router.serve_with_incoming_shutdown(incoming, stop),
             shutdown,

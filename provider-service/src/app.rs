@@ -18,9 +18,10 @@ use shared::{
     storage,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
-    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
+    codec::CompressionEncoding,
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Server},
 };
 
 use crate::{
@@ -107,6 +108,8 @@ impl Application {
         let router = Server::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true)
+            .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_svc)
@@ -115,7 +118,10 @@ impl Application {
             .add_service(InterceptedService::new(service, token));
 
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
-        let incoming = TcpListenerStream::new(listener);
+        // Options on accepted connections: tonic only applies its own when it binds itself.
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         let result = serve_with_drain(
             move |stop| router.serve_with_incoming_shutdown(incoming, stop),
             shutdown,

@@ -30,7 +30,7 @@ use futures::{
 };
 use shared::{
     provider::{DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
-    storage::{DocumentHead, DocumentStore, Fence, StorageError},
+    storage::{Claim, DocumentHead, DocumentStore, Fence, StorageError},
     DocumentResult, ItemError, Kind, Outcome, Ticker,
 };
 use tokio::sync::Semaphore;
@@ -219,6 +219,21 @@ impl Provisioner {
             force_refresh: opts.force_refresh,
             stale_if_error_hours: opts.stale_if_error_hours,
         })
+    }
+
+    /// The answer for one identifier when this process knows its document is fresh: the hot
+    /// path of GetDocument, with no database round trip and no batch machinery.
+    pub fn cached_hit(&self, identifier: &str, req: Request) -> Option<DocumentResult> {
+        let cache = self.hit_cache.as_ref().filter(|_| !req.force_refresh)?;
+        let ticker =
+            Ticker::parse_with_default(identifier, &self.settings().default_exchange).ok()?;
+        let sid = ticker.source_id(req.kind.as_str());
+        let head = cache.fresh(req.kind, &sid, req.cache_hours)?;
+        let filled = Ok(Filled {
+            head,
+            outcome: Outcome::Hit,
+        });
+        Some(answer(identifier, 0, &sid, req, &filled, None, Utc::now()))
     }
 
     /// Ensures every identifier's document; one result per identifier, in request order.
@@ -597,10 +612,20 @@ impl FillContext {
                     .await
                     .map_err(storage)?
                 {
-                    None => None,
-                    Some(token) => Some(
-                        self.fill_holding(key, ticker, source.as_ref(), token, seen_at, forced)
-                            .await,
+                    Claim { token: None, .. } => None,
+                    Claim {
+                        token: Some(token),
+                        head,
+                    } => Some(
+                        self.fill_holding(
+                            key,
+                            ticker,
+                            source.as_ref(),
+                            (token, head),
+                            seen_at,
+                            forced,
+                        )
+                        .await,
                     ),
                 }
             };
@@ -649,7 +674,7 @@ impl FillContext {
         key: &FillKey,
         ticker: &Ticker,
         source: &dyn Source,
-        token: i64,
+        (token, current): (i64, Option<DocumentHead>),
         seen_at: DateTime<Utc>,
         forced: bool,
     ) -> Result<Filled, FillError> {
@@ -660,22 +685,14 @@ impl FillContext {
                 tracing::warn!(%sid, error = %err, "could not release the fill lease; it will expire");
             }
         };
-        // Someone may have finished a fill between our lookup and the claim.
-        if !forced {
-            match self.newer_than(kind, sid, seen_at).await {
-                Ok(Some(h)) => {
-                    release(None).await;
-                    return Ok(Filled {
-                        head: h,
-                        outcome: Outcome::Hit,
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    release(None).await;
-                    return Err(FillError::Failed(ItemError::new(e.code(), e.to_string())));
-                }
-            }
+        // Someone may have finished a fill between our lookup and the claim (the claim read
+        // the document in the same round trip).
+        if let Some(h) = current.filter(|h| !forced && h.last_synced > seen_at) {
+            release(None).await;
+            return Ok(Filled {
+                head: h,
+                outcome: Outcome::Hit,
+            });
         }
         let started = Instant::now();
         let content = match source.fetch(ticker).await {

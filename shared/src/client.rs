@@ -32,6 +32,10 @@ use crate::{
     },
 };
 
+/// HTTP/2 flow-control windows used by the client and the servers.
+pub const HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// How the client talks to the provider.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -97,6 +101,10 @@ pub fn parse_endpoints(
                 .map(|e| {
                     e.connect_timeout(connect_timeout)
                         .tcp_nodelay(true)
+                        // Large batch answers (a thousand results is ~150 KB) arrive without
+                        // waiting for HTTP/2 window updates.
+                        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
                         .http2_keep_alive_interval(Duration::from_secs(30))
                         .keep_alive_timeout(Duration::from_secs(10))
                         .keep_alive_while_idle(true)

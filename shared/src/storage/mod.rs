@@ -176,6 +176,15 @@ pub struct Lease {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// The outcome of a lease claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The new fencing token, or `None` when another filler holds the lease.
+    pub token: Option<i64>,
+    /// The document as it is now, if it exists.
+    pub head: Option<DocumentHead>,
+}
+
 /// A write made under a fill lease: it only lands while `token` is still the lease's token, and
 /// releases the lease in the same transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,14 +248,14 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Written, StorageError>;
 
     /// Claims the fill lease of a document for `ttl` unless another holder's lease is still
-    /// running. Answers the new fencing token, or `None` when someone else holds it.
+    /// running, and reads the document's current head in the same round trip.
     async fn claim_fill(
         &self,
         source_type: &str,
         source_id: &str,
         holder: &str,
         ttl: std::time::Duration,
-    ) -> Result<Option<i64>, StorageError>;
+    ) -> Result<Claim, StorageError>;
 
     /// Releases a lease this filler holds (same token), recording the fill's error if it failed.
     async fn release_fill(

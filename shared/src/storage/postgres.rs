@@ -16,8 +16,8 @@ use sqlx::{
 use tokio::sync::broadcast;
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Change, DocumentHead, DocumentStore, Fence, Lease,
-    Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Change, Claim, DocumentHead, DocumentStore, Fence,
+    Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -47,6 +47,56 @@ impl PostgresStore {
             pool,
             changes: broadcast::channel(4096).0,
             listening: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// A provider's fill write in one statement (one round trip, atomic): release the lease if
+    /// it still has our token, and write the document only if that release happened.
+    async fn fenced_upsert(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        content: &NewContent,
+        fence: Fence,
+    ) -> Result<Written, StorageError> {
+        let row = sqlx::query(
+            "WITH lease AS ( \
+                 UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                     last_error_code = NULL, last_error = NULL \
+                 WHERE source_type = $2 AND source_id = $3 AND token = $9 \
+                 RETURNING 1) \
+             INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                 content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease \
+             ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                 title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
+                 content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
+                 content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
+                 last_synced = now(), updated_at = now() \
+             RETURNING id, source_id, tags, version, last_synced",
+        )
+        .bind(new_document_id())
+        .bind(source_type)
+        .bind(source_id)
+        .bind(&content.title)
+        .bind(&content.content_markdown)
+        .bind(&content.content_json)
+        .bind(&content.tags)
+        .bind(content.content_hash())
+        .bind(fence.token)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StorageError::LeaseLost(fence.token))?;
+        let head = DocumentHead {
+            id: row.try_get("id")?,
+            source_id: row.try_get("source_id")?,
+            tags: row.try_get("tags")?,
+            version: row.try_get("version")?,
+            last_synced: row.try_get("last_synced")?,
+        };
+        Ok(Written {
+            inserted: head.version == 1,
+            head,
         })
     }
 
@@ -199,6 +249,9 @@ impl DocumentStore for PostgresStore {
         attachments: &[NewAttachment],
         fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
+        if let (Some(f), true) = (fence, attachments.is_empty()) {
+            return self.fenced_upsert(source_type, source_id, content, f).await;
+        }
         let mut tx = self.pool.begin().await?;
         if let Some(f) = fence {
             // Lock the lease row: a takeover either happened before (we see its token and
@@ -293,23 +346,41 @@ impl DocumentStore for PostgresStore {
         source_id: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<Option<i64>, StorageError> {
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
-             VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
-             ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                 holder = EXCLUDED.holder, token = fill_leases.token + 1, \
-                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
-             WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
-             RETURNING token",
+    ) -> Result<Claim, StorageError> {
+        let row = sqlx::query(
+            "WITH claimed AS ( \
+                 INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+                 VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
+                 ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                     holder = EXCLUDED.holder, token = fill_leases.token + 1, \
+                     claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
+                 WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+                 RETURNING token) \
+             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced \
+             FROM (SELECT 1) one \
+             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
         )
         .bind(source_type)
         .bind(source_id)
         .bind(holder)
         .bind(ttl.as_millis() as f64)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(token)
+        let id: Option<String> = row.try_get("id")?;
+        let head = match id {
+            Some(id) => Some(DocumentHead {
+                id,
+                source_id: row.try_get("source_id")?,
+                tags: row.try_get("tags")?,
+                version: row.try_get("version")?,
+                last_synced: row.try_get("last_synced")?,
+            }),
+            None => None,
+        };
+        Ok(Claim {
+            token: row.try_get("token")?,
+            head,
+        })
     }
 
     async fn release_fill(

@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    new_document_id, AttachmentRef, Backend, DocumentHead, DocumentStore, Fence, Lease, Lookup,
-    NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, Lease,
+    Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -246,7 +246,7 @@ impl DocumentStore for SqliteStore {
         source_id: &str,
         holder: &str,
         ttl: Duration,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<Claim, StorageError> {
         let now = Utc::now().timestamp_millis();
         let token: Option<i64> = sqlx::query_scalar(
             "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at_ms, expires_at_ms) \
@@ -264,7 +264,18 @@ impl DocumentStore for SqliteStore {
         .bind(now + ttl.as_millis() as i64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(token)
+        let head = sqlx::query(
+            "SELECT id, source_id, tags, version, last_synced FROM documents \
+             WHERE source_type = ?1 AND source_id = ?2",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(head_from_row)
+        .transpose()?;
+        Ok(Claim { token, head })
     }
 
     async fn release_fill(

@@ -26,7 +26,7 @@ use shared::{
     },
     DocumentProvider,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 #[derive(Parser, Debug, Clone)]
@@ -187,16 +187,13 @@ async fn measured<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f
 }
 
 async fn channels(url: &str, n: usize) -> Vec<Channel> {
+    // The same connection settings as the shared client.
+    let endpoint = shared::client::parse_endpoints(url, Duration::from_secs(3))
+        .expect("endpoint")
+        .remove(0);
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
-        out.push(
-            Endpoint::from_shared(url.to_string())
-                .unwrap()
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
+        out.push(endpoint.connect().await.expect("connect"));
     }
     out
 }
