@@ -31,9 +31,6 @@ use crate::{
     sources,
 };
 
-/// Largest gRPC message accepted (a batch of identifiers).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
 pub struct Application {
     config: Config,
     listener: TcpListener,
@@ -95,7 +92,7 @@ impl Application {
         });
 
         let service = DocumentProviderServer::new(ProviderService::new(provisioner))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(config.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
         let token = RequireToken(
@@ -105,7 +102,10 @@ impl Application {
                 .filter(|t| !t.is_empty())
                 .map(Arc::from),
         );
+        // Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
         let router = Server::builder()
+            .concurrency_limit_per_connection(config.max_concurrent_per_connection.max(1))
+            .load_shed(true)
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true)
             .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)

@@ -137,7 +137,20 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_RETRIES", default_value_t = 2)]
     pub upstream_retries: u32,
 
-    /// Server-side deadline of a call when the client sets none, in milliseconds.
+    /// Calls in flight per connection; more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "PROVIDER_MAX_CONCURRENT_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_concurrent_per_connection: usize,
+
+    /// Largest request message accepted, in bytes (larger ones are refused with OUT_OF_RANGE).
+    #[arg(long, env = "PROVIDER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Server-side deadline of a call when the client sets none, in milliseconds; also the
+    /// longest deadline a client can ask for.
     #[arg(long, env = "PROVIDER_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
     pub request_timeout_ms: u64,
 

@@ -1,0 +1,118 @@
+//! Limits: a flood beyond the per-connection concurrency limit is refused with
+//! RESOURCE_EXHAUSTED instead of queueing; oversize messages and batches are refused whole; the
+//! service stays healthy throughout.
+
+use e2e::{
+    harness::{Db, Exchange, Provider, LISTING_PATH},
+    sample_exchange::Control,
+};
+use shared::{
+    proto::documents::v1::{
+        document_provider_client::DocumentProviderClient, GetDocumentRequest, GetDocumentsRequest,
+    },
+    proto::PROVIDER_SERVICE_NAME,
+};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_limit_is_shed() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_MAX_CONCURRENT_PER_CONNECTION", "4")],
+    )
+    .await;
+    let mut slow = Control::default();
+    slow.delay_ms.insert(LISTING_PATH.into(), 1000);
+    ex.control(&slow).await;
+    // One connection, forty calls that each need a one-second fill.
+    let client = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                c.get_document(GetDocumentRequest {
+                    identifier: format!("S{i:04}"),
+                    kind: String::new(),
+                    options: None,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Code::ResourceExhausted) => shed += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(shed > 0, "nothing was shed ({ok} ok)");
+    assert!(
+        ok >= 4,
+        "the calls within the limit are served ({ok} ok, {shed} shed)"
+    );
+    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn oversize_messages_and_batches_are_refused_whole() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_MAX_MESSAGE_BYTES", "65536")],
+    )
+    .await;
+    let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
+    // 100,000 identifiers: over the message limit.
+    let huge: Vec<String> = (0..100_000)
+        .map(|i| format!("S{:04}", i % 10_000))
+        .collect();
+    let err = c
+        .get_documents(GetDocumentsRequest {
+            identifiers: huge,
+            kind: String::new(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(err.message().contains("too large"), "{}", err.message());
+    // 2,000 identifiers fit in the message but exceed the batch maximum of 1,000.
+    let over: Vec<String> = (0..2_000).map(|i| format!("S{:04}", i % 10_000)).collect();
+    let err = c
+        .get_documents(GetDocumentsRequest {
+            identifiers: over,
+            kind: String::new(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("maximum batch size of 1000"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        ex.stats().await.total,
+        0,
+        "nothing was fetched for a refused batch"
+    );
+    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        .await
+        .unwrap());
+}
