@@ -11,10 +11,10 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 const MAX_ENTRIES: usize = 200_000;
 
 /// Added to the clock estimate's uncertainty before judging freshness.
-const SAFETY_MARGIN_MS: i64 = 1_000;
+const SAFETY_MARGIN_MS: u64 = 1_000;
 
 type Key = (Kind, String);
 
@@ -55,10 +55,24 @@ pub struct HitCache {
     epoch: AtomicU64,
     /// The change feed is connected (entries are trustworthy).
     live: AtomicBool,
-    /// Database clock minus local clock, and the uncertainty of that, in microseconds.
-    offset_us: AtomicI64,
-    uncertainty_us: AtomicI64,
-    clock_known: AtomicBool,
+    /// The database clock as last measured, against the monotonic clock (which never steps).
+    clock: Mutex<Option<ClockSample>>,
+}
+
+/// One reading of the database clock: `db_at` was the database's time at local instant `at`,
+/// give or take `uncertainty`.
+#[derive(Debug, Clone, Copy)]
+struct ClockSample {
+    db_at: DateTime<Utc>,
+    at: Instant,
+    uncertainty: Duration,
+}
+
+impl ClockSample {
+    /// The uncertainty now: the reading's, plus 100 ppm of drift since it was taken.
+    fn uncertainty_now(&self) -> Duration {
+        self.uncertainty + self.at.elapsed() / 10_000
+    }
 }
 
 impl HitCache {
@@ -68,9 +82,7 @@ impl HitCache {
             entries: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
-            offset_us: AtomicI64::new(0),
-            uncertainty_us: AtomicI64::new(i64::MAX / 4),
-            clock_known: AtomicBool::new(false),
+            clock: Mutex::new(None),
         });
         tokio::spawn(Self::follow(Arc::downgrade(&cache), changes));
         cache
@@ -133,34 +145,26 @@ impl HitCache {
         }
     }
 
-    /// Records the database clock seen by a lookup that started at `sent` and returned now.
-    pub fn observe_clock(&self, db_now: DateTime<Utc>, sent: Instant, sent_wall: DateTime<Utc>) {
+    /// Records the database clock `db_now` read by a query sent at `sent` that returned now.
+    pub fn observe_clock(&self, db_now: DateTime<Utc>, sent: Instant) {
         let rtt = sent.elapsed();
-        let mid = sent_wall + ChronoDuration::from_std(rtt / 2).unwrap_or_default();
-        let offset = (db_now - mid).num_microseconds().unwrap_or(0);
-        let uncertainty = (rtt.as_micros() as i64) / 2 + 1;
-        // Keep the tightest measurement; it only gets replaced by a better (or a first) one.
-        if !self.clock_known.load(Ordering::Acquire)
-            || uncertainty <= self.uncertainty_us.load(Ordering::Acquire)
-        {
-            self.offset_us.store(offset, Ordering::Release);
-            self.uncertainty_us.store(uncertainty, Ordering::Release);
-            self.clock_known.store(true, Ordering::Release);
+        let sample = ClockSample {
+            db_at: db_now,
+            at: sent + rtt / 2,
+            uncertainty: rtt / 2 + Duration::from_micros(1),
+        };
+        let mut clock = self.clock.lock().expect("clock lock");
+        // A reading replaces the kept one when it is at least as tight as the kept one is now.
+        if clock.is_none_or(|c| sample.uncertainty <= c.uncertainty_now()) {
+            *clock = Some(sample);
         }
     }
 
     /// The latest the database's clock can be now.
     fn db_now_upper_bound(&self) -> Option<DateTime<Utc>> {
-        if !self.clock_known.load(Ordering::Acquire) {
-            return None;
-        }
-        let us =
-            self.offset_us.load(Ordering::Acquire) + self.uncertainty_us.load(Ordering::Acquire);
-        Some(
-            Utc::now()
-                + ChronoDuration::microseconds(us)
-                + ChronoDuration::milliseconds(SAFETY_MARGIN_MS),
-        )
+        let c = (*self.clock.lock().expect("clock lock"))?;
+        let ahead = c.at.elapsed() + c.uncertainty_now() + Duration::from_millis(SAFETY_MARGIN_MS);
+        Some(c.db_at + ChronoDuration::from_std(ahead).ok()?)
     }
 
     /// A cached head that is fresh within `cache_hours`, if any.
@@ -182,21 +186,24 @@ impl HitCache {
             return;
         }
         let mut entries = self.entries.write().expect("hit cache lock");
-        if self.epoch.load(Ordering::Acquire) != stamp.epoch {
-            return;
-        }
         if entries.len() >= MAX_ENTRIES {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             entries.clear();
             return;
         }
+        let current_epoch = self.epoch.load(Ordering::Acquire) == stamp.epoch;
         let slot = entries.entry((kind, head.source_id.clone())).or_default();
-        if slot.changes == stamp.changes
+        if current_epoch
+            && slot.changes == stamp.changes
             && head.version >= slot.version
             && slot.head.as_ref().is_none_or(|h| h.version <= head.version)
         {
             slot.version = head.version;
             slot.head = Some(head.clone());
+        } else if head.version > slot.version {
+            // Not trusted as a head, but a newer version exists: never serve an older one.
+            slot.version = head.version;
+            slot.head = None;
         }
     }
 }

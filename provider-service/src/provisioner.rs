@@ -111,7 +111,17 @@ type FillKey = (Kind, String);
 struct InFlight {
     id: u64,
     started: Instant,
+    /// A forced refresh: it fetches even when a newer version appeared since its lookup.
+    forced: bool,
     fut: FillFuture,
+}
+
+/// What a request saw of a document at its lookup: when (database clock) and which version
+/// (0: none). A fill by someone else counts as newer when it wrote a higher version.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: DateTime<Utc>,
+    version: i64,
 }
 
 /// Everything a detached fill task needs.
@@ -121,6 +131,7 @@ struct FillContext {
     global: Arc<Semaphore>,
     negative: Arc<Mutex<HashMap<FillKey, (Instant, ItemError)>>>,
     settings: Arc<Settings>,
+    hit_cache: Option<Arc<HitCache>>,
 }
 
 pub struct Provisioner {
@@ -150,13 +161,14 @@ impl Provisioner {
         };
         Self {
             per_source,
-            hit_cache,
+            hit_cache: hit_cache.clone(),
             sources,
             ctx: FillContext {
                 store,
                 global: Arc::new(Semaphore::new(settings.fill_concurrency.max(1))),
                 negative: Arc::new(Mutex::new(HashMap::new())),
                 settings: Arc::new(settings),
+                hit_cache,
             },
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             next_fill_id: AtomicU64::new(0),
@@ -369,11 +381,11 @@ impl Provisioner {
                 .collect(),
             None => HashMap::new(),
         };
-        let (sent, sent_wall) = (Instant::now(), Utc::now());
+        let sent = Instant::now();
         let lookup = match self.store().lookup(kind, &ids).await {
             Ok(l) => {
                 if let Some(cache) = &self.hit_cache {
-                    cache.observe_clock(l.now, sent, sent_wall);
+                    cache.observe_clock(l.now, sent);
                     for h in &l.heads {
                         if let Some(stamp) = stamps.get(&h.source_id) {
                             cache.remember(req.kind, h, *stamp);
@@ -397,7 +409,9 @@ impl Provisioner {
                         });
                     }
                 }
-                return stream::iter(immediate).boxed();
+                return stream::iter(immediate)
+                    .chain(pending.flat_map(stream::iter))
+                    .boxed();
             }
         };
         let mut heads: HashMap<String, DocumentHead> = lookup
@@ -419,16 +433,15 @@ impl Provisioner {
                     }
                 }
                 _ => {
-                    let fill = self.fill(req, ticker, sid.clone(), arrived, now);
+                    let seen = Seen {
+                        at: now,
+                        version: previous.as_ref().map_or(0, |h| h.version),
+                    };
+                    let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
                     let identifiers = identifiers.clone();
-                    let cache = self.hit_cache.clone();
-                    let stamp = stamps.get(&sid).copied();
                     pending.push(
                         async move {
                             let filled = fill.await;
-                            if let (Some(cache), Some(stamp), Ok(f)) = (&cache, stamp, &filled) {
-                                cache.remember(req.kind, &f.head, stamp);
-                            }
                             indices
                                 .into_iter()
                                 .map(|i| {
@@ -464,7 +477,7 @@ impl Provisioner {
     ) -> Option<FillFuture> {
         let map = self.in_flight.lock().expect("in-flight map poisoned");
         map.get(&(req.kind, source_id.to_string()))
-            .filter(|f| !req.force_refresh || f.started >= arrived)
+            .filter(|f| !req.force_refresh || (f.forced && f.started >= arrived))
             .map(|f| f.fut.clone())
     }
 
@@ -476,11 +489,11 @@ impl Provisioner {
         ticker: Ticker,
         source_id: String,
         arrived: Instant,
-        seen_at: DateTime<Utc>,
+        seen: Seen,
     ) -> impl std::future::Future<Output = FillResult> + Send + 'static {
         let this = self.clone();
         async move {
-            this.join_or_start(req, ticker, source_id, arrived, seen_at)
+            this.join_or_start(req, ticker, source_id, arrived, seen)
                 .await
         }
     }
@@ -491,23 +504,26 @@ impl Provisioner {
         ticker: Ticker,
         source_id: String,
         arrived: Instant,
-        seen_at: DateTime<Utc>,
+        seen: Seen,
     ) -> FillResult {
         let key: FillKey = (req.kind, source_id);
         loop {
             let (fut, join) = {
                 let mut map = self.in_flight.lock().expect("in-flight map poisoned");
                 match map.get(&key) {
-                    Some(f) if !req.force_refresh || f.started >= arrived => (f.fut.clone(), true),
+                    Some(f) if !req.force_refresh || (f.forced && f.started >= arrived) => {
+                        (f.fut.clone(), true)
+                    }
                     Some(f) => (f.fut.clone(), false),
                     None => {
                         let (id, fut) =
-                            self.start_fill(&key, ticker.clone(), seen_at, req.force_refresh);
+                            self.start_fill(&key, ticker.clone(), seen, req.force_refresh);
                         map.insert(
                             key.clone(),
                             InFlight {
                                 id,
                                 started: Instant::now(),
+                                forced: req.force_refresh,
                                 fut: fut.clone(),
                             },
                         );
@@ -528,7 +544,7 @@ impl Provisioner {
         &self,
         key: &FillKey,
         ticker: Ticker,
-        seen_at: DateTime<Utc>,
+        seen: Seen,
         forced: bool,
     ) -> (u64, FillFuture) {
         let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
@@ -549,7 +565,7 @@ impl Provisioner {
                     format!("kind: {} has no source", key.0),
                 ));
             };
-            ctx.run_fill(&key, &ticker, source, per_source, seen_at, forced)
+            ctx.run_fill(&key, &ticker, source, per_source, seen, forced)
                 .await
         });
         let fut = async move {
@@ -575,14 +591,35 @@ impl Provisioner {
 }
 
 impl FillContext {
-    /// One document's fill, coordinated with other replicas through the lease.
+    /// One document's fill; what it ends with is remembered as a fresh document, so this
+    /// process never answers an older version afterwards, whoever waited for it.
     async fn run_fill(
         &self,
         key: &FillKey,
         ticker: &Ticker,
         source: Arc<dyn Source>,
         per_source: Arc<Semaphore>,
-        seen_at: DateTime<Utc>,
+        seen: Seen,
+        forced: bool,
+    ) -> FillResult {
+        let stamp = self.hit_cache.as_ref().map(|c| c.stamp(key.0, &key.1));
+        let result = self
+            .coordinated_fill(key, ticker, source, per_source, seen, forced)
+            .await;
+        if let (Some(cache), Some(stamp), Ok(f)) = (&self.hit_cache, stamp, &result) {
+            cache.remember(key.0, &f.head, stamp);
+        }
+        result
+    }
+
+    /// One document's fill, coordinated with other replicas through the lease.
+    async fn coordinated_fill(
+        &self,
+        key: &FillKey,
+        ticker: &Ticker,
+        source: Arc<dyn Source>,
+        per_source: Arc<Semaphore>,
+        seen: Seen,
         forced: bool,
     ) -> FillResult {
         let (kind, sid) = (key.0.as_str(), key.1.as_str());
@@ -622,7 +659,7 @@ impl FillContext {
                             ticker,
                             source.as_ref(),
                             (token, head),
-                            seen_at,
+                            seen,
                             forced,
                         )
                         .await,
@@ -650,7 +687,7 @@ impl FillContext {
                 None => tokio::time::sleep(backoff).await,
             }
             backoff = (backoff * 2).min(Duration::from_millis(100));
-            if let Some(h) = self.newer_than(kind, sid, seen_at).await.map_err(storage)? {
+            if let Some(h) = self.newer_than(kind, sid, seen).await.map_err(storage)? {
                 return Ok(Filled {
                     head: h,
                     outcome: Outcome::Hit,
@@ -660,7 +697,7 @@ impl FillContext {
                 if let (false, Some((code, message)), Some(at)) =
                     (lease.held, lease.last_error, lease.finished_at)
                 {
-                    if at > seen_at {
+                    if at > seen.at {
                         return Err(ItemError::new(Code::from_i32(code), message));
                     }
                 }
@@ -675,7 +712,7 @@ impl FillContext {
         ticker: &Ticker,
         source: &dyn Source,
         (token, current): (i64, Option<DocumentHead>),
-        seen_at: DateTime<Utc>,
+        seen: Seen,
         forced: bool,
     ) -> Result<Filled, FillError> {
         let (kind, sid) = (key.0.as_str(), key.1.as_str());
@@ -687,7 +724,7 @@ impl FillContext {
         };
         // Someone may have finished a fill between our lookup and the claim (the claim read
         // the document in the same round trip).
-        if let Some(h) = current.filter(|h| !forced && h.last_synced > seen_at) {
+        if let Some(h) = current.filter(|h| !forced && h.version > seen.version) {
             release(None).await;
             return Ok(Filled {
                 head: h,
@@ -736,10 +773,10 @@ impl FillContext {
         &self,
         kind: &str,
         sid: &str,
-        seen_at: DateTime<Utc>,
+        seen: Seen,
     ) -> Result<Option<DocumentHead>, StorageError> {
         let lookup = self.store.lookup(kind, &[sid.to_string()]).await?;
-        Ok(lookup.heads.into_iter().find(|h| h.last_synced > seen_at))
+        Ok(lookup.heads.into_iter().find(|h| h.version > seen.version))
     }
 
     fn cached_failure(&self, key: &FillKey) -> Option<ItemError> {

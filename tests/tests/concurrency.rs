@@ -436,3 +436,44 @@ async fn another_replicas_refresh_is_seen_promptly() {
         "A saw B's refresh after {lag:?}"
     );
 }
+
+/// Whatever happens to the table behind the providers' backs is announced: after a TRUNCATE a
+/// provider must not answer a document that is gone.
+#[tokio::test]
+async fn truncate_is_seen_by_the_providers() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let c = p.client();
+    let v1 = c
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let hit = c
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(hit.outcome, Outcome::Hit);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("TRUNCATE documents CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The announcement arrives within milliseconds; the bound here is generous.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+            .unwrap();
+        if r.outcome == Outcome::Created {
+            assert_ne!(r.document_id, v1.document_id);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still answering the truncated document: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

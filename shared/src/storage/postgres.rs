@@ -28,6 +28,12 @@ const DOCUMENT_COLUMNS: &str =
 
 /// Channel the `documents_changed` trigger notifies on.
 const CHANGES_CHANNEL: &str = "documents_changed";
+/// Payload of a TRUNCATE (migration 0004): forget everything.
+const RESET_PAYLOAD: &str = "~reset";
+/// Payload of the listener's own liveness probe.
+const HEARTBEAT_PAYLOAD: &str = "~heartbeat";
+/// How long the change feed may be silent before it is probed.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -131,25 +137,45 @@ impl PostgresStore {
                 }
                 delay = Duration::from_millis(100);
                 let _ = tx.send(Change::Reset);
+                // A quiet connection is probed with a notification of our own: if even that
+                // does not come back, the connection is dead (e.g. dropped by a firewall).
+                let mut probing = false;
                 loop {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) => {
-                            if let Some(c) = parse_change(n.payload()) {
+                    match tokio::time::timeout(HEARTBEAT, listener.try_recv()).await {
+                        Ok(Ok(Some(n))) => {
+                            probing = false;
+                            let payload = n.payload();
+                            if payload == RESET_PAYLOAD {
+                                let _ = tx.send(Change::Reset);
+                            } else if let Some(c) = parse_change(payload) {
                                 let _ = tx.send(c);
                             }
                         }
                         // The connection was lost: anything may have been missed.
-                        Ok(None) => {
+                        Ok(Ok(None)) => {
                             tracing::warn!(
                                 "document change feed lost its connection; reconnecting"
                             );
                             let _ = tx.send(Change::Lost);
                             break;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, "document change feed failed; reconnecting");
                             let _ = tx.send(Change::Lost);
                             break;
+                        }
+                        Err(_) if probing => {
+                            tracing::warn!("document change feed is silent; reconnecting");
+                            let _ = tx.send(Change::Lost);
+                            break;
+                        }
+                        Err(_) => {
+                            probing = true;
+                            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                                .bind(CHANGES_CHANNEL)
+                                .bind(HEARTBEAT_PAYLOAD)
+                                .execute(&pool)
+                                .await;
                         }
                     }
                 }

@@ -146,8 +146,9 @@ impl DocumentStore for SqliteStore {
         let now = Utc::now();
         // BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on the busy
         // timeout instead of failing on a lock upgrade.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        // A real sqlx transaction: if this future is dropped midway (a caller's deadline), the
+        // transaction is rolled back rather than left holding the write lock.
+        let mut conn = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let result = async {
             if let Some(f) = fence {
                 let current: Option<i64> = sqlx::query_scalar(
@@ -221,23 +222,12 @@ impl DocumentStore for SqliteStore {
             Ok::<_, StorageError>(head)
         }
         .await;
-        match result {
-            Ok(head) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(Written {
-                    inserted: head.version == 1,
-                    head,
-                })
-            }
-            Err(e) => {
-                // Best effort: if the rollback fails too, the connection is closed with the
-                // transaction still open, and SQLite discards it.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.detach();
-                }
-                Err(e)
-            }
-        }
+        let head = result?;
+        conn.commit().await?;
+        Ok(Written {
+            inserted: head.version == 1,
+            head,
+        })
     }
 
     async fn claim_fill(
