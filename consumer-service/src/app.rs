@@ -67,6 +67,18 @@ impl Application {
         let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
         let (reflection_v1, reflection_v1alpha) = reflection_services()?;
         let cell = Arc::new(OnceLock::new());
+        if let Some(addr) = config
+            .metrics_addr
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+        {
+            shared::metrics::serve(
+                addr,
+                crate::metrics::METRICS.registry.clone(),
+                Arc::new(|| {}),
+            )
+            .await?;
+        }
 
         let ready_cell = cell.clone();
         let ready_config = config.clone();

@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); unset: no endpoint.
+    #[arg(long, env = "CONSUMER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -15,7 +15,10 @@ use shared::{
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::download::Downloader;
+use crate::{
+    download::Downloader,
+    metrics::{ConsumerMetrics, METRICS},
+};
 
 /// The announcement JSON layout this consumer understands.
 const ANNOUNCEMENT_SCHEMA_VERSION: u64 = 1;
@@ -182,7 +185,20 @@ impl Processor {
             ticker: ticker.to_string(),
             ..Default::default()
         };
-        if let Err(e) = self.fill_report(ticker, req, deadline, &mut report).await {
+        let outcome = self.fill_report(ticker, req, deadline, &mut report).await;
+        ConsumerMetrics::count(
+            &METRICS.tickers,
+            if outcome.is_ok() { "ok" } else { "error" },
+            1,
+        );
+        for (result, n) in [
+            ("downloaded", report.downloaded.len()),
+            ("skipped", report.skipped.len()),
+            ("failed", report.failed.len()),
+        ] {
+            ConsumerMetrics::count(&METRICS.downloads, result, n);
+        }
+        if let Err(e) = outcome {
             tracing::warn!(code = ?e.code, error = %e.message, "ticker failed");
             report.error = Some(e.into());
         } else {

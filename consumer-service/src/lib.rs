@@ -7,4 +7,5 @@ pub mod config;
 pub mod download;
 pub mod grpc;
 pub mod job;
+pub mod metrics;
 pub mod report;

@@ -27,6 +27,7 @@ use tonic::{
 use crate::{
     config::Config,
     grpc::{ProviderService, RequireToken},
+    metrics::METRICS,
     provisioner::Provisioner,
     sources,
 };
@@ -59,7 +60,21 @@ impl Application {
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
         let (reflection_v1, reflection_v1alpha) = reflection_services()?;
-        let provisioner = Arc::new(OnceLock::new());
+        let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
+        if let Some(addr) = config
+            .metrics_addr
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+        {
+            let cell = provisioner.clone();
+            let sample_pool: shared::metrics::BeforeScrape = Arc::new(move || {
+                if let Some(p) = cell.get() {
+                    let (open, idle) = p.store().pool_usage();
+                    METRICS.pool(open, idle);
+                }
+            });
+            shared::metrics::serve(addr, METRICS.registry.clone(), sample_pool).await?;
+        }
 
         // The database comes up in the background; until then health says NOT_SERVING and
         // calls answer UNAVAILABLE.

@@ -158,6 +158,10 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); unset: no endpoint.
+    #[arg(long, env = "PROVIDER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -15,7 +15,7 @@ use shared::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::provisioner::Provisioner;
+use crate::{metrics::METRICS, provisioner::Provisioner};
 
 /// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
 #[derive(Clone)]
@@ -96,6 +96,7 @@ impl Summary {
     }
 
     fn record(&mut self, r: &DocumentResult) {
+        METRICS.answer(self.rpc, r.outcome.as_str());
         self.counts[match r.outcome {
             Outcome::Hit => 0,
             Outcome::Created => 1,

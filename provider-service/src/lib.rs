@@ -7,5 +7,6 @@ pub mod app;
 pub mod config;
 pub mod grpc;
 pub mod hit_cache;
+pub mod metrics;
 pub mod provisioner;
 pub mod sources;

@@ -38,6 +38,7 @@ use tonic::{Code, Status};
 
 use crate::{
     hit_cache::{HitCache, Stamp},
+    metrics::METRICS,
     sources::{Source, Sources},
 };
 
@@ -478,6 +479,7 @@ impl Provisioner {
         let map = self.in_flight.lock().expect("in-flight map poisoned");
         map.get(&(req.kind, source_id.to_string()))
             .filter(|f| !req.force_refresh || (f.forced && f.started >= arrived))
+            .inspect(|_| METRICS.coalesced(req.kind.as_str()))
             .map(|f| f.fut.clone())
     }
 
@@ -512,6 +514,7 @@ impl Provisioner {
                 let mut map = self.in_flight.lock().expect("in-flight map poisoned");
                 match map.get(&key) {
                     Some(f) if !req.force_refresh || (f.forced && f.started >= arrived) => {
+                        METRICS.coalesced(req.kind.as_str());
                         (f.fut.clone(), true)
                     }
                     Some(f) => (f.fut.clone(), false),
@@ -603,9 +606,15 @@ impl FillContext {
         forced: bool,
     ) -> FillResult {
         let stamp = self.hit_cache.as_ref().map(|c| c.stamp(key.0, &key.1));
+        let started = Instant::now();
         let result = self
             .coordinated_fill(key, ticker, source, per_source, seen, forced)
             .await;
+        METRICS.fill(
+            key.0.as_str(),
+            result.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
         if let (Some(cache), Some(stamp), Ok(f)) = (&self.hit_cache, stamp, &result) {
             cache.remember(key.0, &f.head, stamp);
         }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod kind;
+pub mod metrics;
 pub mod proto;
 pub mod provider;
 pub mod server;

@@ -11,6 +11,7 @@ use std::{
 use reqwest::{StatusCode, Url};
 
 use super::SourceError;
+use crate::metrics::METRICS;
 
 /// Limits applied to every upstream request.
 #[derive(Debug, Clone)]
@@ -112,13 +113,23 @@ impl HttpClient {
 
     async fn get_once(&self, url: &Url) -> Result<Fetched, SourceError> {
         let shown = redact(url);
-        let resp = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| SourceError::Unavailable(format!("GET {shown}: {}", describe(&e))))?;
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let resp = match self.client.get(url.clone()).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                METRICS.source_request(&host, if e.is_timeout() { "timeout" } else { "error" });
+                return Err(SourceError::Unavailable(format!(
+                    "GET {shown}: {}",
+                    describe(&e)
+                )));
+            }
+        };
         let status = resp.status();
+        METRICS.source_request(&host, status.as_str());
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(SourceError::Unavailable(format!(
                 "GET {shown}: upstream answered {status}"

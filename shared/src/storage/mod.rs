@@ -272,6 +272,9 @@ pub trait DocumentStore: Send + Sync + 'static {
         None
     }
 
+    /// Connections in the pool: (open, idle).
+    fn pool_usage(&self) -> (u32, usize);
+
     /// The lease of a document, if one was ever claimed.
     async fn lease(
         &self,

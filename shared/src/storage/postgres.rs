@@ -360,6 +360,10 @@ impl DocumentStore for PostgresStore {
         })
     }
 
+    fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         let rx = self.changes.subscribe();
         self.start_listening();

@@ -230,6 +230,10 @@ impl DocumentStore for SqliteStore {
         })
     }
 
+    fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     async fn claim_fill(
         &self,
         source_type: &str,

@@ -1,0 +1,148 @@
+//! The provider's Prometheus metrics: answers by rpc and outcome (stale apart from hits), fill
+//! latency, coalesced waiters, upstream requests by host and status, database pool usage.
+
+use std::sync::{Arc, LazyLock, Mutex};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use shared::metrics::SharedRegistry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabels {
+    pub rpc: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub host: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub state: String,
+}
+
+pub struct ProviderMetrics {
+    pub registry: SharedRegistry,
+    pub answers: Family<AnswerLabels, Counter>,
+    pub fill_seconds: Family<FillLabels, Histogram>,
+    pub coalesced_waiters: Family<KindLabels, Counter>,
+    pub source_requests: Family<SourceLabels, Counter>,
+    pub db_connections: Family<PoolLabels, Gauge>,
+}
+
+fn fill_histogram() -> Histogram {
+    // 5 ms to about 80 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 15,
+    ))
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let answers = Family::<AnswerLabels, Counter>::default();
+    registry.register(
+        "documents_answers",
+        "Answered identifiers by rpc and outcome (hit, created, refreshed, stale, error)",
+        answers.clone(),
+    );
+    let fill_seconds =
+        Family::<FillLabels, Histogram>::new_with_constructor(fill_histogram as fn() -> Histogram);
+    registry.register(
+        "documents_fill_seconds",
+        "Fill latency by kind and result",
+        fill_seconds.clone(),
+    );
+    let coalesced_waiters = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_coalesced_waiters",
+        "Requests that joined a fill already running in this process",
+        coalesced_waiters.clone(),
+    );
+    let source_requests = Family::<SourceLabels, Counter>::default();
+    registry.register(
+        "documents_source_requests",
+        "Upstream HTTP requests by host and status (or error)",
+        source_requests.clone(),
+    );
+    let db_connections = Family::<PoolLabels, Gauge>::default();
+    registry.register(
+        "documents_db_connections",
+        "Database pool connections by state (in_use, idle)",
+        db_connections.clone(),
+    );
+    ProviderMetrics {
+        registry: Arc::new(Mutex::new(registry)),
+        answers,
+        fill_seconds,
+        coalesced_waiters,
+        source_requests,
+        db_connections,
+    }
+});
+
+impl ProviderMetrics {
+    pub fn answer(&self, rpc: &str, outcome: &str) {
+        self.answers
+            .get_or_create(&AnswerLabels {
+                rpc: rpc.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn source_request(&self, host: &str, status: &str) {
+        self.source_requests
+            .get_or_create(&SourceLabels {
+                host: host.into(),
+                status: status.into(),
+            })
+            .inc();
+    }
+
+    pub fn coalesced(&self, kind: &str) {
+        self.coalesced_waiters
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn fill(&self, kind: &str, ok: bool, seconds: f64) {
+        self.fill_seconds
+            .get_or_create(&FillLabels {
+                kind: kind.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn pool(&self, open: u32, idle: usize) {
+        let idle = idle as i64;
+        self.db_connections
+            .get_or_create(&PoolLabels {
+                state: "idle".into(),
+            })
+            .set(idle);
+        self.db_connections
+            .get_or_create(&PoolLabels {
+                state: "in_use".into(),
+            })
+            .set(i64::from(open) - idle);
+    }
+}
