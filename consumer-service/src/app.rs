@@ -83,30 +83,18 @@ impl Application {
         let ready_cell = cell.clone();
         let ready_config = config.clone();
         let ready = tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let attempt = async {
-                    let store = storage::connect(
-                        &ready_config.database_url,
-                        ready_config.database_max_connections,
-                    )
-                    .await?;
-                    store.migrate().await?;
-                    processor_with(&ready_config, store)
-                };
-                match attempt.await {
-                    Ok(p) => {
-                        let _ = ready_cell.set(p);
-                        set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
-                        tracing::info!("database ready: serving");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
+            let store = storage::connect_until_ready(
+                &ready_config.database_url,
+                ready_config.database_max_connections,
+            )
+            .await;
+            match processor_with(&ready_config, store) {
+                Ok(p) => {
+                    let _ = ready_cell.set(p);
+                    set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
+                    tracing::info!("database ready: serving");
                 }
+                Err(e) => tracing::error!(error = %e, "cannot build the processor"),
             }
         });
 

@@ -82,28 +82,10 @@ impl Application {
         let url = config.database_url.clone();
         let max_conn = config.database_max_connections;
         let ready = tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                match async {
-                    let store = storage::connect(&url, max_conn).await?;
-                    store.migrate().await?;
-                    Ok::<_, storage::StorageError>(store)
-                }
-                .await
-                {
-                    Ok(store) => {
-                        let _ = cell.set(Arc::new(Provisioner::new(store, sources, settings)));
-                        set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
-                        tracing::info!("database ready: serving");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+            let store = storage::connect_until_ready(&url, max_conn).await;
+            let _ = cell.set(Arc::new(Provisioner::new(store, sources, settings)));
+            set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
+            tracing::info!("database ready: serving");
         });
 
         let service = DocumentProviderServer::new(ProviderService::new(provisioner))

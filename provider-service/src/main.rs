@@ -10,17 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => {
-            let serving =
-                server::healthcheck(&cli.config.listen_addr, PROVIDER_SERVICE_NAME).await?;
-            if !serving {
-                eprintln!(
-                    "{PROVIDER_SERVICE_NAME} is not SERVING on {}",
-                    cli.config.listen_addr
-                );
-                std::process::exit(1);
-            }
-            println!("SERVING");
-            Ok(())
+            server::healthcheck_command(&cli.config.listen_addr, PROVIDER_SERVICE_NAME).await
         }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);

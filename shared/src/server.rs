@@ -113,6 +113,16 @@ where
     }
 }
 
+/// The `healthcheck` subcommand of both binaries: prints SERVING and succeeds, or exits 1.
+pub async fn healthcheck_command(listen_addr: &str, service_name: &str) -> anyhow::Result<()> {
+    if !healthcheck(listen_addr, service_name).await? {
+        eprintln!("{service_name} is not SERVING on {listen_addr}");
+        std::process::exit(1);
+    }
+    println!("SERVING");
+    Ok(())
+}
+
 /// Calls `grpc.health.v1.Health/Check` for `service_name` on `listen_addr` and answers whether
 /// it is SERVING. A wildcard listen address is probed on loopback.
 pub async fn healthcheck(listen_addr: &str, service_name: &str) -> anyhow::Result<bool> {

@@ -315,6 +315,27 @@ pub async fn connect(
     }
 }
 
+/// Connects to `url` and migrates, retrying with backoff (200 ms doubling to 5 s) until both
+/// succeed: how a service waits for its database while already answering health checks.
+pub async fn connect_until_ready(url: &str, max_connections: u32) -> Arc<dyn DocumentStore> {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let store = connect(url, max_connections).await?;
+            store.migrate().await?;
+            Ok::<_, StorageError>(store)
+        };
+        match attempt.await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// A fresh, unused document ID.
 pub(crate) fn new_document_id() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -93,13 +93,7 @@ impl PostgresStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StorageError::LeaseLost(fence.token))?;
-        let head = DocumentHead {
-            id: row.try_get("id")?,
-            source_id: row.try_get("source_id")?,
-            tags: row.try_get("tags")?,
-            version: row.try_get("version")?,
-            last_synced: row.try_get("last_synced")?,
-        };
+        let head = head_from_row(&row)?;
         Ok(Written {
             inserted: head.version == 1,
             head,
@@ -199,6 +193,16 @@ fn parse_change(payload: &str) -> Option<Change> {
     })
 }
 
+fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
+    Ok(DocumentHead {
+        id: row.try_get("id")?,
+        source_id: row.try_get("source_id")?,
+        tags: row.try_get("tags")?,
+        version: row.try_get("version")?,
+        last_synced: row.try_get("last_synced")?,
+    })
+}
+
 fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
     Ok(StoredDocument {
         id: row.try_get("id")?,
@@ -253,15 +257,9 @@ impl DocumentStore for PostgresStore {
         let mut heads = Vec::with_capacity(rows.len());
         for row in &rows {
             now = row.try_get("db_now")?;
-            let id: Option<String> = row.try_get("id")?;
-            if let Some(id) = id {
-                heads.push(DocumentHead {
-                    id,
-                    source_id: row.try_get("source_id")?,
-                    tags: row.try_get("tags")?,
-                    version: row.try_get("version")?,
-                    last_synced: row.try_get("last_synced")?,
-                });
+            // The LEFT JOIN's empty side: no document, only the clock.
+            if row.try_get::<Option<String>, _>("id")?.is_some() {
+                heads.push(head_from_row(row)?);
             }
         }
         Ok(Lookup { now, heads })
@@ -323,13 +321,7 @@ impl DocumentStore for PostgresStore {
         .bind(content.content_hash())
         .fetch_one(&mut *tx)
         .await?;
-        let head = DocumentHead {
-            id: row.try_get("id")?,
-            source_id: row.try_get("source_id")?,
-            tags: row.try_get("tags")?,
-            version: row.try_get("version")?,
-            last_synced: row.try_get("last_synced")?,
-        };
+        let head = head_from_row(&row)?;
         for a in attachments {
             let hash = a.hash();
             sqlx::query(
@@ -396,15 +388,8 @@ impl DocumentStore for PostgresStore {
         .bind(ttl.as_millis() as f64)
         .fetch_one(&self.pool)
         .await?;
-        let id: Option<String> = row.try_get("id")?;
-        let head = match id {
-            Some(id) => Some(DocumentHead {
-                id,
-                source_id: row.try_get("source_id")?,
-                tags: row.try_get("tags")?,
-                version: row.try_get("version")?,
-                last_synced: row.try_get("last_synced")?,
-            }),
+        let head = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some(head_from_row(&row)?),
             None => None,
         };
         Ok(Claim {
