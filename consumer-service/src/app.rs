@@ -33,7 +33,7 @@ fn processor_with(
     config: &Config,
     store: Arc<dyn storage::DocumentStore>,
 ) -> anyhow::Result<Processor> {
-    let provider = ProviderClient::with_config(&config.provider_url, config.client_config())?;
+    let provider = ProviderClient::with_config(&config.provider_url, config.client_config()?)?;
     let downloader = Downloader::new(config.download_limits())?;
     Ok(Processor::new(
         provider,
@@ -52,6 +52,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Validate what can be validated before listening.
         shared::client::parse_endpoints(&config.provider_url, Duration::from_secs(1))?;
+        config.client_config()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;

@@ -66,6 +66,22 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
     pub provider_auth_token: Option<String>,
 
+    /// File holding the bearer token sent to the provider (instead of PROVIDER_AUTH_TOKEN).
+    #[arg(long, env = "PROVIDER_AUTH_TOKEN_FILE")]
+    pub provider_auth_token_file: Option<String>,
+
+    /// CA (PEM) trusted for `https://` provider URLs (default: the system's roots).
+    #[arg(long, env = "PROVIDER_TLS_CA")]
+    pub provider_tls_ca: Option<String>,
+
+    /// Client certificate (PEM) presented to the provider (mutual TLS).
+    #[arg(long, env = "PROVIDER_TLS_CLIENT_CERT")]
+    pub provider_tls_client_cert: Option<String>,
+
+    /// Client key (PEM) for PROVIDER_TLS_CLIENT_CERT.
+    #[arg(long, env = "PROVIDER_TLS_CLIENT_KEY")]
+    pub provider_tls_client_key: Option<String>,
+
     /// Deadline of one provider call, in milliseconds (shortened to the caller's own deadline).
     #[arg(long, env = "PROVIDER_TIMEOUT_MS", default_value_t = 30_000)]
     pub provider_timeout_ms: u64,
@@ -120,15 +136,26 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn client_config(&self) -> ClientConfig {
-        ClientConfig {
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let auth_token = shared::security::secret(
+            self.provider_auth_token.as_deref(),
+            self.provider_auth_token_file.as_deref(),
+            "PROVIDER_AUTH_TOKEN",
+        )?;
+        let tls = shared::security::client_tls(
+            self.provider_tls_ca.as_deref(),
+            self.provider_tls_client_cert.as_deref(),
+            self.provider_tls_client_key.as_deref(),
+        )?;
+        Ok(ClientConfig {
             timeout: Duration::from_millis(self.provider_timeout_ms),
             retries: self.provider_retries,
             initial_backoff: Duration::from_millis(self.provider_backoff_ms),
             max_backoff: Duration::from_secs(2),
-            auth_token: self.provider_auth_token.clone().filter(|t| !t.is_empty()),
+            auth_token,
+            tls: Some(tls),
             ..ClientConfig::default()
-        }
+        })
     }
 
     pub fn job_settings(&self) -> JobSettings {

@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => {
-            server::healthcheck_command(&cli.config.listen_addr, CONSUMER_SERVICE_NAME).await
+            server::healthcheck_command(&cli.config.listen_addr, CONSUMER_SERVICE_NAME, None).await
         }
         Command::Process { tickers, json } => {
             let logs = telemetry::init(cli.config.log_format);

@@ -43,6 +43,8 @@ impl Application {
         // Fail fast on bad settings, before anything listens.
         config.settings()?;
         config.source_settings()?;
+        config.auth_token()?;
+        config.server_tls()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -92,15 +94,13 @@ impl Application {
             .max_decoding_message_size(config.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
-        let token = RequireToken(
-            config
-                .auth_token
-                .as_deref()
-                .filter(|t| !t.is_empty())
-                .map(Arc::from),
-        );
+        let token = RequireToken(config.auth_token()?.map(Arc::from));
+        let mut builder = Server::builder();
+        if let Some(tls) = config.server_tls()? {
+            builder = builder.tls_config(tls).context("TLS configuration")?;
+        }
         // Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
-        let router = Server::builder()
+        let router = builder
             .concurrency_limit_per_connection(config.max_concurrent_per_connection.max(1))
             .load_shed(true)
             .timeout(Duration::from_millis(config.request_timeout_ms))

@@ -10,7 +10,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => {
-            server::healthcheck_command(&cli.config.listen_addr, PROVIDER_SERVICE_NAME).await
+            let tls = cli.config.healthcheck_tls()?;
+            server::healthcheck_command(&cli.config.listen_addr, PROVIDER_SERVICE_NAME, tls).await
         }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);

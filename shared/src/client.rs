@@ -20,7 +20,7 @@ use rand::Rng;
 use tonic::{
     metadata::MetadataValue,
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
     Code, Request, Status,
 };
 
@@ -49,6 +49,8 @@ pub struct ClientConfig {
     /// Bearer token sent on every call, if the provider requires one.
     pub auth_token: Option<String>,
     pub connect_timeout: Duration,
+    /// TLS for `https://` endpoints: the CA to trust and, for mutual TLS, the client identity.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +62,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(2),
             auth_token: None,
             connect_timeout: Duration::from_secs(3),
+            tls: None,
         }
     }
 }
@@ -92,6 +95,15 @@ pub fn parse_endpoints(
     urls: &str,
     connect_timeout: Duration,
 ) -> Result<Vec<Endpoint>, anyhow::Error> {
+    parse_endpoints_with_tls(urls, connect_timeout, None)
+}
+
+/// Like [`parse_endpoints`], with TLS settings for the `https://` ones.
+pub fn parse_endpoints_with_tls(
+    urls: &str,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Vec<Endpoint>, anyhow::Error> {
     let endpoints = urls
         .split(',')
         .map(str::trim)
@@ -108,6 +120,10 @@ pub fn parse_endpoints(
                         .http2_keep_alive_interval(Duration::from_secs(30))
                         .keep_alive_timeout(Duration::from_secs(10))
                         .keep_alive_while_idle(true)
+                })
+                .and_then(|e| match tls {
+                    Some(tls) if u.starts_with("https://") => e.tls_config(tls.clone()),
+                    _ => Ok(e),
                 })
                 .map_err(|e| anyhow::anyhow!("provider URL {u:?} is invalid: {e}"))
         })
@@ -127,7 +143,8 @@ impl ProviderClient {
     /// A client of `urls` (comma-separated). Connects lazily, so a provider that is down at
     /// start-up only fails the calls made while it is down.
     pub fn with_config(urls: &str, config: ClientConfig) -> Result<Self, anyhow::Error> {
-        let mut endpoints = parse_endpoints(urls, config.connect_timeout)?;
+        let mut endpoints =
+            parse_endpoints_with_tls(urls, config.connect_timeout, config.tls.as_ref())?;
         let channel = if endpoints.len() == 1 {
             endpoints.remove(0).connect_lazy()
         } else {

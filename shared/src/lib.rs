@@ -7,6 +7,7 @@ pub mod kind;
 pub mod metrics;
 pub mod proto;
 pub mod provider;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

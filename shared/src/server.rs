@@ -114,8 +114,12 @@ where
 }
 
 /// The `healthcheck` subcommand of both binaries: prints SERVING and succeeds, or exits 1.
-pub async fn healthcheck_command(listen_addr: &str, service_name: &str) -> anyhow::Result<()> {
-    if !healthcheck(listen_addr, service_name).await? {
+pub async fn healthcheck_command(
+    listen_addr: &str,
+    service_name: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<()> {
+    if !healthcheck_with_tls(listen_addr, service_name, tls).await? {
         eprintln!("{service_name} is not SERVING on {listen_addr}");
         std::process::exit(1);
     }
@@ -126,6 +130,16 @@ pub async fn healthcheck_command(listen_addr: &str, service_name: &str) -> anyho
 /// Calls `grpc.health.v1.Health/Check` for `service_name` on `listen_addr` and answers whether
 /// it is SERVING. A wildcard listen address is probed on loopback.
 pub async fn healthcheck(listen_addr: &str, service_name: &str) -> anyhow::Result<bool> {
+    healthcheck_with_tls(listen_addr, service_name, None).await
+}
+
+/// [`healthcheck`] over TLS when `tls` is set; the server's certificate must be valid for
+/// `localhost`, the name a service's own probe uses.
+pub async fn healthcheck_with_tls(
+    listen_addr: &str,
+    service_name: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<bool> {
     let mut addr: SocketAddr = listen_addr
         .parse()
         .with_context(|| format!("listen address {listen_addr:?} is not host:port"))?;
@@ -136,7 +150,14 @@ pub async fn healthcheck(listen_addr: &str, service_name: &str) -> anyhow::Resul
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(match &tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    })?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.domain_name("localhost"))?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(3))
         .connect()

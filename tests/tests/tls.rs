@@ -1,0 +1,203 @@
+//! TLS and mutual TLS with throwaway certificates made at run time, and the bearer token read
+//! from a file: a plaintext client fails, a client trusting the CA succeeds, with mTLS a client
+//! without a certificate fails; the healthcheck subcommand and the consumer work over TLS.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use e2e::harness::{bin, ConsumerProc, Db, Exchange, Provider};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use shared::{
+    security::client_tls, ClientConfig, DocumentOptions, DocumentProvider, ProviderClient,
+};
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+    token_file: String,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| -> String {
+        let p: PathBuf = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["consumer".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server.pem()),
+        server_key: write("server.key", &server_key.serialize_pem()),
+        client_cert: write("client.pem", &client.pem()),
+        client_key: write("client.key", &client_key.serialize_pem()),
+        token_file: write("token", "s3cret-from-a-file\n"),
+        _dir: dir,
+    }
+}
+
+/// Waits until the provider's own `healthcheck` subcommand, run with `env`, says SERVING.
+async fn wait_healthy(p: &Provider, env: &[(&str, &str)]) {
+    for _ in 0..200 {
+        let mut cmd = Command::new(bin("provider-service"));
+        cmd.arg("healthcheck")
+            .env_clear()
+            .env("PROVIDER_LISTEN_ADDR", &p.addr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if cmd.output().unwrap().status.success() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("provider over TLS never became healthy:\n{}", p.proc.logs());
+}
+
+fn https(p: &Provider) -> String {
+    format!("https://{}", p.addr)
+}
+
+fn client(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    token: Option<&str>,
+) -> ProviderClient {
+    let config = ClientConfig {
+        tls,
+        auth_token: token.map(String::from),
+        retries: 0,
+        timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    };
+    ProviderClient::with_config(url, config).unwrap()
+}
+
+#[tokio::test]
+async fn tls_refuses_plaintext_and_serves_clients_that_trust_the_ca() {
+    let pki = pki();
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let env = [
+        ("PROVIDER_TLS_CERT", pki.server_cert.as_str()),
+        ("PROVIDER_TLS_KEY", pki.server_key.as_str()),
+        ("PROVIDER_TLS_CA", pki.ca.as_str()),
+    ];
+    let p = Provider::spawn(db.url(), &ex.url, &env);
+    wait_healthy(&p, &env).await;
+
+    let plaintext = client(&p.url(), None, None);
+    assert!(plaintext
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .is_err());
+    let untrusting = client(
+        &https(&p),
+        Some(client_tls(None, None, None).unwrap()),
+        None,
+    );
+    assert!(
+        untrusting
+            .get_document("GNP", &DocumentOptions::new())
+            .await
+            .is_err(),
+        "an unknown CA must not be trusted"
+    );
+    let trusting = client(
+        &https(&p),
+        Some(client_tls(Some(&pki.ca), None, None).unwrap()),
+        None,
+    );
+    let r = trusting
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(r.version, 1);
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate() {
+    let pki = pki();
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let env = [
+        ("PROVIDER_TLS_CERT", pki.server_cert.as_str()),
+        ("PROVIDER_TLS_KEY", pki.server_key.as_str()),
+        ("PROVIDER_TLS_CLIENT_CA", pki.ca.as_str()),
+        ("PROVIDER_TLS_CA", pki.ca.as_str()),
+        ("PROVIDER_AUTH_TOKEN_FILE", pki.token_file.as_str()),
+    ];
+    let p = Provider::spawn(db.url(), &ex.url, &env);
+    wait_healthy(&p, &env).await;
+
+    let anonymous = client(
+        &https(&p),
+        Some(client_tls(Some(&pki.ca), None, None).unwrap()),
+        Some("s3cret-from-a-file"),
+    );
+    assert!(anonymous
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .is_err());
+    let with_cert = client(
+        &https(&p),
+        Some(client_tls(Some(&pki.ca), Some(&pki.client_cert), Some(&pki.client_key)).unwrap()),
+        Some("s3cret-from-a-file"),
+    );
+    assert!(with_cert
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .is_ok());
+    let wrong_token = client(
+        &https(&p),
+        Some(client_tls(Some(&pki.ca), Some(&pki.client_cert), Some(&pki.client_key)).unwrap()),
+        Some("guess"),
+    );
+    let err = wrong_token
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // The consumer over mutual TLS, with its token from a file too.
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &https(&p),
+        &[
+            ("PROVIDER_TLS_CA", pki.ca.as_str()),
+            ("PROVIDER_TLS_CLIENT_CERT", pki.client_cert.as_str()),
+            ("PROVIDER_TLS_CLIENT_KEY", pki.client_key.as_str()),
+            ("PROVIDER_AUTH_TOKEN_FILE", pki.token_file.as_str()),
+        ],
+    )
+    .await;
+    let report = consumer
+        .client()
+        .await
+        .process_tickers(shared::proto::consumer::v1::ProcessTickersRequest {
+            tickers: vec!["ASX:BHP".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert!(report.error.is_none(), "{report:?}");
+}
