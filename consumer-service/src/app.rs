@@ -25,7 +25,14 @@ pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
     let store = storage::connect(&config.database_url, config.database_max_connections)
         .await
         .with_context(|| format!("connecting to {}", config.database_url))?;
-    store.migrate().await.context("migrating the database")?;
+    if config.database_migrate {
+        store.migrate().await.context("migrating the database")?;
+    } else {
+        store
+            .schema_ready()
+            .await
+            .context("checking the database schema")?;
+    }
     processor_with(config, store)
 }
 
@@ -87,6 +94,7 @@ impl Application {
             let store = storage::connect_until_ready(
                 &ready_config.database_url,
                 ready_config.database_max_connections,
+                ready_config.database_migrate,
             )
             .await;
             match processor_with(&ready_config, store) {

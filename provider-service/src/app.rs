@@ -83,8 +83,9 @@ impl Application {
         let cell = provisioner.clone();
         let url = config.database_url.clone();
         let max_conn = config.database_max_connections;
+        let migrate = config.database_migrate;
         let ready = tokio::spawn(async move {
-            let store = storage::connect_until_ready(&url, max_conn).await;
+            let store = storage::connect_until_ready(&url, max_conn, migrate).await;
             let _ = cell.set(Arc::new(Provisioner::new(store, sources, settings)));
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
             tracing::info!("database ready: serving");

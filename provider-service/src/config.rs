@@ -45,6 +45,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Apply the database migrations at start-up; false: only wait until another service (or an
+    /// operator) has applied them, for a database role that may not change the schema.
+    #[arg(long, env = "DATABASE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub database_migrate: bool,
+
     /// Maximum database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,

@@ -129,16 +129,28 @@ fn compose_file_agrees_with_the_binaries() {
         ),
         "the consumer calls the provider service on its listen port"
     );
-    for env in [&provider_env, &consumer_env] {
+    for (env, role) in [
+        (&provider_env, "documents_provider"),
+        (&consumer_env, "documents_consumer"),
+    ] {
         assert!(
-            env["DATABASE_URL"].contains("@postgres:5432/"),
-            "{}",
+            env["DATABASE_URL"].contains("@postgres:5432/documents"),
+            "one shared database: {}",
             env["DATABASE_URL"]
+        );
+        assert!(
+            env["DATABASE_URL"].starts_with(&format!("postgres://{role}:")),
+            "each service has its own role"
         );
     }
     assert_eq!(
-        provider_env["DATABASE_URL"], consumer_env["DATABASE_URL"],
-        "one shared database"
+        consumer_env["DATABASE_MIGRATE"], "false",
+        "the consumer role cannot migrate"
+    );
+    let volumes = strings(&services["postgres"]["volumes"]).join(" ");
+    assert!(
+        volumes.contains("./deploy/postgres/roles.sql:/docker-entrypoint-initdb.d/"),
+        "{volumes}"
     );
     // Start-up order by health.
     assert_eq!(
@@ -192,12 +204,23 @@ async fn binaries_run_a_round_with_the_compose_environment() {
     )]
     .into();
     let db_name = db.url().rsplit('/').next().unwrap().to_string();
+    // What the postgres image does on first start: run the roles script.
+    let roles = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/roles.sql");
+    let out = Command::new("psql")
+        .arg(db.url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-f", roles])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let map = |v: String| -> String {
         v.replace(
             "@postgres:5432/documents",
             &format!("@127.0.0.1:5432/{db_name}"),
         )
-        .replace("postgres:postgres@", "postgres@")
         .replace("http://sample-exchange:8700", &ex.url)
         .replace("provider:50051", &provider_addr)
         .replace("0.0.0.0:50051", &provider_addr)

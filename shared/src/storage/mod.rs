@@ -29,6 +29,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("fill lease lost: another filler took over (token {0} is no longer current)")]
     LeaseLost(i64),
+    #[error("database schema is at migration {have}, this binary needs {need}: run the migrations (a service with DATABASE_MIGRATE=true does)")]
+    SchemaBehind { have: i64, need: i64 },
 }
 
 impl From<sqlx::Error> for StorageError {
@@ -222,6 +224,10 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Applies the embedded migrations; safe when several processes start at once.
     async fn migrate(&self) -> Result<(), StorageError>;
 
+    /// Checks, without changing anything, that the schema has every migration this binary
+    /// needs (for a service whose database role may not run migrations).
+    async fn schema_ready(&self) -> Result<(), StorageError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 
@@ -317,12 +323,21 @@ pub async fn connect(
 
 /// Connects to `url` and migrates, retrying with backoff (200 ms doubling to 5 s) until both
 /// succeed: how a service waits for its database while already answering health checks.
-pub async fn connect_until_ready(url: &str, max_connections: u32) -> Arc<dyn DocumentStore> {
+/// With `migrate` false the schema is only checked (see [`DocumentStore::schema_ready`]).
+pub async fn connect_until_ready(
+    url: &str,
+    max_connections: u32,
+    migrate: bool,
+) -> Arc<dyn DocumentStore> {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         let attempt = async {
             let store = connect(url, max_connections).await?;
-            store.migrate().await?;
+            if migrate {
+                store.migrate().await?;
+            } else {
+                store.schema_ready().await?;
+            }
             Ok::<_, StorageError>(store)
         };
         match attempt.await {
@@ -334,6 +349,19 @@ pub async fn connect_until_ready(url: &str, max_connections: u32) -> Arc<dyn Doc
             }
         }
     }
+}
+
+/// The latest migration version `migrator` has, and the latest applied one per `applied`.
+pub(crate) fn check_schema(
+    migrator: &sqlx::migrate::Migrator,
+    applied: Option<i64>,
+) -> Result<(), StorageError> {
+    let need = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let have = applied.unwrap_or(0);
+    if have < need {
+        return Err(StorageError::SchemaBehind { have, need });
+    }
+    Ok(())
 }
 
 /// A fresh, unused document ID.

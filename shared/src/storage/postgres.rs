@@ -233,6 +233,14 @@ impl DocumentStore for PostgresStore {
         Ok(())
     }
 
+    async fn schema_ready(&self) -> Result<(), StorageError> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await?;
+        super::check_schema(&MIGRATOR, applied)
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

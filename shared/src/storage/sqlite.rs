@@ -110,6 +110,14 @@ impl DocumentStore for SqliteStore {
         Err(last.expect("at least one attempt").into())
     }
 
+    async fn schema_ready(&self) -> Result<(), StorageError> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        super::check_schema(&MIGRATOR, applied)
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
