@@ -29,6 +29,10 @@ pub enum Command {
     Serve,
     /// Call grpc.health.v1.Health/Check on the configured listen address; exit 0 only when SERVING.
     Healthcheck,
+    /// Check the shared database against the invariants (one row per source key, no document
+    /// without content, every attachment referenced, no expired lease held); exit 1 on any
+    /// violation.
+    CheckInvariants,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -488,3 +488,18 @@ pub async fn age_document(db: &Db, source_id: &str, hours: i64) {
             .expect("age document");
     }
 }
+
+/// Fails the test if the shared database breaks any invariant (see `check_invariants`).
+pub async fn assert_invariants(db: &Db) {
+    let violations = db
+        .store()
+        .await
+        .check_invariants()
+        .await
+        .expect("invariant check ran");
+    assert!(
+        violations.is_empty(),
+        "invariants violated:\n{}",
+        violations.join("\n")
+    );
+}

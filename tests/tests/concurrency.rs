@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    harness::{age_document, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
+    harness::{
+        age_document, assert_invariants, forced_status, Db, Exchange, Provider, LISTING_PATH,
+        MARKIT_PATH,
+    },
     on_both_databases,
     sample_exchange::Control,
 };
@@ -74,6 +77,7 @@ async fn one_fill_across_two_replicas(db: Db) {
             .len(),
         1
     );
+    assert_invariants(&db).await;
 }
 
 async fn killed_filler_is_taken_over(db: Db) {
@@ -119,6 +123,7 @@ async fn killed_filler_is_taken_over(db: Db) {
         .unwrap();
     assert_eq!(lease.token, 2, "B took the lease over");
     assert!(!lease.held, "B released it");
+    assert_invariants(&db).await;
 }
 
 async fn paused_filler_cannot_overwrite(db: Db) {
@@ -173,6 +178,7 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         "{}",
         a.proc.logs()
     );
+    assert_invariants(&db).await;
 }
 
 on_both_databases!(

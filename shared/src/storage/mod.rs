@@ -228,6 +228,12 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// needs (for a service whose database role may not run migrations).
     async fn schema_ready(&self) -> Result<(), StorageError>;
 
+    /// Checks the stored data against the invariants the services keep, and answers every
+    /// violation found (empty: all hold): one row per source key, versions of at least 1, every
+    /// document with a title, JSON content with a schema version and a content hash, every
+    /// attachment referenced by a document, no lease still held past its expiry.
+    async fn check_invariants(&self) -> Result<Vec<String>, StorageError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 

@@ -1,0 +1,182 @@
+//! Hostile requests against the running provider and consumer: each gets the expected status
+//! and a message that names the field and the rule, nothing is written, and the services stay
+//! healthy (garbage bytes on the gRPC port included).
+
+use std::io::Write;
+
+use e2e::harness::{assert_invariants, ConsumerProc, Db, Exchange, Provider};
+use shared::proto::{
+    consumer::v1::{GetStoredRequest, ProcessTickersRequest},
+    documents::v1::{
+        document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
+        GetDocumentsRequest,
+    },
+    CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME,
+};
+use tonic::Code;
+
+#[tokio::test]
+async fn hostile_requests_get_clear_errors_and_change_nothing() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let long = "X".repeat(10_000);
+    let cases: Vec<(&str, GetDocumentRequest, Code, &str)> = vec![
+        ("empty", req(""), Code::InvalidArgument, "empty"),
+        (
+            "10,000 characters",
+            req(&long),
+            Code::InvalidArgument,
+            "too long",
+        ),
+        ("unicode", req("ÄÖÜ"), Code::InvalidArgument, "[A-Z0-9.]"),
+        (
+            "control character",
+            req("GN\u{0}P"),
+            Code::InvalidArgument,
+            "[A-Z0-9.]",
+        ),
+        (
+            "SQL-looking",
+            req("'; DROP TABLE documents; --"),
+            Code::InvalidArgument,
+            "[A-Z0-9.]",
+        ),
+        (
+            "unknown exchange",
+            req("MOON:GNP"),
+            Code::InvalidArgument,
+            "unknown exchange",
+        ),
+        (
+            "missing fields",
+            GetDocumentRequest::default(),
+            Code::InvalidArgument,
+            "empty",
+        ),
+        (
+            "unknown kind",
+            GetDocumentRequest {
+                kind: "weird".into(),
+                ..req("GNP")
+            },
+            Code::InvalidArgument,
+            "kind:",
+        ),
+        (
+            "absurd cache hours",
+            GetDocumentRequest {
+                options: Some(DocumentOptions {
+                    cache_hours: Some(4_000_000_000),
+                    ..Default::default()
+                }),
+                ..req("GNP")
+            },
+            Code::InvalidArgument,
+            "options.cache_hours",
+        ),
+        (
+            "absurd stale hours",
+            GetDocumentRequest {
+                options: Some(DocumentOptions {
+                    stale_if_error_hours: Some(u32::MAX),
+                    ..Default::default()
+                }),
+                ..req("GNP")
+            },
+            Code::InvalidArgument,
+            "options.stale_if_error_hours",
+        ),
+    ];
+    for (name, request, code, needle) in cases {
+        let err = c.get_document(request).await.expect_err(name);
+        assert_eq!(err.code(), code, "{name}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{name}: {:?} lacks {needle:?}",
+            err.message()
+        );
+        assert!(err.message().len() < 400, "{name}: message is bounded");
+    }
+    let batch: Vec<String> = (0..100_000)
+        .map(|i| format!("S{:04}", i % 10_000))
+        .collect();
+    let err = c
+        .get_documents(GetDocumentsRequest {
+            identifiers: batch,
+            kind: String::new(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("identifiers: 100000 identifiers"),
+        "{}",
+        err.message()
+    );
+
+    // Garbage on the gRPC port: the connection is dropped, the service carries on.
+    let addr = p.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(b"\x00\xffGET / HTTP/1.1\r\n\r\n\x16\x03\x01 garbage garbage");
+    })
+    .await
+    .unwrap();
+
+    let consumer = ConsumerProc::start(db.url(), &p.url(), &[("CONSUMER_MAX_TICKERS", "10")]).await;
+    let mut cc = consumer.client().await;
+    let err = cc
+        .process_tickers(ProcessTickersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("tickers:"), "{}", err.message());
+    let many = ProcessTickersRequest {
+        tickers: vec!["GNP".into(); 11],
+        ..Default::default()
+    };
+    let err = cc.process_tickers(many).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("maximum of 10"), "{}", err.message());
+    let err = cc
+        .get_stored(GetStoredRequest {
+            ticker: "bad!".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("ticker:"), "{}", err.message());
+
+    assert_eq!(
+        ex.stats().await.total,
+        0,
+        "no bad request reached the upstream"
+    );
+    let store = db.store().await;
+    assert!(store
+        .lookup("announcement", &["ASX:GNP:announcement".into()])
+        .await
+        .unwrap()
+        .heads
+        .is_empty());
+    assert_invariants(&db).await;
+    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        .await
+        .unwrap());
+    assert!(
+        shared::server::healthcheck(&consumer.addr, CONSUMER_SERVICE_NAME)
+            .await
+            .unwrap()
+    );
+}
+
+fn req(identifier: &str) -> GetDocumentRequest {
+    GetDocumentRequest {
+        identifier: identifier.into(),
+        kind: String::new(),
+        options: None,
+    }
+}
