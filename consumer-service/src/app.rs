@@ -97,10 +97,11 @@ impl Application {
                 ready_config.database_migrate,
             )
             .await;
-            match processor_with(&ready_config, store) {
+            match processor_with(&ready_config, store.clone()) {
                 Ok(p) => {
                     let _ = ready_cell.set(p);
                     set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
+                    shared::server::watch_database(health, CONSUMER_SERVICE_NAME, store);
                     tracing::info!("database ready: serving");
                 }
                 Err(e) => tracing::error!(error = %e, "cannot build the processor"),

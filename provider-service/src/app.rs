@@ -86,8 +86,9 @@ impl Application {
         let migrate = config.database_migrate;
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
-            let _ = cell.set(Arc::new(Provisioner::new(store, sources, settings)));
+            let _ = cell.set(Arc::new(Provisioner::new(store.clone(), sources, settings)));
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
+            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store);
             tracing::info!("database ready: serving");
         });
 

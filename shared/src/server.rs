@@ -35,6 +35,35 @@ pub async fn set_serving(reporter: &HealthReporter, service_name: &str, serving:
     reporter.set_service_status("", status).await;
 }
 
+/// Keeps health in step with the database after start-up: pings it every second and reports
+/// NOT_SERVING while it does not answer (calls then fail with UNAVAILABLE), SERVING again once
+/// it does. Runs until the process ends.
+pub fn watch_database(
+    reporter: HealthReporter,
+    service_name: &'static str,
+    store: std::sync::Arc<dyn crate::storage::DocumentStore>,
+) {
+    tokio::spawn(async move {
+        let mut serving = true;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+                Ok(Ok(()))
+            );
+            if ok != serving {
+                serving = ok;
+                set_serving(&reporter, service_name, ok).await;
+                if ok {
+                    tracing::info!("database answers again: serving");
+                } else {
+                    tracing::warn!("database does not answer: not serving");
+                }
+            }
+        }
+    });
+}
+
 /// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
 /// grpcurl 1.8 speaks), describing this project's services and health.
 pub fn reflection_services() -> anyhow::Result<(
