@@ -41,7 +41,7 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 pub struct ClientConfig {
     /// Deadline of each attempt, sent to the server as `grpc-timeout`.
     pub timeout: Duration,
-    /// Retries after the first attempt when the answer is UNAVAILABLE.
+    /// Retries after the first attempt when the answer is UNAVAILABLE or the connection broke.
     pub retries: u32,
     /// First backoff; doubles on every retry, capped by `max_backoff`, with equal jitter (half fixed, half random).
     pub initial_backoff: Duration,
@@ -200,7 +200,7 @@ impl ProviderClient {
                     Err(_) => Err(deadline_exceeded(timeout)),
                 };
             match result {
-                Err(s) if s.code() == Code::Unavailable && attempt < self.config.retries => {
+                Err(s) if is_retryable(&s) && attempt < self.config.retries => {
                     let cap = self
                         .config
                         .initial_backoff
@@ -217,6 +217,18 @@ impl ProviderClient {
             }
         }
     }
+}
+
+/// UNAVAILABLE, or a transport failure (a connection that broke under the call, which tonic
+/// reports as UNKNOWN "transport error"). Every provider RPC is idempotent (it ensures documents
+/// exist), so repeating one is safe.
+fn is_retryable(s: &Status) -> bool {
+    if s.code() == Code::Unavailable {
+        return true;
+    }
+    s.code() == Code::Unknown
+        && (s.message() == "transport error"
+            || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>()))
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {
