@@ -346,20 +346,15 @@ impl Provisioner {
                         pending.push(
                             async move {
                                 let filled = fill.await;
-                                indices
-                                    .into_iter()
-                                    .map(|i| {
-                                        answer(
-                                            &identifiers[i],
-                                            i,
-                                            &sid,
-                                            req,
-                                            &filled,
-                                            None,
-                                            Utc::now(),
-                                        )
-                                    })
-                                    .collect::<Vec<_>>()
+                                answer_all(
+                                    &identifiers,
+                                    indices,
+                                    &sid,
+                                    req,
+                                    &filled,
+                                    None,
+                                    Utc::now(),
+                                )
                             }
                             .boxed(),
                         );
@@ -429,9 +424,15 @@ impl Provisioner {
                         head: h,
                         outcome: Outcome::Hit,
                     });
-                    for i in indices {
-                        immediate.push(answer(&identifiers[i], i, &sid, req, &filled, None, now));
-                    }
+                    immediate.extend(answer_all(
+                        &identifiers,
+                        indices,
+                        &sid,
+                        req,
+                        &filled,
+                        None,
+                        now,
+                    ));
                 }
                 _ => {
                     let seen = Seen {
@@ -443,20 +444,15 @@ impl Provisioner {
                     pending.push(
                         async move {
                             let filled = fill.await;
-                            indices
-                                .into_iter()
-                                .map(|i| {
-                                    answer(
-                                        &identifiers[i],
-                                        i,
-                                        &sid,
-                                        req,
-                                        &filled,
-                                        previous.as_ref(),
-                                        now,
-                                    )
-                                })
-                                .collect::<Vec<_>>()
+                            answer_all(
+                                &identifiers,
+                                indices,
+                                &sid,
+                                req,
+                                &filled,
+                                previous.as_ref(),
+                                now,
+                            )
                         }
                         .boxed(),
                     );
@@ -847,6 +843,22 @@ enum FillError {
 
 fn shutting_down() -> ItemError {
     ItemError::new(Code::Unavailable, "provider is shutting down")
+}
+
+/// The results for every position `indices` of the request that asked for document `sid`.
+fn answer_all(
+    identifiers: &[String],
+    indices: Vec<usize>,
+    sid: &str,
+    req: Request,
+    filled: &FillResult,
+    previous: Option<&DocumentHead>,
+    now: DateTime<Utc>,
+) -> Vec<DocumentResult> {
+    indices
+        .into_iter()
+        .map(|i| answer(&identifiers[i], i, sid, req, filled, previous, now))
+        .collect()
 }
 
 /// The result for one identifier from its document's fill (or hit).
