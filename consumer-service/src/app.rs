@@ -90,6 +90,8 @@ impl Application {
 
         let ready_cell = cell.clone();
         let ready_config = config.clone();
+        let database = shared::server::DatabaseStatus::up();
+        let watched = database.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(
                 &ready_config.database_url,
@@ -101,7 +103,7 @@ impl Application {
                 Ok(p) => {
                     let _ = ready_cell.set(p);
                     set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
-                    shared::server::watch_database(health, CONSUMER_SERVICE_NAME, store);
+                    shared::server::watch_database(health, CONSUMER_SERVICE_NAME, store, watched);
                     tracing::info!("database ready: serving");
                 }
                 Err(e) => tracing::error!(error = %e, "cannot build the processor"),
@@ -117,7 +119,7 @@ impl Application {
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ConsumerServer::new(ConsumerService::new(cell)));
+            .add_service(ConsumerServer::new(ConsumerService::new(cell, database)));
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
         // Options on accepted connections: tonic only applies its own when it binds itself.
         let incoming = TcpIncoming::from(listener)

@@ -2,26 +2,40 @@
 
 use std::sync::{Arc, OnceLock};
 
-use shared::{proto::consumer::v1 as pb, server::deadline_of};
+use shared::{
+    proto::consumer::v1 as pb,
+    server::{deadline_of, DatabaseStatus},
+};
 use tonic::{Request, Response, Status};
 
 use crate::job::{new_request_id, JobRequest, Processor};
 
-/// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
+/// The gRPC service. Until the database is ready, and while it does not answer its health
+/// ping, every call answers UNAVAILABLE at once.
 #[derive(Clone)]
 pub struct ConsumerService {
     processor: Arc<OnceLock<Processor>>,
+    database: DatabaseStatus,
 }
 
 impl ConsumerService {
-    pub fn new(processor: Arc<OnceLock<Processor>>) -> Self {
-        Self { processor }
+    pub fn new(processor: Arc<OnceLock<Processor>>, database: DatabaseStatus) -> Self {
+        Self {
+            processor,
+            database,
+        }
     }
 
     fn ready(&self) -> Result<&Processor, Status> {
-        self.processor.get().ok_or_else(|| {
+        let p = self.processor.get().ok_or_else(|| {
             Status::unavailable("consumer is starting: the database is not ready yet")
-        })
+        })?;
+        if !self.database.is_up() {
+            return Err(Status::unavailable(
+                "database unavailable: the consumer's database does not answer (health is NOT_SERVING); retry later",
+            ));
+        }
+        Ok(p)
     }
 }
 

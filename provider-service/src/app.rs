@@ -84,15 +84,17 @@ impl Application {
         let url = config.database_url.clone();
         let max_conn = config.database_max_connections;
         let migrate = config.database_migrate;
+        let database = shared::server::DatabaseStatus::up();
+        let watched = database.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
             let _ = cell.set(Arc::new(Provisioner::new(store.clone(), sources, settings)));
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
-            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store);
+            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched);
             tracing::info!("database ready: serving");
         });
 
-        let service = DocumentProviderServer::new(ProviderService::new(provisioner))
+        let service = DocumentProviderServer::new(ProviderService::new(provisioner, database))
             .max_decoding_message_size(config.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);

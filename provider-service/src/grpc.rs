@@ -11,6 +11,7 @@ use shared::{
     proto::documents::v1::{
         self as pb, document_provider_server::DocumentProvider as DocumentProviderRpc,
     },
+    server::DatabaseStatus,
     DocumentResult, Outcome, Provisioned,
 };
 use tonic::{Request, Response, Status};
@@ -21,17 +22,29 @@ use crate::{metrics::METRICS, provisioner::Provisioner};
 #[derive(Clone)]
 pub struct ProviderService {
     provisioner: Arc<OnceLock<Arc<Provisioner>>>,
+    database: DatabaseStatus,
 }
 
 impl ProviderService {
-    pub fn new(provisioner: Arc<OnceLock<Arc<Provisioner>>>) -> Self {
-        Self { provisioner }
+    pub fn new(provisioner: Arc<OnceLock<Arc<Provisioner>>>, database: DatabaseStatus) -> Self {
+        Self {
+            provisioner,
+            database,
+        }
     }
 
+    /// The provisioner, once the database is ready and while it answers its health ping: a
+    /// database outage is answered UNAVAILABLE at once rather than after the pool's timeout.
     fn ready(&self) -> Result<&Arc<Provisioner>, Status> {
-        self.provisioner.get().ok_or_else(|| {
+        let p = self.provisioner.get().ok_or_else(|| {
             Status::unavailable("provider is starting: the database is not ready yet")
-        })
+        })?;
+        if !self.database.is_up() {
+            return Err(Status::unavailable(
+                "database unavailable: the provider's database does not answer (health is NOT_SERVING); retry later or another replica",
+            ));
+        }
+        Ok(p)
     }
 
     async fn batch(

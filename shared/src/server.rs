@@ -1,7 +1,16 @@
 //! Plumbing both gRPC servers share: the health and reflection services, serving with a bounded
 //! drain on shutdown, the shutdown signal, and the `healthcheck` probe.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use tonic_health::{
@@ -35,13 +44,30 @@ pub async fn set_serving(reporter: &HealthReporter, service_name: &str, serving:
     reporter.set_service_status("", status).await;
 }
 
+/// Whether the database answered the last health ping. The watcher sets it; a service refuses
+/// work at once with UNAVAILABLE while it is down, instead of every call waiting on the pool.
+#[derive(Clone, Debug)]
+pub struct DatabaseStatus(Arc<AtomicBool>);
+
+impl DatabaseStatus {
+    /// A status that says "up" until the watcher finds otherwise.
+    pub fn up() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Keeps health in step with the database after start-up: pings it every second and reports
 /// NOT_SERVING while it does not answer (calls then fail with UNAVAILABLE), SERVING again once
-/// it does. Runs until the process ends.
+/// it does; `status` follows. Runs until the process ends.
 pub fn watch_database(
     reporter: HealthReporter,
     service_name: &'static str,
-    store: std::sync::Arc<dyn crate::storage::DocumentStore>,
+    store: Arc<dyn crate::storage::DocumentStore>,
+    status: DatabaseStatus,
 ) {
     tokio::spawn(async move {
         let mut serving = true;
@@ -53,6 +79,7 @@ pub fn watch_database(
             );
             if ok != serving {
                 serving = ok;
+                status.0.store(ok, Ordering::Release);
                 set_serving(&reporter, service_name, ok).await;
                 if ok {
                     tracing::info!("database answers again: serving");

@@ -184,7 +184,8 @@ async fn paused_filler_cannot_overwrite(db: Db) {
 on_both_databases!(
     one_fill_across_two_replicas,
     killed_filler_is_taken_over,
-    paused_filler_cannot_overwrite
+    paused_filler_cannot_overwrite,
+    a_holder_reclaims_its_own_lease,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,4 +483,20 @@ async fn truncate_is_seen_by_the_providers() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A lease its holder could not release (the database was down when the fill ended) blocks
+/// other holders until it expires, but not the holder itself, which claims it again at once
+/// with a new token that fences off anything the old fill might still write.
+async fn a_holder_reclaims_its_own_lease(db: Db) {
+    let store = db.store().await;
+    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let minute = Duration::from_secs(60);
+    let first = store.claim_fill(kind, sid, "a", minute).await.unwrap();
+    assert_eq!(first.token, Some(1));
+    let other = store.claim_fill(kind, sid, "b", minute).await.unwrap();
+    assert_eq!(other.token, None, "another holder must wait for the expiry");
+    let again = store.claim_fill(kind, sid, "a", minute).await.unwrap();
+    assert_eq!(again.token, Some(2));
+    assert_invariants(&db).await;
 }

@@ -260,7 +260,10 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Written, StorageError>;
 
     /// Claims the fill lease of a document for `ttl` unless another holder's lease is still
-    /// running, and reads the document's current head in the same round trip.
+    /// running, and reads the document's current head in the same round trip. The same holder
+    /// may claim again at once: its earlier fill is over (one fill per document per process),
+    /// or if not, that fill's write is fenced off by the new token; so a lease a fill could not
+    /// release (the database was down) does not stall the process that took it.
     async fn claim_fill(
         &self,
         source_type: &str,

@@ -46,7 +46,9 @@ impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            // Short, so a call never waits long on a database that is gone (connects are
+            // retried until this timeout); the health watcher then refuses calls at once.
+            .acquire_timeout(Duration::from_secs(2))
             .connect(url)
             .await?;
         Ok(Self {
@@ -402,6 +404,7 @@ impl DocumentStore for PostgresStore {
                      holder = EXCLUDED.holder, token = fill_leases.token + 1, \
                      claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
                  WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+                     OR fill_leases.holder = EXCLUDED.holder \
                  RETURNING token) \
              SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced \
              FROM (SELECT 1) one \

@@ -274,6 +274,7 @@ impl DocumentStore for SqliteStore {
                  holder = excluded.holder, token = fill_leases.token + 1, \
                  claimed_at_ms = excluded.claimed_at_ms, expires_at_ms = excluded.expires_at_ms \
              WHERE fill_leases.holder IS NULL OR fill_leases.expires_at_ms <= ?4 \
+                 OR fill_leases.holder = excluded.holder \
              RETURNING token",
         )
         .bind(source_type)
