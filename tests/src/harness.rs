@@ -489,19 +489,39 @@ pub async fn age_document(db: &Db, source_id: &str, hours: i64) {
     }
 }
 
-/// Fails the test if the shared database breaks any invariant (see `check_invariants`).
-pub async fn assert_invariants(db: &Db) {
-    let violations = db
-        .store()
+/// Fails the test if the shared database breaks any invariant (see `check_invariants`);
+/// answers how many rows the checker read.
+pub async fn assert_invariants(db: &Db) -> u64 {
+    assert_invariants_at(db.url()).await
+}
+
+/// [`assert_invariants`] for a database given by URL (e.g. a [`PrivateCluster`]).
+pub async fn assert_invariants_at(url: &str) -> u64 {
+    let store = storage::connect(url, 2)
         .await
-        .check_invariants()
-        .await
-        .expect("invariant check ran");
+        .expect("connect for invariants");
+    let violations = store.check_invariants().await.expect("invariant check ran");
     assert!(
         violations.is_empty(),
         "invariants violated:\n{}",
         violations.join("\n")
     );
+    let sql = "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM attachments) \
+               + (SELECT count(*) FROM document_attachments) + (SELECT count(*) FROM fill_leases)";
+    let rows: i64 = if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+        sqlx::query_scalar(sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count rows")
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.expect("connect");
+        sqlx::query_scalar(sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count rows")
+    };
+    rows as u64
 }
 
 /// A PostgreSQL cluster of the test's own (initdb into a temporary folder, on a free port, from
@@ -562,6 +582,12 @@ impl PrivateCluster {
 
     /// Runs a PostgreSQL binary, as the postgres user when the tests run as root.
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let path = self.bin.join(tool);
         let mut cmd = if Self::is_root() {
             let mut c = Command::new("runuser");
@@ -575,15 +601,23 @@ impl PrivateCluster {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "{tool} {args:?} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        ))
     }
 
     fn pg_ctl_start(&self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let data = self.dir.join("data");
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
@@ -591,7 +625,7 @@ impl PrivateCluster {
             self.dir.display()
         );
         let log = self.dir.join("log");
-        self.run(
+        self.try_run(
             "pg_ctl",
             &[
                 "-D",
@@ -603,12 +637,32 @@ impl PrivateCluster {
                 "-w",
                 "start",
             ],
-        );
+        )
     }
 
-    /// Starts the cluster again after [`PrivateCluster::stop`].
+    /// Starts the cluster again after [`PrivateCluster::stop`] or [`PrivateCluster::kill`]
+    /// (after a kill, until the killed server's last processes are gone).
     pub fn restart(&self) {
-        self.pg_ctl_start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Kills the server's main process with SIGKILL, as a crash would; its other processes
+    /// notice and exit on their own.
+    pub fn kill(&self) {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .expect("postmaster.pid");
+        let status = Command::new("kill").args(["-KILL", &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -9 {pid}");
     }
 
     /// Stops the cluster (fast: connections are closed).

@@ -1,69 +1,350 @@
-//! Database outages, on a PostgreSQL cluster of the test's own: while it is down, calls answer
-//! UNAVAILABLE (never a wrong answer, never a hang) and health turns NOT_SERVING; once it is back,
-//! health turns SERVING and calls succeed again, with no restart of the service.
+//! Database faults under a steady load of mixed hits and fills: a PostgreSQL cluster of the
+//! test's own stopped and killed, the provider's connections dropped with
+//! `pg_terminate_backend`, and SQLite's write lock held by another process, briefly and past the
+//! busy timeout. During a fault calls answer UNAVAILABLE (never a wrong answer, never a hang past
+//! the deadline) and health turns NOT_SERVING; afterwards calls succeed again with no restart of
+//! the services, every answer agrees with the database, and the invariants hold.
 
 use std::time::{Duration, Instant};
 
-use e2e::harness::{Exchange, PrivateCluster, Provider};
-use shared::{proto::PROVIDER_SERVICE_NAME, DocumentOptions, DocumentProvider};
+use e2e::{
+    harness::{
+        age_document, assert_invariants, assert_invariants_at, Db, Exchange, PrivateCluster,
+        Provider,
+    },
+    load::{Calls, Load, Mix},
+    record::Record,
+};
+use shared::{
+    proto::PROVIDER_SERVICE_NAME, storage, DocumentOptions, DocumentProvider, Outcome,
+    ProviderClient,
+};
 use tonic::Code;
 
-async fn wait_health(addr: &str, want: bool, within: Duration) {
-    let deadline = Instant::now() + within;
+/// The deadline of the load's calls.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+async fn wait_health(addr: &str, want: bool, within: Duration) -> Duration {
+    let started = Instant::now();
     loop {
         let now = shared::server::healthcheck(addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap_or(false);
         if now == want {
-            return;
+            return started.elapsed();
         }
         assert!(
-            Instant::now() < deadline,
+            started.elapsed() < within,
             "health never became {}",
             if want { "SERVING" } else { "NOT_SERVING" }
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_is_unavailable_then_recovers() {
+const WARM: [&str; 6] = [
+    "ASX:GNP",
+    "ASX:BHP",
+    "ASX:CBA",
+    "ASX:S0001",
+    "ASX:S0002",
+    "ASX:S0003",
+];
+
+/// Creates the warm documents and starts the load on `client`.
+async fn warm_and_load(client: &ProviderClient, fill_from: usize) -> Load {
+    for id in WARM {
+        client
+            .get_document(id, &DocumentOptions::new())
+            .await
+            .unwrap_or_else(|e| panic!("warming {id}: {e:?}"));
+    }
+    let warm = WARM.iter().map(|s| s.to_string()).collect();
+    Load::start(
+        client.clone(),
+        Mix::steady(warm, fill_from),
+        6,
+        Duration::from_millis(20),
+    )
+}
+
+/// The checks every fault ends with: only `allowed` error codes, no call past the deadline, no
+/// contradicting answer, every answer agrees with the database.
+async fn assert_answers_sound(calls: &Calls, url: &str, allowed: &[Code]) {
+    let unexpected = calls.unexpected(allowed);
+    assert!(
+        unexpected.is_empty(),
+        "{}: {unexpected:#?}",
+        calls.describe()
+    );
+    assert!(
+        calls.max_latency() < DEADLINE + Duration::from_secs(1),
+        "a call hung: {}",
+        calls.describe()
+    );
+    let wrong = calls.wrong_answers();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let store = storage::connect(url, 2).await.unwrap();
+    let disagree = calls.disagreements_with(&*store).await;
+    assert!(disagree.is_empty(), "{disagree:#?}");
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ClusterFault {
+    Stop,
+    Kill,
+}
+
+async fn cluster_fault_under_load(fault: ClusterFault) {
     let cluster = PrivateCluster::start();
     let ex = Exchange::start();
     let p = Provider::start(&cluster.url(), &ex.url, &[]).await;
-    let client = p.client();
-    let v1 = client
+    let client = p.client().with_timeout(DEADLINE);
+    let load = warm_and_load(&client, 100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let down_at = load.now();
+    match fault {
+        ClusterFault::Stop => cluster.stop(),
+        ClusterFault::Kill => cluster.kill(),
+    }
+    let noticed = wait_health(&p.addr, false, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.restart();
+    let up_at = load.now();
+    let serving = wait_health(&p.addr, true, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = load.stop().await;
+
+    let during = calls.codes_between(down_at + noticed, up_at);
+    assert!(
+        during.get("Unavailable").copied().unwrap_or(0) > 0,
+        "the outage was not seen: {during:?} {:#?}",
+        calls
+            .calls
+            .iter()
+            .filter(|c| c.started >= down_at)
+            .take(40)
+            .collect::<Vec<_>>()
+    );
+    assert_answers_sound(&calls, &cluster.url(), &[Code::Unavailable]).await;
+    let settled = calls
+        .settled_after(up_at)
+        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    assert!(
+        settled < Duration::from_secs(10),
+        "settled after {settled:?}"
+    );
+    let rows = assert_invariants_at(&cluster.url()).await;
+
+    let (case, test) = match fault {
+        ClusterFault::Stop => (
+            "PostgreSQL stopped for 3 s (pg_ctl stop -m fast), then started",
+            "db_faults::stopped_database_under_load",
+        ),
+        ClusterFault::Kill => (
+            "PostgreSQL killed (SIGKILL to the postmaster), then started after crash recovery",
+            "db_faults::killed_database_under_load",
+        ),
+    };
+    Record {
+        class: "database".into(),
+        case: case.into(),
+        observed: format!(
+            "health NOT_SERVING {} ms after the fault, SERVING {} ms after the start; calls during the outage UNAVAILABLE, none past the {} s deadline; no wrong ID or version",
+            noticed.as_millis(),
+            serving.as_millis(),
+            DEADLINE.as_secs()
+        ),
+        sent: calls.calls.len(),
+        outcomes: calls.by_code(),
+        recovery_ms: Some(settled.as_millis() as u64),
+        rows_checked: Some(rows),
+        figures: [("slowest call ms".to_string(), calls.max_latency().as_millis().to_string())].into(),
+        test: test.into(),
+    }
+    .save();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_database_under_load() {
+    cluster_fault_under_load(ClusterFault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_database_under_load() {
+    cluster_fault_under_load(ClusterFault::Kill).await;
+}
+
+/// Terminates every connection to the test's database but the caller's; answers how many.
+async fn terminate_backends(admin: &sqlx::PgPool, database: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .expect("pg_terminate_backend")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_under_load() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = p.client().with_timeout(DEADLINE);
+    let load = warm_and_load(&client, 200).await;
+    let admin = sqlx::PgPool::connect(&e2e::harness::postgres_admin_url())
+        .await
+        .unwrap();
+    let database = db.url().rsplit('/').next().unwrap().to_string();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut terminated = 0;
+    for _ in 0..3 {
+        terminated += terminate_backends(&admin, &database).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let last_at = load.now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = load.stop().await;
+    assert!(
+        terminated >= 3,
+        "only {terminated} connections were dropped"
+    );
+    assert_answers_sound(&calls, db.url(), &[Code::Unavailable]).await;
+    let settled = calls
+        .settled_after(last_at)
+        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    assert!(
+        settled < Duration::from_secs(3),
+        "settled after {settled:?}"
+    );
+
+    // The change feed reconnected: a change made elsewhere after the drops is still seen.
+    let before = client
         .get_document("ASX:GNP", &DocumentOptions::new())
         .await
         .unwrap();
-
-    cluster.stop();
-    wait_health(&p.addr, false, Duration::from_secs(15)).await;
-    // UNAVAILABLE, not DEADLINE_EXCEEDED: the call did not hang until the client's deadline.
-    for id in ["ASX:GNP", "ASX:BHP"] {
-        let err = client
-            .get_document(id, &DocumentOptions::new())
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unavailable, "{id}: {err:?}");
-    }
-
-    cluster.restart();
-    wait_health(&p.addr, true, Duration::from_secs(30)).await;
-    let back = client
+    age_document(&db, "ASX:GNP:announcement", 30).await;
+    let after = client
         .get_document("ASX:GNP", &DocumentOptions::new())
         .await
         .unwrap();
     assert_eq!(
-        (back.document_id.as_str(), back.version),
-        (v1.document_id.as_str(), 1)
+        (after.outcome, after.version),
+        (Outcome::Refreshed, before.version + 1),
+        "the provider missed a change made after its connections were dropped"
     );
-    let bhp = client
-        .get_document("ASX:BHP", &DocumentOptions::new())
+    let rows = assert_invariants(&db).await;
+    Record {
+        class: "database".into(),
+        case: "PostgreSQL connections dropped (pg_terminate_backend of all the provider's connections, 3 times, 1 s apart)".into(),
+        observed: format!(
+            "{terminated} connections dropped; failed calls UNAVAILABLE, none past the deadline; the change feed reconnected (an outside change seen afterwards); no wrong ID or version"
+        ),
+        sent: calls.calls.len(),
+        outcomes: calls.by_code(),
+        recovery_ms: Some(settled.as_millis() as u64),
+        rows_checked: Some(rows),
+        figures: [("slowest call ms".to_string(), calls.max_latency().as_millis().to_string())].into(),
+        test: "db_faults::dropped_connections_under_load".into(),
+    }
+    .save();
+}
+
+/// Holds SQLite's write lock from this process (another process than the providers) for `hold`.
+async fn hold_write_lock(url: &str, hold: Duration) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
         .await
         .unwrap();
-    assert_eq!(bhp.version, 1);
-    let store = shared::storage::connect(&cluster.url(), 2).await.unwrap();
-    let violations = store.check_invariants().await.unwrap();
-    assert!(violations.is_empty(), "{violations:?}");
+    sqlx::query("UPDATE fill_leases SET token = token WHERE 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(hold).await;
+    sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_process() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    // Two provider processes on one SQLite file, the load spread over both.
+    let a = Provider::start(db.url(), &ex.url, &[]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let timeout = Duration::from_secs(15);
+    let client = ProviderClient::with_config(
+        &format!("{},{}", a.url(), b.url()),
+        shared::ClientConfig {
+            timeout,
+            ..e2e::harness::test_client_config()
+        },
+    )
+    .unwrap();
+    let load = warm_and_load(&client, 300).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A lock shorter than the busy timeout is waited out: every call succeeds.
+    let brief_from = load.now();
+    hold_write_lock(db.url(), Duration::from_secs(2)).await;
+    let brief_to = load.now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A lock past the busy timeout (10 s): writes fail UNAVAILABLE, then all succeed again.
+    let long_from = load.now();
+    hold_write_lock(db.url(), Duration::from_secs(12)).await;
+    let released = load.now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = load.stop().await;
+
+    let brief = calls.codes_between(brief_from, brief_to);
+    assert_eq!(brief.keys().collect::<Vec<_>>(), ["OK"], "{brief:?}");
+    let long = calls.codes_between(long_from, released);
+    assert!(
+        long.get("Unavailable").copied().unwrap_or(0) > 0,
+        "{long:?}"
+    );
+    let unexpected = calls.unexpected(&[Code::Unavailable]);
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+    let locked = calls.calls.iter().find_map(|c| c.answer.as_ref().err());
+    assert!(
+        locked.is_some_and(|(_, m)| m.contains("locked")),
+        "the error should say the database is locked: {locked:?}"
+    );
+    assert!(calls.max_latency() < timeout, "{}", calls.describe());
+    assert!(
+        calls.wrong_answers().is_empty(),
+        "{:#?}",
+        calls.wrong_answers()
+    );
+    let store = storage::connect(db.url(), 2).await.unwrap();
+    let disagree = calls.disagreements_with(&*store).await;
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let settled = calls
+        .settled_after(released)
+        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    assert!(
+        settled < Duration::from_secs(4),
+        "settled after {settled:?}"
+    );
+    let rows = assert_invariants(&db).await;
+    Record {
+        class: "database".into(),
+        case: "SQLite write lock held by another process: 2 s, then 12 s (busy timeout 10 s); two provider processes on the file".into(),
+        observed: format!(
+            "2 s lock waited out ({:?}); 12 s lock: writes UNAVAILABLE \"database is locked\" after the busy timeout ({:?}); all OK again after release; no wrong ID or version",
+            brief, long
+        ),
+        sent: calls.calls.len(),
+        outcomes: calls.by_code(),
+        recovery_ms: Some(settled.as_millis() as u64),
+        rows_checked: Some(rows),
+        figures: [("slowest call ms".to_string(), calls.max_latency().as_millis().to_string())].into(),
+        test: "db_faults::sqlite_locked_by_another_process".into(),
+    }
+    .save();
 }

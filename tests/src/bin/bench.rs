@@ -14,6 +14,7 @@ use std::{
 use clap::Parser;
 use e2e::{
     harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
+    procfs::measured,
     sample_exchange::Control,
 };
 use shared::{
@@ -163,48 +164,6 @@ where
         elapsed,
         latencies_us,
     }
-}
-
-/// CPU seconds used by a process so far (user + system).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
-}
-
-/// Resets the peak RSS counter of a process (Linux `clear_refs` 5).
-fn reset_peak_rss(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-/// Peak resident memory of a process in MB (VmHWM).
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Measures a provider process around `f`: (cores used, peak RSS MB).
-async fn measured<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
-    reset_peak_rss(pid);
-    let (c0, t0) = (cpu_secs(pid), Instant::now());
-    let out = f.await;
-    let cores = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64();
-    (out, cores, peak_rss_mb(pid))
 }
 
 async fn channels(url: &str, n: usize) -> Vec<Channel> {
