@@ -88,7 +88,9 @@ impl Application {
         let watched = database.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
-            let _ = cell.set(Arc::new(Provisioner::new(store.clone(), sources, settings)));
+            let provisioner = Arc::new(Provisioner::new(store.clone(), sources, settings));
+            provisioner.sweep_abandoned_leases();
+            let _ = cell.set(provisioner);
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
             shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched);
             tracing::info!("database ready: serving");

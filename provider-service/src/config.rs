@@ -111,8 +111,9 @@ pub struct Config {
     )]
     pub fill_concurrency_per_source: usize,
 
-    /// How long a fill lease lasts before another replica may take the fill over, in milliseconds.
-    #[arg(long, env = "PROVIDER_FILL_LEASE_MS", default_value_t = 60_000)]
+    /// How long a fill lease lasts unless renewed (its holder renews it every third of this while
+    /// fetching); a crashed filler's fill is taken over after this, in milliseconds.
+    #[arg(long, env = "PROVIDER_FILL_LEASE_MS", default_value_t = 10_000)]
     pub fill_lease_ms: u64,
 
     /// How long a failed fill's error is answered without trying again, in milliseconds (0: off).

@@ -8,8 +8,9 @@
 //!   (or its error, including a panic). Fills are bounded globally and per source.
 //! - Across replicas, a fill first claims the document's lease in the database. Whoever holds
 //!   it fetches; the others poll until a newer document appears, the holder reports an error, or
-//!   the lease expires and they take over. The write is fenced by the lease token, so a filler
-//!   paused past its lease cannot overwrite what the replica that took over wrote.
+//!   the lease expires and they take over. The holder renews its lease while it fetches, so
+//!   the lease can be short. The write is fenced by the lease token, so a filler paused past
+//!   its lease cannot overwrite what the replica that took over wrote.
 //! - A failed fill writes nothing (the previous version stays); its error is cached briefly so a
 //!   failing upstream is not hammered; callers may accept the previous version (stale-if-error).
 
@@ -178,6 +179,27 @@ impl Provisioner {
 
     pub fn settings(&self) -> &Settings {
         &self.ctx.settings
+    }
+
+    /// Releases, every lease length, the leases of fillers that went away (killed while
+    /// holding one) once they are a lease length past their expiry, so none is left behind.
+    /// Runs until the process ends.
+    pub fn sweep_abandoned_leases(&self) {
+        let store = self.ctx.store.clone();
+        let every = self.ctx.settings.lease_ttl.max(Duration::from_secs(1));
+        let grace = self.ctx.settings.lease_ttl;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.clear_abandoned_leases(grace).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => tracing::info!(
+                        leases = n,
+                        "released fill leases abandoned by fillers that went away"
+                    ),
+                }
+            }
+        });
     }
 
     pub fn store(&self) -> &Arc<dyn DocumentStore> {
@@ -589,6 +611,33 @@ impl Provisioner {
     }
 }
 
+/// Retries releasing a lease whose release failed (the database was down), so no expired
+/// lease is left held: every 250 ms doubling to 2 s, for about three minutes. The token makes a
+/// late release harmless if another filler has taken the lease over meanwhile.
+fn release_later(
+    store: Arc<dyn DocumentStore>,
+    kind: &str,
+    sid: &str,
+    token: i64,
+    error: Option<ItemError>,
+) {
+    let (kind, sid) = (kind.to_string(), sid.to_string());
+    tokio::spawn(async move {
+        let e = error.as_ref().map(|e| (e.code as i32, e.message.as_str()));
+        let mut delay = Duration::from_millis(250);
+        let give_up = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < give_up {
+            tokio::time::sleep(delay).await;
+            if store.release_fill(&kind, &sid, token, e).await.is_ok() {
+                tracing::info!(%sid, token, "fill lease released late");
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        tracing::warn!(%sid, token, "gave up releasing the fill lease; it expires on its own");
+    });
+}
+
 impl FillContext {
     /// One document's fill; what it ends with is remembered as a fresh document, so this
     /// process never answers an older version afterwards, whoever waited for it.
@@ -724,11 +773,12 @@ impl FillContext {
         let release = |error: Option<ItemError>| async move {
             let e = error.as_ref().map(|e| (e.code as i32, e.message.as_str()));
             if let Err(err) = self.store.release_fill(kind, sid, token, e).await {
-                tracing::warn!(%sid, error = %err, "could not release the fill lease; it will expire");
+                tracing::warn!(%sid, error = %err, "could not release the fill lease; retrying in the background");
+                release_later(self.store.clone(), kind, sid, token, error.clone());
             }
         };
         // Someone may have finished a fill between our lookup and the claim (the claim read
-        // the document in the same round trip).
+        // the document right after claiming).
         if let Some(h) = current.filter(|h| !forced && h.version > seen.version) {
             release(None).await;
             return Ok(Filled {
@@ -737,7 +787,27 @@ impl FillContext {
             });
         }
         let started = Instant::now();
-        let content = match source.fetch(ticker).await {
+        // The lease is renewed while the fetch runs, so it can be short (a killed filler
+        // blocks the others only briefly) without a slow fetch losing it.
+        let fetch = source.fetch(ticker);
+        tokio::pin!(fetch);
+        let ttl = self.settings.lease_ttl;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 3, ttl / 3);
+        let fetched = loop {
+            tokio::select! {
+                fetched = &mut fetch => break fetched,
+                _ = renew.tick() => match self.store.renew_fill(kind, sid, token, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%sid, token, "fill lease taken over while fetching; dropping this fetch");
+                        return Err(FillError::LeaseLost);
+                    }
+                    // The fenced write decides; a database blip alone does not stop the fetch.
+                    Err(e) => tracing::warn!(%sid, error = %e, "could not renew the fill lease"),
+                },
+            }
+        };
+        let content = match fetched {
             Ok(c) => c,
             Err(e) => {
                 let err = ItemError::new(e.code(), format!("{ticker}: {e}"));

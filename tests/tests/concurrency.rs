@@ -173,10 +173,12 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         "versions only increase, and A's stale write was refused"
     );
     assert_eq!(final_doc, after_b, "the content is B's, the newest fill");
+    // A learns of the takeover from its lease renewal or from its fenced write, whichever
+    // comes first after it wakes; the fence alone is tested in `a_stale_token_cannot_write`.
+    let logs = a.proc.logs();
     assert!(
-        a.proc.logs().contains("fill lease lost"),
-        "{}",
-        a.proc.logs()
+        logs.contains("fill lease lost") || logs.contains("fill lease taken over"),
+        "{logs}"
     );
     assert_invariants(&db).await;
 }
@@ -186,6 +188,9 @@ on_both_databases!(
     killed_filler_is_taken_over,
     paused_filler_cannot_overwrite,
     a_holder_reclaims_its_own_lease,
+    a_slow_fill_keeps_its_lease,
+    a_stale_token_cannot_write,
+    an_abandoned_lease_is_released,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,5 +503,124 @@ async fn a_holder_reclaims_its_own_lease(db: Db) {
     assert_eq!(other.token, None, "another holder must wait for the expiry");
     let again = store.claim_fill(kind, sid, "a", minute).await.unwrap();
     assert_eq!(again.token, Some(2));
+    assert_invariants(&db).await;
+}
+
+/// A fetch that outlasts the lease keeps it (its holder renews it): another replica asking
+/// meanwhile waits for that fill instead of taking over and fetching again.
+async fn a_slow_fill_keeps_its_lease(db: Db) {
+    let ex = Exchange::start();
+    let lease = [("PROVIDER_FILL_LEASE_MS", "600")];
+    let a = Provider::start(db.url(), &ex.url, &lease).await;
+    let b = Provider::start(db.url(), &ex.url, &lease).await;
+    ex.control(&delay(LISTING_PATH, 2_500)).await;
+    let ca = a.client();
+    let first =
+        tokio::spawn(async move { ca.get_document("ASX:GNP", &DocumentOptions::new()).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ex.count(LISTING_PATH).await == 0 {
+        assert!(Instant::now() < deadline, "A never started its fill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well past the lease's length: without renewal B would take the fill over.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let second = b
+        .client()
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.outcome, Outcome::Created);
+    assert_eq!(
+        (second.document_id.as_str(), second.version),
+        (first.document_id.as_str(), 1)
+    );
+    assert_eq!(ex.count(LISTING_PATH).await, 1, "B fetched again");
+    assert_invariants(&db).await;
+}
+
+/// The fence: a write carrying a lease token that has since been superseded is refused whole,
+/// and a renewal with it reports the lease lost.
+async fn a_stale_token_cannot_write(db: Db) {
+    let store = db.store().await;
+    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let old = store
+        .claim_fill(kind, sid, "a", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let new = store
+        .claim_fill(kind, sid, "b", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    assert!(new > old);
+    let content = shared::storage::NewContent {
+        title: "t".into(),
+        content_markdown: "m".into(),
+        content_json: serde_json::json!({ "schema_version": 1 }),
+        tags: vec![],
+    };
+    let fence = |token| Some(shared::storage::Fence { token });
+    let refused = store.upsert(kind, sid, &content, &[], fence(old)).await;
+    assert!(
+        matches!(refused, Err(shared::storage::StorageError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    assert!(store.get_by_source(kind, sid).await.unwrap().is_none());
+    assert!(!store
+        .renew_fill(kind, sid, old, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(store
+        .renew_fill(kind, sid, new, Duration::from_secs(60))
+        .await
+        .unwrap());
+    let written = store
+        .upsert(kind, sid, &content, &[], fence(new))
+        .await
+        .unwrap();
+    assert_eq!(written.head.version, 1);
+    assert_invariants(&db).await;
+}
+
+/// A lease whose holder went away (killed while filling) is released once it is `grace` past
+/// its expiry; its token stays, so the next claim still gets a newer one.
+async fn an_abandoned_lease_is_released(db: Db) {
+    let store = db.store().await;
+    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let token = store
+        .claim_fill(kind, sid, "gone", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    assert_eq!(
+        store
+            .clear_abandoned_leases(Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0,
+        "not yet past the grace"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store
+            .clear_abandoned_leases(Duration::from_millis(10))
+            .await
+            .unwrap(),
+        1
+    );
+    let lease = store.lease(kind, sid).await.unwrap().unwrap();
+    assert!(!lease.held);
+    assert_eq!(lease.token, token);
+    let next = store
+        .claim_fill(kind, sid, "b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(next.token, Some(token + 1));
     assert_invariants(&db).await;
 }

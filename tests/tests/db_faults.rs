@@ -8,10 +8,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    harness::{
-        age_document, assert_invariants, assert_invariants_at, Db, Exchange, PrivateCluster,
-        Provider,
-    },
+    harness::{age_document, invariants_within, Db, Exchange, PrivateCluster, Provider},
     load::{Calls, Load, Mix},
     record::Record,
 };
@@ -23,6 +20,12 @@ use tonic::Code;
 
 /// The deadline of the load's calls.
 const DEADLINE: Duration = Duration::from_secs(5);
+
+/// A short fill lease, so a lease left held by a fault is swept within seconds.
+const LEASE: [(&str, &str); 1] = [("PROVIDER_FILL_LEASE_MS", "2000")];
+
+/// How long after a fault the invariants may take to hold (lease sweep included).
+const SETTLE: Duration = Duration::from_secs(10);
 
 async fn wait_health(addr: &str, want: bool, within: Duration) -> Duration {
     let started = Instant::now();
@@ -98,7 +101,7 @@ enum ClusterFault {
 async fn cluster_fault_under_load(fault: ClusterFault) {
     let cluster = PrivateCluster::start();
     let ex = Exchange::start();
-    let p = Provider::start(&cluster.url(), &ex.url, &[]).await;
+    let p = Provider::start(&cluster.url(), &ex.url, &LEASE).await;
     let client = p.client().with_timeout(DEADLINE);
     let load = warm_and_load(&client, 100).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -135,7 +138,7 @@ async fn cluster_fault_under_load(fault: ClusterFault) {
         settled < Duration::from_secs(10),
         "settled after {settled:?}"
     );
-    let rows = assert_invariants_at(&cluster.url()).await;
+    let rows = invariants_within(&cluster.url(), SETTLE).await;
 
     let (case, test) = match fault {
         ClusterFault::Stop => (
@@ -192,7 +195,7 @@ async fn terminate_backends(admin: &sqlx::PgPool, database: &str) -> i64 {
 async fn dropped_connections_under_load() {
     let db = Db::postgres();
     let ex = Exchange::start();
-    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let p = Provider::start(db.url(), &ex.url, &LEASE).await;
     let client = p.client().with_timeout(DEADLINE);
     let load = warm_and_load(&client, 200).await;
     let admin = sqlx::PgPool::connect(&e2e::harness::postgres_admin_url())
@@ -237,7 +240,7 @@ async fn dropped_connections_under_load() {
         (Outcome::Refreshed, before.version + 1),
         "the provider missed a change made after its connections were dropped"
     );
-    let rows = assert_invariants(&db).await;
+    let rows = invariants_within(db.url(), SETTLE).await;
     Record {
         class: "database".into(),
         case: "PostgreSQL connections dropped (pg_terminate_backend of all the provider's connections, 3 times, 1 s apart)".into(),
@@ -275,8 +278,8 @@ async fn sqlite_locked_by_another_process() {
     let db = Db::sqlite();
     let ex = Exchange::start();
     // Two provider processes on one SQLite file, the load spread over both.
-    let a = Provider::start(db.url(), &ex.url, &[]).await;
-    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let a = Provider::start(db.url(), &ex.url, &LEASE).await;
+    let b = Provider::start(db.url(), &ex.url, &LEASE).await;
     let timeout = Duration::from_secs(15);
     let client = ProviderClient::with_config(
         &format!("{},{}", a.url(), b.url()),
@@ -331,7 +334,7 @@ async fn sqlite_locked_by_another_process() {
         settled < Duration::from_secs(4),
         "settled after {settled:?}"
     );
-    let rows = assert_invariants(&db).await;
+    let rows = invariants_within(db.url(), SETTLE).await;
     Record {
         class: "database".into(),
         case: "SQLite write lock held by another process: 2 s, then 12 s (busy timeout 10 s); two provider processes on the file".into(),

@@ -183,7 +183,8 @@ pub struct Lease {
 pub struct Claim {
     /// The new fencing token, or `None` when another filler holds the lease.
     pub token: Option<i64>,
-    /// The document as it is now, if it exists.
+    /// When claimed: the document as it is now, read after the claim (so it shows any write of
+    /// the previous holder), if it exists.
     pub head: Option<DocumentHead>,
 }
 
@@ -260,7 +261,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Written, StorageError>;
 
     /// Claims the fill lease of a document for `ttl` unless another holder's lease is still
-    /// running, and reads the document's current head in the same round trip. The same holder
+    /// running, and then reads the document's current head. The same holder
     /// may claim again at once: its earlier fill is over (one fill per document per process),
     /// or if not, that fill's write is fenced off by the new token; so a lease a fill could not
     /// release (the database was down) does not stall the process that took it.
@@ -271,6 +272,21 @@ pub trait DocumentStore: Send + Sync + 'static {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Claim, StorageError>;
+
+    /// Extends a lease this filler holds (same token) to `ttl` from now. `false` when the token
+    /// is no longer current: another filler took the lease over.
+    async fn renew_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StorageError>;
+
+    /// Releases leases whose holder is gone (a killed filler): still held, and expired more
+    /// than `grace` ago. Their tokens stay, so fencing is unchanged. Answers how many.
+    async fn clear_abandoned_leases(&self, grace: std::time::Duration)
+        -> Result<u64, StorageError>;
 
     /// Releases a lease this filler holds (same token), recording the fill's error if it failed.
     async fn release_fill(

@@ -396,34 +396,76 @@ impl DocumentStore for PostgresStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Claim, StorageError> {
-        let row = sqlx::query(
-            "WITH claimed AS ( \
-                 INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
-                 VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
-                 ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                     holder = EXCLUDED.holder, token = fill_leases.token + 1, \
-                     claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
-                 WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
-                     OR fill_leases.holder = EXCLUDED.holder \
-                 RETURNING token) \
-             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced \
-             FROM (SELECT 1) one \
-             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+             VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
+             ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                 holder = EXCLUDED.holder, token = fill_leases.token + 1, \
+                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
+             WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+                 OR fill_leases.holder = EXCLUDED.holder \
+             RETURNING token",
         )
         .bind(source_type)
         .bind(source_id)
         .bind(holder)
         .bind(ttl.as_millis() as f64)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        let head = match row.try_get::<Option<String>, _>("id")? {
-            Some(_) => Some(head_from_row(&row)?),
-            None => None,
+        let Some(token) = token else {
+            return Ok(Claim {
+                token: None,
+                head: None,
+            });
         };
+        // A statement of its own: the claim may have waited for the previous holder's write
+        // to commit, which a read in the claim's statement (its snapshot older) would miss.
+        let head = sqlx::query(
+            "SELECT id, source_id, tags, version, last_synced FROM documents \
+             WHERE source_type = $1 AND source_id = $2",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(head_from_row)
+        .transpose()?;
         Ok(Claim {
-            token: row.try_get("token")?,
+            token: Some(token),
             head,
         })
+    }
+
+    async fn renew_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        ttl: Duration,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "UPDATE fill_leases SET expires_at = now() + $4 * interval '1 millisecond' \
+             WHERE source_type = $1 AND source_id = $2 AND token = $3 AND holder IS NOT NULL",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(token)
+        .bind(ttl.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn clear_abandoned_leases(&self, grace: Duration) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "UPDATE fill_leases SET holder = NULL \
+             WHERE holder IS NOT NULL AND expires_at < now() - $1 * interval '1 millisecond'",
+        )
+        .bind(grace.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn release_fill(

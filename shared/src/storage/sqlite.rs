@@ -298,6 +298,36 @@ impl DocumentStore for SqliteStore {
         Ok(Claim { token, head })
     }
 
+    async fn renew_fill(
+        &self,
+        source_type: &str,
+        source_id: &str,
+        token: i64,
+        ttl: Duration,
+    ) -> Result<bool, StorageError> {
+        let done = sqlx::query(
+            "UPDATE fill_leases SET expires_at_ms = ?4 \
+             WHERE source_type = ?1 AND source_id = ?2 AND token = ?3 AND holder IS NOT NULL",
+        )
+        .bind(source_type)
+        .bind(source_id)
+        .bind(token)
+        .bind(Utc::now().timestamp_millis() + ttl.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn clear_abandoned_leases(&self, grace: Duration) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "UPDATE fill_leases SET holder = NULL WHERE holder IS NOT NULL AND expires_at_ms < ?1",
+        )
+        .bind(Utc::now().timestamp_millis() - grace.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_fill(
         &self,
         source_type: &str,
