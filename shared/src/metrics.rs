@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::{http::header, routing::get, Router};
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::{encoding::text::encode, metrics::gauge::Gauge, registry::Registry};
 use tokio::net::TcpListener;
 
 /// A process's metrics registry, shared by whoever registers metrics in it.
@@ -25,12 +25,26 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let bound = listener.local_addr()?;
+    // Tasks alive in the runtime: a count that grows with traffic and never comes back down
+    // is a task leak.
+    let tasks = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    registry.lock().expect("metrics registry lock").register(
+        "runtime_tasks_alive",
+        "Tokio tasks alive in this process",
+        tasks.clone(),
+    );
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let registry = registry.clone();
             let before_scrape = before_scrape.clone();
+            let tasks = tasks.clone();
             async move {
+                tasks.set(
+                    tokio::runtime::Handle::current()
+                        .metrics()
+                        .num_alive_tasks() as i64,
+                );
                 before_scrape();
                 let mut body = String::new();
                 let registry = registry.lock().expect("metrics registry lock");

@@ -39,7 +39,8 @@ impl Mix {
         }
     }
 
-    fn pick(&self, k: usize) -> (String, DocumentOptions) {
+    /// The identifier and options of the `k`-th call.
+    pub fn pick(&self, k: usize) -> (String, DocumentOptions) {
         if self.fill_every > 0 && k % self.fill_every == self.fill_every - 1 {
             let n = (self.fill_from + k / self.fill_every) % 10_000;
             return (format!("ASX:S{n:04}"), DocumentOptions::new());

@@ -9,7 +9,8 @@
 //! - `GET /asx/v2/statistics/displayAnnouncement.do?display=pdf&idsId=KEY`: a small valid PDF;
 //! - `GET /api/eod/GNP.AU?fmt=json&from=YYYY-MM-DD`: daily OHLCV bars (404 when unknown);
 //! - `GET /_stats`: request counts; `POST /_stats/reset`; `POST /_control`: test knobs
-//!   (`latency_ms`, `status` and `malformed` by path prefix, `fail_rate`).
+//!   (`latency_ms`, and by path prefix: `delay_ms`, `status`, `malformed`, `not_pdf`,
+//!   `oversize`, `half_answer`, `reset`; `fail_rate`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -267,6 +268,11 @@ pub struct Control {
     pub not_pdf: Vec<String>,
     /// Path-and-query prefixes answered with a 4 MiB body (still starting with %PDF-).
     pub oversize: Vec<String>,
+    /// Path-and-query prefixes answered with the full length announced but only half the body
+    /// sent before the connection is cut.
+    pub half_answer: Vec<String>,
+    /// Path-and-query prefixes whose connection is dropped without any answer.
+    pub reset: Vec<String>,
 }
 
 struct Shared {
@@ -409,6 +415,13 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     if control.latency_ms + extra > 0 {
         tokio::time::sleep(Duration::from_millis(control.latency_ms + extra)).await;
     }
+    if control.reset.iter().any(hit) {
+        // Ends this connection's task: the socket closes with no answer written. Unwinding
+        // without the panic hook keeps the log quiet; the server goes on serving others.
+        std::panic::resume_unwind(Box::new(
+            "connection dropped by the sample exchange's control",
+        ));
+    }
     if let Some((_, code)) = control.status.iter().find(|(p, _)| hit(p)) {
         let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, "forced status from the sample exchange's control").into_response();
@@ -447,6 +460,18 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         resp.1.truncate(resp.1.len() / 2);
     }
     let (status, body, content_type) = resp;
+    if control.half_answer.iter().any(hit) {
+        let full_length = body.len();
+        let half = Bytes::from(body[..full_length / 2].to_vec());
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "cut");
+        let chunks = futures::stream::iter([Ok(half), Err(cut)]);
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, full_length)
+            .body(axum::body::Body::from_stream(chunks))
+            .unwrap_or_default();
+    }
     (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

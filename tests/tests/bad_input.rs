@@ -4,7 +4,10 @@
 
 use std::io::Write;
 
-use e2e::harness::{assert_invariants, ConsumerProc, Db, Exchange, Provider};
+use e2e::{
+    harness::{assert_invariants, ConsumerProc, Db, Exchange, Provider},
+    record::Record,
+};
 use shared::proto::{
     consumer::v1::{GetStoredRequest, ProcessTickersRequest},
     documents::v1::{
@@ -89,8 +92,14 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
             "options.stale_if_error_hours",
         ),
     ];
+    let mut answered: Vec<(String, Code, String)> = Vec::new();
     for (name, request, code, needle) in cases {
         let err = c.get_document(request).await.expect_err(name);
+        answered.push((
+            format!("provider: {name} identifier or field"),
+            err.code(),
+            err.message().into(),
+        ));
         assert_eq!(err.code(), code, "{name}: {err:?}");
         assert!(
             err.message().contains(needle),
@@ -116,6 +125,11 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         "{}",
         err.message()
     );
+    answered.push((
+        "provider: 100,000-identifier batch".into(),
+        err.code(),
+        err.message().into(),
+    ));
 
     // Garbage on the gRPC port: the connection is dropped, the service carries on.
     let addr = p.addr.clone();
@@ -134,6 +148,11 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("tickers:"), "{}", err.message());
+    answered.push((
+        "consumer: no tickers".into(),
+        err.code(),
+        err.message().into(),
+    ));
     let many = ProcessTickersRequest {
         tickers: vec!["GNP".into(); 11],
         ..Default::default()
@@ -141,6 +160,11 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     let err = cc.process_tickers(many).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("maximum of 10"), "{}", err.message());
+    answered.push((
+        "consumer: more tickers than allowed".into(),
+        err.code(),
+        err.message().into(),
+    ));
     let err = cc
         .get_stored(GetStoredRequest {
             ticker: "bad!".into(),
@@ -149,6 +173,11 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("ticker:"), "{}", err.message());
+    answered.push((
+        "consumer: malformed ticker".into(),
+        err.code(),
+        err.message().into(),
+    ));
 
     assert_eq!(
         ex.stats().await.total,
@@ -162,7 +191,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .unwrap()
         .heads
         .is_empty());
-    assert_invariants(&db).await;
+    let rows = assert_invariants(&db).await;
     assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
         .await
         .unwrap());
@@ -171,6 +200,33 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
             .await
             .unwrap()
     );
+
+    answered.push((
+        "provider: garbage bytes on the gRPC port".into(),
+        Code::Ok,
+        "connection dropped by the server".into(),
+    ));
+    for (i, (case, code, message)) in answered.into_iter().enumerate() {
+        let outcome = if code == Code::Ok {
+            "connection dropped".to_string()
+        } else {
+            format!("{code:?}")
+        };
+        Record {
+            class: "bad input".into(),
+            observed: format!(
+                "{outcome}: \"{message}\"; nothing written, no upstream request, both services SERVING after"
+            ),
+            case,
+            sent: 1,
+            outcomes: [(outcome, 1)].into(),
+            recovery_ms: None,
+            rows_checked: Some(rows),
+            figures: Default::default(),
+            test: format!("bad_input::{i:02}"),
+        }
+        .save();
+    }
 }
 
 fn req(identifier: &str) -> GetDocumentRequest {

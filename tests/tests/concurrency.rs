@@ -10,6 +10,7 @@ use e2e::{
         MARKIT_PATH,
     },
     on_both_databases,
+    record::Record,
     sample_exchange::Control,
 };
 use futures::StreamExt;
@@ -96,7 +97,7 @@ async fn killed_filler_is_taken_over(db: Db) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     a.proc.signal("KILL");
-    assert!(doomed.await.unwrap().is_err());
+    let cut_code = format!("{:?}", doomed.await.unwrap().unwrap_err().code());
     let store = db.store().await;
     assert!(
         store
@@ -123,7 +124,23 @@ async fn killed_filler_is_taken_over(db: Db) {
         .unwrap();
     assert_eq!(lease.token, 2, "B took the lease over");
     assert!(!lease.held, "B released it");
-    assert_invariants(&db).await;
+    let rows = assert_invariants(&db).await;
+    let engine = if db.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    Record {
+        class: "process".into(),
+        case: format!("replica SIGKILLed while holding a fill lease ({engine})"),
+        observed: "its caller got an error; nothing written; the other replica took the lease over (token 2) after its 1 s expiry and created version 1".into(),
+        sent: 2,
+        outcomes: [(cut_code, 1), ("OK".to_string(), 1)].into(),
+        rows_checked: Some(rows),
+        test: format!("concurrency::killed_filler_is_taken_over::{engine}"),
+        ..Default::default()
+    }
+    .save();
 }
 
 async fn paused_filler_cannot_overwrite(db: Db) {
@@ -180,7 +197,23 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         logs.contains("fill lease lost") || logs.contains("fill lease taken over"),
         "{logs}"
     );
-    assert_invariants(&db).await;
+    let rows = assert_invariants(&db).await;
+    let engine = if db.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    Record {
+        class: "process".into(),
+        case: format!("replica paused (SIGSTOP) past its lease mid-fill, then resumed ({engine})"),
+        observed: "the other replica took over and wrote version 2; the resumed one's write was fenced off and it answered version 2".into(),
+        sent: 2,
+        outcomes: [("OK".to_string(), 2)].into(),
+        rows_checked: Some(rows),
+        test: format!("concurrency::paused_filler_cannot_overwrite::{engine}"),
+        ..Default::default()
+    }
+    .save();
 }
 
 on_both_databases!(

@@ -4,6 +4,7 @@
 
 use e2e::{
     harness::{Db, Exchange, Provider, LISTING_PATH},
+    record::Record,
     sample_exchange::Control,
 };
 use shared::{
@@ -58,6 +59,16 @@ async fn a_flood_beyond_the_limit_is_shed() {
         ok >= 4,
         "the calls within the limit are served ({ok} ok, {shed} shed)"
     );
+    Record {
+        class: "bad input".into(),
+        case: "flood: 40 one-second calls at once on one connection (limit 4 in flight)".into(),
+        observed: "the calls over the limit refused at once with RESOURCE_EXHAUSTED, the others served; service SERVING".into(),
+        sent: 40,
+        outcomes: [("OK".to_string(), ok), ("ResourceExhausted".to_string(), shed)].into(),
+        test: "limits::flood".into(),
+        ..Default::default()
+    }
+    .save();
     assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
         .await
         .unwrap());
@@ -91,6 +102,16 @@ async fn oversize_messages_and_batches_are_refused_whole() {
         "{err:?}"
     );
     assert!(err.message().contains("too large"), "{}", err.message());
+    Record {
+        class: "bad input".into(),
+        case: "oversize message: 100,000 identifiers over a 64 KiB message limit".into(),
+        observed: format!("{:?}: \"{}\"; nothing fetched", err.code(), err.message()),
+        sent: 1,
+        outcomes: [(format!("{:?}", err.code()), 1)].into(),
+        test: "limits::oversize".into(),
+        ..Default::default()
+    }
+    .save();
     // 2,000 identifiers fit in the message but exceed the batch maximum of 1,000.
     let over: Vec<String> = (0..2_000).map(|i| format!("S{:04}", i % 10_000)).collect();
     let err = c

@@ -409,6 +409,16 @@ async fn sigterm_drains_in_flight_calls() {
         .wait_exit(Duration::from_secs(10))
         .expect("provider exits after draining");
     assert!(status.success(), "{status:?}");
+    e2e::record::Record {
+        class: "process".into(),
+        case: "provider sent SIGTERM with a 1.5 s fill in flight".into(),
+        observed: "the in-flight call completed OK, then the process exited 0".into(),
+        sent: 1,
+        outcomes: [("OK".to_string(), 1)].into(),
+        test: "provider::sigterm_drains_in_flight_calls".into(),
+        ..Default::default()
+    }
+    .save();
 }
 
 #[tokio::test]
