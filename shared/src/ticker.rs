@@ -19,6 +19,10 @@ pub const DEFAULT_EXCHANGE: &str = "ASX";
 /// Longest identifier accepted, in characters, after trimming.
 pub const MAX_IDENTIFIER_LEN: usize = 32;
 
+/// Longest ticker code accepted. With the longest exchange name the canonical form stays within
+/// [`MAX_IDENTIFIER_LEN`], so a canonical identifier always parses back to itself.
+pub const MAX_CODE_LEN: usize = 20;
+
 /// A parsed ticker in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ticker {
@@ -56,6 +60,12 @@ pub enum TickerError {
     },
     #[error("identifier {identifier:?} has an empty code: expected EXCH:CODE")]
     EmptyCode { identifier: String },
+    #[error("identifier {identifier:?} has a code of {len} characters: at most {max} allowed")]
+    CodeTooLong {
+        identifier: String,
+        len: usize,
+        max: usize,
+    },
 }
 
 impl Ticker {
@@ -106,6 +116,14 @@ impl Ticker {
         if code.is_empty() {
             return Err(TickerError::EmptyCode {
                 identifier: trimmed.to_string(),
+            });
+        }
+        let code_len = code.chars().count();
+        if code_len > MAX_CODE_LEN {
+            return Err(TickerError::CodeTooLong {
+                identifier: trimmed.to_string(),
+                len: code_len,
+                max: MAX_CODE_LEN,
             });
         }
         if let Some((i, ch)) = code
@@ -227,6 +245,25 @@ mod tests {
     }
 
     #[test]
+    fn a_long_bare_code_cannot_outgrow_its_canonical_form() {
+        // Found by the fuzzer: 30 characters bare, 34 with the exchange in front.
+        let err = Ticker::parse("saggsaNNeeaggs.....aNeegaSXNp.").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TickerError::CodeTooLong {
+                    len: 30,
+                    max: 20,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let t = Ticker::parse("ABCDEFGHIJKLMNOPQRST").unwrap();
+        assert_eq!(Ticker::parse(&t.to_string()).unwrap(), t);
+    }
+
+    #[test]
     fn huge_identifiers_keep_the_message_short() {
         let err = Ticker::parse(&"x".repeat(10_000)).unwrap_err().to_string();
         assert!(err.len() < 200, "{err}");
@@ -249,6 +286,13 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let s = String::from_utf8_lossy(&bytes);
             let _ = Ticker::parse(&s);
+        }
+
+        #[test]
+        fn long_codes_are_refused_or_round_trip(code in "[A-Za-z0-9.]{1,34}", prefix in proptest::sample::select(vec!["", "ASX:", "NASDAQ:", "lse."])) {
+            if let Ok(t) = Ticker::parse(&format!("{prefix}{code}")) {
+                prop_assert_eq!(Ticker::parse(&t.to_string()).unwrap(), t);
+            }
         }
 
         #[test]
