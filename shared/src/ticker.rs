@@ -118,14 +118,6 @@ impl Ticker {
                 identifier: trimmed.to_string(),
             });
         }
-        let code_len = code.chars().count();
-        if code_len > MAX_CODE_LEN {
-            return Err(TickerError::CodeTooLong {
-                identifier: trimmed.to_string(),
-                len: code_len,
-                max: MAX_CODE_LEN,
-            });
-        }
         if let Some((i, ch)) = code
             .chars()
             .enumerate()
@@ -135,6 +127,14 @@ impl Ticker {
                 identifier: trimmed.to_string(),
                 ch,
                 position: code_offset + i,
+            });
+        }
+        let code_len = code.chars().count();
+        if code_len > MAX_CODE_LEN {
+            return Err(TickerError::CodeTooLong {
+                identifier: trimmed.to_string(),
+                len: code_len,
+                max: MAX_CODE_LEN,
             });
         }
         Ok(Ticker {

@@ -33,6 +33,12 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
             Code::InvalidArgument,
             "too long",
         ),
+        (
+            "21-character code",
+            req("ASX:ABCDEFGHIJKLMNOPQRSTU"),
+            Code::InvalidArgument,
+            "at most 20",
+        ),
         ("unicode", req("ÄÖÜ"), Code::InvalidArgument, "[A-Z0-9.]"),
         (
             "control character",
