@@ -838,7 +838,12 @@ impl FillContext {
             }
             Err(e) => {
                 let err = ItemError::new(e.code(), e.to_string());
-                release(Some(err.clone())).await;
+                if e.code() == Code::Unavailable {
+                    // The database is unreachable: answer now, release when it is back.
+                    release_later(self.store.clone(), kind, sid, token, Some(err.clone()));
+                } else {
+                    release(Some(err.clone())).await;
+                }
                 Err(FillError::Failed(err))
             }
         }

@@ -196,11 +196,12 @@ impl ProviderClient {
             let result =
                 match tokio::time::timeout(timeout, call(self.inner.clone(), timeout)).await {
                     Ok(Err(s)) if is_timeout(&s) => Err(deadline_exceeded(timeout)),
+                    Ok(Err(s)) if is_broken_connection(&s) => Err(broken_connection(&s)),
                     Ok(r) => r,
                     Err(_) => Err(deadline_exceeded(timeout)),
                 };
             match result {
-                Err(s) if is_retryable(&s) && attempt < self.config.retries => {
+                Err(s) if s.code() == Code::Unavailable && attempt < self.config.retries => {
                     let cap = self
                         .config
                         .initial_backoff
@@ -219,16 +220,24 @@ impl ProviderClient {
     }
 }
 
-/// UNAVAILABLE, or a transport failure (a connection that broke under the call, which tonic
-/// reports as UNKNOWN "transport error"). Every provider RPC is idempotent (it ensures documents
+/// A transport failure: a connection that broke under the call, which tonic reports as
+/// UNKNOWN "transport error". It is reported (and retried) as UNAVAILABLE, as gRPC asks of
+/// client-side connection failures; every provider RPC is idempotent (it ensures documents
 /// exist), so repeating one is safe.
-fn is_retryable(s: &Status) -> bool {
-    if s.code() == Code::Unavailable {
-        return true;
-    }
+fn is_broken_connection(s: &Status) -> bool {
     s.code() == Code::Unknown
         && (s.message() == "transport error"
             || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>()))
+}
+
+fn broken_connection(s: &Status) -> Status {
+    let mut detail = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        detail = format!("{detail}: {e}");
+        source = e.source();
+    }
+    Status::unavailable(format!("the connection to the provider broke: {detail}"))
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {
