@@ -243,6 +243,18 @@ impl Exchange {
             .sum()
     }
 
+    /// Waits until at least `n` requests to paths starting with `prefix` arrived (15 s at most).
+    pub async fn wait_for_requests(&self, prefix: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.count(prefix).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} requests to {prefix} arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Zeroes the request counters and the log.
     pub async fn reset(&self) {
         self.http
@@ -407,6 +419,30 @@ macro_rules! on_both_databases {
             }
         )*
     };
+}
+
+/// Convenience: `Control` with extra latency on a path prefix.
+pub fn delayed(prefix: &str, ms: u64) -> Control {
+    let mut c = Control::default();
+    c.delay_ms.insert(prefix.to_string(), ms);
+    c
+}
+
+/// The text a Prometheus endpoint on `addr` serves (empty if it does not answer).
+pub async fn scrape_metrics(addr: &str) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the series named exactly `series` (name and labels as exposed) in `text`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Convenience: `Control` with a forced status on a path prefix.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     harness::{
-        age_document, assert_invariants, forced_status, Db, Exchange, Provider, LISTING_PATH,
-        MARKIT_PATH,
+        age_document, assert_invariants, delayed, forced_status, Db, Exchange, Provider,
+        LISTING_PATH, MARKIT_PATH,
     },
     on_both_databases,
     record::Record,
@@ -23,12 +23,6 @@ use shared::{
 };
 use tonic::Code;
 
-fn delay(prefix: &str, ms: u64) -> Control {
-    let mut c = Control::default();
-    c.delay_ms.insert(prefix.to_string(), ms);
-    c
-}
-
 async fn one_fill_across_two_replicas(db: Db) {
     let ex = Exchange::start();
     let a = Provider::start(db.url(), &ex.url, &[]).await;
@@ -41,7 +35,7 @@ async fn one_fill_across_two_replicas(db: Db) {
     age_document(&db, "ASX:GNP:announcement", 48).await;
     ex.reset().await;
     // Slow the upstream a little so all callers arrive while the fill runs.
-    ex.control(&delay(LISTING_PATH, 300)).await;
+    ex.control(&delayed(LISTING_PATH, 300)).await;
 
     let (ca, cb) = (a.client(), b.client());
     let calls: Vec<_> = (0..200)
@@ -86,16 +80,12 @@ async fn killed_filler_is_taken_over(db: Db) {
     let lease = [("PROVIDER_FILL_LEASE_MS", "1000")];
     let a = Provider::start(db.url(), &ex.url, &lease).await;
     let b = Provider::start(db.url(), &ex.url, &lease).await;
-    ex.control(&delay(LISTING_PATH, 5_000)).await;
+    ex.control(&delayed(LISTING_PATH, 5_000)).await;
     let ca = a.client();
     let doomed =
         tokio::spawn(async move { ca.get_document("ASX:BHP", &DocumentOptions::new()).await });
     // Wait until A is fetching, then kill it mid-fill.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ex.count(LISTING_PATH).await == 0 {
-        assert!(Instant::now() < deadline, "A never started its fill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ex.wait_for_requests(LISTING_PATH, 1).await;
     a.proc.signal("KILL");
     let cut_code = format!("{:?}", doomed.await.unwrap().unwrap_err().code());
     let store = db.store().await;
@@ -154,7 +144,7 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         .await
         .unwrap();
     ex.reset().await;
-    ex.control(&delay(LISTING_PATH, 800)).await;
+    ex.control(&delayed(LISTING_PATH, 800)).await;
 
     // A claims the lease and starts fetching; then it is frozen past its lease.
     let ca = a.client();
@@ -162,11 +152,7 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         ca.get_document("ASX:CBA", &DocumentOptions::new().cache_hours(0))
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ex.count(LISTING_PATH).await == 0 {
-        assert!(Instant::now() < deadline, "A never started its fill");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ex.wait_for_requests(LISTING_PATH, 1).await;
     a.proc.signal("STOP");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -231,7 +217,7 @@ async fn a_caller_that_gives_up_does_not_fail_the_others() {
     let db = Db::sqlite();
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &[]).await;
-    ex.control(&delay(LISTING_PATH, 1500)).await;
+    ex.control(&delayed(LISTING_PATH, 1500)).await;
     let impatient = p.client().with_timeout(Duration::from_millis(300));
     let patient = p.client();
     let a = tokio::spawn(async move {
@@ -266,7 +252,7 @@ async fn a_caller_that_gives_up_does_not_fail_the_others() {
 async fn fills_are_concurrent_and_bounded() {
     let db = Db::sqlite();
     let ex = Exchange::start();
-    ex.control(&delay(LISTING_PATH, 200)).await;
+    ex.control(&delayed(LISTING_PATH, 200)).await;
     let ids: Vec<String> = ["GNP", "BHP", "CBA", "QUIET"].map(String::from).to_vec();
 
     let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_FILL_CONCURRENCY", "2")]).await;
@@ -397,7 +383,7 @@ async fn stream_yields_each_result_when_ready() {
         .get_document("ASX:CBA", &DocumentOptions::new())
         .await
         .unwrap();
-    ex.control(&delay(
+    ex.control(&delayed(
         &format!("{LISTING_PATH}?by=asxCode&asxCode=BHP"),
         1500,
     ))
@@ -546,15 +532,11 @@ async fn a_slow_fill_keeps_its_lease(db: Db) {
     let lease = [("PROVIDER_FILL_LEASE_MS", "600")];
     let a = Provider::start(db.url(), &ex.url, &lease).await;
     let b = Provider::start(db.url(), &ex.url, &lease).await;
-    ex.control(&delay(LISTING_PATH, 2_500)).await;
+    ex.control(&delayed(LISTING_PATH, 2_500)).await;
     let ca = a.client();
     let first =
         tokio::spawn(async move { ca.get_document("ASX:GNP", &DocumentOptions::new()).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ex.count(LISTING_PATH).await == 0 {
-        assert!(Instant::now() < deadline, "A never started its fill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ex.wait_for_requests(LISTING_PATH, 1).await;
     // Well past the lease's length: without renewal B would take the fill over.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let second = b

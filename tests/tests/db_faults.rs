@@ -221,7 +221,7 @@ async fn dropped_connections_under_load() {
         .settled_after(last_at)
         .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
     assert!(
-        settled < Duration::from_secs(3),
+        settled < Duration::from_secs(10),
         "settled after {settled:?}"
     );
 
@@ -313,10 +313,13 @@ async fn sqlite_locked_by_another_process() {
     );
     let unexpected = calls.unexpected(&[Code::Unavailable]);
     assert!(unexpected.is_empty(), "{unexpected:#?}");
-    let locked = calls.calls.iter().find_map(|c| c.answer.as_ref().err());
     assert!(
-        locked.is_some_and(|(_, m)| m.contains("locked")),
-        "the error should say the database is locked: {locked:?}"
+        calls.calls.iter().any(|c| c
+            .answer
+            .as_ref()
+            .is_err_and(|(_, m)| m.contains("database is locked"))),
+        "an error should say the database is locked: {:?}",
+        calls.unexpected(&[])
     );
     assert!(calls.max_latency() < timeout, "{}", calls.describe());
     assert!(

@@ -1,27 +1,12 @@
 //! The Prometheus endpoints count a scripted round exactly.
 
 use e2e::harness::{
-    age_document, forced_status, free_addr, ConsumerProc, Db, Exchange, Provider, LISTING_PATH,
-    MARKIT_PATH,
+    age_document, forced_status, free_addr, metric_value, scrape_metrics, ConsumerProc, Db,
+    Exchange, Provider, LISTING_PATH, MARKIT_PATH,
 };
 use shared::{
     proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
 };
-
-async fn scrape(addr: &str) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the sample named exactly `series` (name and labels as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-}
 
 #[tokio::test]
 async fn provider_metrics_count_a_scripted_round() {
@@ -63,9 +48,9 @@ async fn provider_metrics_count_a_scripted_round() {
         .unwrap();
     assert_eq!(stale.outcome, Outcome::Stale);
 
-    let text = scrape(&metrics).await;
+    let text = scrape_metrics(&metrics).await;
     let answers = |outcome: &str| {
-        value(
+        metric_value(
             &text,
             &format!("documents_answers_total{{rpc=\"GetDocument\",outcome=\"{outcome}\"}}"),
         )
@@ -76,7 +61,7 @@ async fn provider_metrics_count_a_scripted_round() {
     assert_eq!(answers("refreshed"), None, "{text}");
     let host = ex.url.trim_start_matches("http://");
     assert_eq!(
-        value(
+        metric_value(
             &text,
             &format!("documents_source_requests_total{{host=\"{host}\",status=\"200\"}}")
         ),
@@ -84,7 +69,7 @@ async fn provider_metrics_count_a_scripted_round() {
         "{text}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             &format!("documents_source_requests_total{{host=\"{host}\",status=\"503\"}}")
         ),
@@ -92,7 +77,7 @@ async fn provider_metrics_count_a_scripted_round() {
         "{text}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "documents_fill_seconds_count{kind=\"announcement\",result=\"ok\"}"
         ),
@@ -100,7 +85,7 @@ async fn provider_metrics_count_a_scripted_round() {
         "{text}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "documents_fill_seconds_count{kind=\"announcement\",result=\"error\"}"
         ),
@@ -108,7 +93,7 @@ async fn provider_metrics_count_a_scripted_round() {
         "{text}"
     );
     assert!(
-        value(&text, "documents_db_connections{state=\"idle\"}").is_some(),
+        metric_value(&text, "documents_db_connections{state=\"idle\"}").is_some(),
         "{text}"
     );
 }
@@ -131,24 +116,24 @@ async fn consumer_metrics_count_downloads() {
             .await
             .unwrap();
     }
-    let text = scrape(&metrics).await;
+    let text = scrape_metrics(&metrics).await;
     assert_eq!(
-        value(&text, "consumer_tickers_total{result=\"ok\"}"),
+        metric_value(&text, "consumer_tickers_total{result=\"ok\"}"),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        value(&text, "consumer_tickers_total{result=\"error\"}"),
+        metric_value(&text, "consumer_tickers_total{result=\"error\"}"),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        value(&text, "consumer_downloads_total{result=\"downloaded\"}"),
+        metric_value(&text, "consumer_downloads_total{result=\"downloaded\"}"),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        value(&text, "consumer_downloads_total{result=\"skipped\"}"),
+        metric_value(&text, "consumer_downloads_total{result=\"skipped\"}"),
         Some(2.0),
         "{text}"
     );

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    harness::{invariants_within, ConsumerProc, Db, Exchange, Provider, LISTING_PATH, PDF_PATH},
+    harness::{
+        delayed, invariants_within, ConsumerProc, Db, Exchange, Provider, LISTING_PATH, PDF_PATH,
+    },
     on_both_databases,
     record::Record,
     sample_exchange::Control,
@@ -19,20 +21,6 @@ use shared::{
 const LEASE: [(&str, &str); 1] = [("PROVIDER_FILL_LEASE_MS", "1000")];
 const SETTLE: Duration = Duration::from_secs(10);
 
-fn delay(prefix: &str, ms: u64) -> Control {
-    let mut c = Control::default();
-    c.delay_ms.insert(prefix.to_string(), ms);
-    c
-}
-
-async fn wait_for_requests(ex: &Exchange, prefix: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while ex.count(prefix).await < n {
-        assert!(Instant::now() < deadline, "no request to {prefix} arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn outcome_name(r: &Result<impl Sized, tonic::Status>) -> String {
     match r {
         Ok(_) => "OK".into(),
@@ -44,12 +32,12 @@ async fn provider_killed_during_a_batch_of_fills(db: Db) {
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &LEASE).await;
     let ids: Vec<String> = (0..20).map(|i| format!("ASX:S{:04}", 500 + i)).collect();
-    ex.control(&delay(LISTING_PATH, 1_500)).await;
+    ex.control(&delayed(LISTING_PATH, 1_500)).await;
     let client = p.client();
     let batch = ids.clone();
     let call =
         tokio::spawn(async move { client.get_documents(&batch, &DocumentOptions::new()).await });
-    wait_for_requests(&ex, LISTING_PATH, 5).await;
+    ex.wait_for_requests(LISTING_PATH, 5).await;
     p.proc.signal("KILL");
     let cut = call.await.unwrap();
     // The shared client reports a connection that broke under the call as UNAVAILABLE.
@@ -120,10 +108,10 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
     // The consumer gives up on the provider quickly, so the round ends while it is down.
     let consumer = ConsumerProc::start(db.url(), &p.url(), &[("PROVIDER_RETRIES", "1")]).await;
     let mut client = consumer.client().await;
-    ex.control(&delay(LISTING_PATH, 1_500)).await;
+    ex.control(&delayed(LISTING_PATH, 1_500)).await;
     let mut c = client.clone();
     let call = tokio::spawn(async move { c.process_tickers(round(&TICKERS)).await });
-    wait_for_requests(&ex, LISTING_PATH, 2).await;
+    ex.wait_for_requests(LISTING_PATH, 2).await;
     p.proc.signal("KILL");
     let cut = call.await.unwrap();
     let failed_tickers = match &cut {
@@ -191,10 +179,10 @@ async fn consumer_killed_during_its_downloads(db: Db) {
     let p = Provider::start(db.url(), &ex.url, &LEASE).await;
     let consumer = ConsumerProc::start(db.url(), &p.url(), &[]).await;
     let mut client = consumer.client().await;
-    ex.control(&delay(PDF_PATH, 1_500)).await;
+    ex.control(&delayed(PDF_PATH, 1_500)).await;
     let mut c = client.clone();
     let call = tokio::spawn(async move { c.process_tickers(round(&TICKERS)).await });
-    wait_for_requests(&ex, PDF_PATH, 1).await;
+    ex.wait_for_requests(PDF_PATH, 1).await;
     consumer.proc.signal("KILL");
     let cut = call.await.unwrap();
     assert!(cut.is_err(), "{cut:?}");

@@ -10,7 +10,10 @@ use std::{
 };
 
 use e2e::{
-    harness::{age_document, assert_invariants, free_addr, Db, Exchange, Provider, LISTING_PATH},
+    harness::{
+        age_document, assert_invariants, free_addr, metric_value, scrape_metrics, Db, Exchange,
+        Provider, LISTING_PATH,
+    },
     procfs,
     record::Record,
     sample_exchange::Control,
@@ -78,17 +81,8 @@ fn prefixes(ticker: &str) -> Vec<String> {
 
 /// What the provider holds: tasks alive (metrics), open descriptors and sockets, threads.
 async fn resources(metrics: &str, pid: u32) -> (i64, usize, usize, usize) {
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let tasks = text
-        .lines()
-        .find_map(|l| l.strip_prefix("runtime_tasks_alive "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("runtime_tasks_alive in the metrics");
+    let tasks = metric_value(&scrape_metrics(metrics).await, "runtime_tasks_alive")
+        .expect("runtime_tasks_alive in the metrics") as i64;
     let (fds, sockets) = procfs::open_fds(pid);
     (tasks, fds, sockets, procfs::threads(pid))
 }

@@ -16,7 +16,7 @@ use std::{
 
 use clap::Parser;
 use e2e::{
-    harness::{free_addr, Db, Exchange, Provider},
+    harness::{free_addr, metric_value, scrape_metrics, Db, Exchange, Provider},
     load::{Load, Mix},
     procfs,
     record::Record,
@@ -64,16 +64,7 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn tasks_alive(metrics: &str) -> i64 {
-    let Ok(r) = reqwest::get(format!("http://{metrics}/metrics")).await else {
-        return -1;
-    };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("runtime_tasks_alive "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1)
+    metric_value(&scrape_metrics(metrics).await, "runtime_tasks_alive").map_or(-1, |v| v as i64)
 }
 
 #[tokio::main]
