@@ -90,6 +90,15 @@ impl Db {
         matches!(self, Db::Postgres { .. })
     }
 
+    /// "postgres" or "sqlite", for test names and reports.
+    pub fn engine(&self) -> &'static str {
+        if self.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
     /// A migrated store on this database, for reading what the services wrote.
     pub async fn store(&self) -> Arc<dyn DocumentStore> {
         let s = storage::connect(self.url(), 4)

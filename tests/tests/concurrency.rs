@@ -75,17 +75,33 @@ async fn one_fill_across_two_replicas(db: Db) {
     assert_invariants(&db).await;
 }
 
-async fn killed_filler_is_taken_over(db: Db) {
+/// Two replicas A and B with fill leases of `lease_ms`, and A fetching `ticker` from a listing
+/// slowed by `delay_ms` (its call runs in the returned task).
+async fn replica_a_fetching(
+    db: &Db,
+    lease_ms: &str,
+    delay_ms: u64,
+    ticker: &'static str,
+) -> (
+    Exchange,
+    Provider,
+    Provider,
+    tokio::task::JoinHandle<Result<shared::DocumentResult, tonic::Status>>,
+) {
     let ex = Exchange::start();
-    let lease = [("PROVIDER_FILL_LEASE_MS", "1000")];
+    let lease = [("PROVIDER_FILL_LEASE_MS", lease_ms)];
     let a = Provider::start(db.url(), &ex.url, &lease).await;
     let b = Provider::start(db.url(), &ex.url, &lease).await;
-    ex.control(&delayed(LISTING_PATH, 5_000)).await;
+    ex.control(&delayed(LISTING_PATH, delay_ms)).await;
     let ca = a.client();
-    let doomed =
-        tokio::spawn(async move { ca.get_document("ASX:BHP", &DocumentOptions::new()).await });
-    // Wait until A is fetching, then kill it mid-fill.
+    let call = tokio::spawn(async move { ca.get_document(ticker, &DocumentOptions::new()).await });
     ex.wait_for_requests(LISTING_PATH, 1).await;
+    (ex, a, b, call)
+}
+
+async fn killed_filler_is_taken_over(db: Db) {
+    // A is fetching; kill it mid-fill.
+    let (ex, a, b, doomed) = replica_a_fetching(&db, "1000", 5_000, "ASX:BHP").await;
     a.proc.signal("KILL");
     let cut_code = format!("{:?}", doomed.await.unwrap().unwrap_err().code());
     let store = db.store().await;
@@ -115,11 +131,7 @@ async fn killed_filler_is_taken_over(db: Db) {
     assert_eq!(lease.token, 2, "B took the lease over");
     assert!(!lease.held, "B released it");
     let rows = assert_invariants(&db).await;
-    let engine = if db.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let engine = db.engine();
     Record {
         class: "process".into(),
         case: format!("replica SIGKILLed while holding a fill lease ({engine})"),
@@ -184,11 +196,7 @@ async fn paused_filler_cannot_overwrite(db: Db) {
         "{logs}"
     );
     let rows = assert_invariants(&db).await;
-    let engine = if db.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let engine = db.engine();
     Record {
         class: "process".into(),
         case: format!("replica paused (SIGSTOP) past its lease mid-fill, then resumed ({engine})"),
@@ -528,15 +536,7 @@ async fn a_holder_reclaims_its_own_lease(db: Db) {
 /// A fetch that outlasts the lease keeps it (its holder renews it): another replica asking
 /// meanwhile waits for that fill instead of taking over and fetching again.
 async fn a_slow_fill_keeps_its_lease(db: Db) {
-    let ex = Exchange::start();
-    let lease = [("PROVIDER_FILL_LEASE_MS", "600")];
-    let a = Provider::start(db.url(), &ex.url, &lease).await;
-    let b = Provider::start(db.url(), &ex.url, &lease).await;
-    ex.control(&delayed(LISTING_PATH, 2_500)).await;
-    let ca = a.client();
-    let first =
-        tokio::spawn(async move { ca.get_document("ASX:GNP", &DocumentOptions::new()).await });
-    ex.wait_for_requests(LISTING_PATH, 1).await;
+    let (ex, _a, b, first) = replica_a_fetching(&db, "600", 2_500, "ASX:GNP").await;
     // Well past the lease's length: without renewal B would take the fill over.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let second = b

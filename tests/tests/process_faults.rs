@@ -77,7 +77,7 @@ async fn provider_killed_during_a_batch_of_fills(db: Db) {
         class: "process".into(),
         case: format!(
             "provider SIGKILLed during a batch of 20 fills ({})",
-            if db.is_postgres() { "PostgreSQL" } else { "SQLite" }
+            db.engine()
         ),
         observed: "the batch call failed UNAVAILABLE (connection broke); nothing written; after a restart on the same port the same batch created all 20 at version 1".into(),
         sent: 2,
@@ -87,7 +87,7 @@ async fn provider_killed_during_a_batch_of_fills(db: Db) {
         figures: Default::default(),
         test: format!(
             "process_faults::provider_killed_during_a_batch_of_fills::{}",
-            if db.is_postgres() { "postgres" } else { "sqlite" }
+            db.engine()
         ),
     }
     .save();
@@ -149,11 +149,7 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
         assert!(!t.document_id.is_empty() && t.version_read >= 1, "{t:?}");
     }
     let rows = invariants_within(db.url(), SETTLE).await;
-    let engine = if db.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let engine = db.engine();
     Record {
         class: "process".into(),
         case: format!("provider SIGKILLed during a consumer round of 4 tickers ({engine})"),
@@ -209,11 +205,7 @@ async fn consumer_killed_during_its_downloads(db: Db) {
         "the round downloaded what the killed one had not stored"
     );
     let rows = invariants_within(db.url(), SETTLE).await;
-    let engine = if db.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let engine = db.engine();
     Record {
         class: "process".into(),
         case: format!("consumer SIGKILLed in the middle of its PDF downloads ({engine})"),
