@@ -622,6 +622,13 @@ async fn an_abandoned_lease_is_released(db: Db) {
         "not yet past the grace"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let leftovers = store.check_invariants().await.unwrap();
+    assert!(
+        leftovers
+            .iter()
+            .any(|v| v.starts_with("lease held past its expiry")),
+        "{leftovers:?}"
+    );
     assert_eq!(
         store
             .clear_abandoned_leases(Duration::from_millis(10))
@@ -629,8 +636,8 @@ async fn an_abandoned_lease_is_released(db: Db) {
             .unwrap(),
         1
     );
+    assert!(store.check_invariants().await.unwrap().is_empty());
     let lease = store.lease(kind, sid).await.unwrap().unwrap();
-    assert!(!lease.held);
     assert_eq!(lease.token, token);
     let next = store
         .claim_fill(kind, sid, "b", Duration::from_secs(60))

@@ -8,13 +8,15 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    harness::{age_document, invariants_within, Db, Exchange, PrivateCluster, Provider},
-    load::{Calls, Load, Mix},
+    harness::{
+        age_document, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster, Provider,
+    },
+    load::{Call, Calls, Load, Mix},
     record::Record,
 };
 use shared::{
-    proto::PROVIDER_SERVICE_NAME, storage, DocumentOptions, DocumentProvider, Outcome,
-    ProviderClient,
+    proto::{consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME},
+    storage, DocumentOptions, DocumentProvider, Outcome, ProviderClient,
 };
 use tonic::Code;
 
@@ -28,9 +30,17 @@ const LEASE: [(&str, &str); 1] = [("PROVIDER_FILL_LEASE_MS", "2000")];
 const SETTLE: Duration = Duration::from_secs(10);
 
 async fn wait_health(addr: &str, want: bool, within: Duration) -> Duration {
+    wait_health_within(addr, PROVIDER_SERVICE_NAME, want, within).await
+}
+
+async fn wait_health_of(addr: &str, service: &str, want: bool) -> Duration {
+    wait_health_within(addr, service, want, Duration::from_secs(30)).await
+}
+
+async fn wait_health_within(addr: &str, service: &str, want: bool, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let now = shared::server::healthcheck(addr, PROVIDER_SERVICE_NAME)
+        let now = shared::server::healthcheck(addr, service)
             .await
             .unwrap_or(false);
         if now == want {
@@ -102,6 +112,7 @@ async fn cluster_fault_under_load(fault: ClusterFault) {
     let cluster = PrivateCluster::start();
     let ex = Exchange::start();
     let p = Provider::start(&cluster.url(), &ex.url, &LEASE).await;
+    let consumer = ConsumerProc::start(&cluster.url(), &p.url(), &[]).await;
     let client = p.client().with_timeout(DEADLINE);
     let load = warm_and_load(&client, 100).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -112,7 +123,25 @@ async fn cluster_fault_under_load(fault: ClusterFault) {
         ClusterFault::Kill => cluster.kill(),
     }
     let noticed = wait_health(&p.addr, false, Duration::from_secs(15)).await;
+    let not_serving_at = load.now();
+    // The consumer refuses work at once too, saying why.
+    wait_health_of(&consumer.addr, CONSUMER_SERVICE_NAME, false).await;
+    let refused = consumer
+        .client()
+        .await
+        .process_tickers(ProcessTickersRequest {
+            tickers: vec!["ASX:GNP".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("database does not answer"),
+        "{refused:?}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let restart_at = load.now();
     cluster.restart();
     let up_at = load.now();
     let serving = wait_health(&p.addr, true, Duration::from_secs(30)).await;
@@ -130,7 +159,22 @@ async fn cluster_fault_under_load(fault: ClusterFault) {
             .take(40)
             .collect::<Vec<_>>()
     );
+    // While health says NOT_SERVING, calls are refused at once by the database gate, not left
+    // to wait on the pool.
+    let gated: Vec<&Call> = calls
+        .calls
+        .iter()
+        .filter(|c| c.started >= not_serving_at && c.started < restart_at)
+        .collect();
+    assert!(!gated.is_empty());
+    for c in &gated {
+        assert!(
+            matches!(&c.answer, Err((Code::Unavailable, m)) if m.contains("database does not answer")),
+            "{c:?}"
+        );
+    }
     assert_answers_sound(&calls, &cluster.url(), &[Code::Unavailable]).await;
+    wait_health_of(&consumer.addr, CONSUMER_SERVICE_NAME, true).await;
     let settled = calls
         .settled_after(up_at)
         .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));

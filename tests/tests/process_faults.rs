@@ -227,3 +227,58 @@ on_both_databases!(
     provider_killed_during_a_consumer_round,
     consumer_killed_during_its_downloads,
 );
+
+/// A lease left held by a provider killed mid-fill is released by the surviving provider's
+/// sweep once it is a lease length past its expiry, even if nobody asks for that document again.
+async fn a_killed_fillers_lease_is_swept(db: Db) {
+    let ex = Exchange::start();
+    let doomed = Provider::start(db.url(), &ex.url, &LEASE).await;
+    let _survivor = Provider::start(db.url(), &ex.url, &LEASE).await;
+    ex.control(&delayed(LISTING_PATH, 5_000)).await;
+    let client = doomed.client();
+    let call = tokio::spawn(async move {
+        client
+            .get_document("ASX:S0777", &DocumentOptions::new())
+            .await
+    });
+    ex.wait_for_requests(LISTING_PATH, 1).await;
+    doomed.proc.signal("KILL");
+    let _ = call.await;
+    let store = db.store().await;
+    let lease = store
+        .lease("announcement", "ASX:S0777:announcement")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lease.held, "the killed provider's lease is left held");
+    // Once expired it is a leftover the checker names, until the survivor's sweep (every lease
+    // length, a lease length after expiry) releases it.
+    let deadline = Instant::now() + SETTLE;
+    while !store
+        .check_invariants()
+        .await
+        .unwrap()
+        .iter()
+        .any(|v| v.starts_with("lease held past its expiry"))
+    {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired = Instant::now();
+    let rows = invariants_within(db.url(), SETTLE).await;
+    let engine = db.engine();
+    Record {
+        class: "process".into(),
+        case: format!("provider SIGKILLed mid-fill, the document never asked for again ({engine})"),
+        observed: "the killed provider's lease was left held; once expired the checker named it, and the surviving provider's sweep released it (lease 1 s)".into(),
+        sent: 1,
+        outcomes: [("Unavailable".to_string(), 1)].into(),
+        recovery_ms: Some(expired.elapsed().as_millis() as u64),
+        rows_checked: Some(rows),
+        test: format!("process_faults::a_killed_fillers_lease_is_swept::{engine}"),
+        ..Default::default()
+    }
+    .save();
+}
+
+on_both_databases!(a_killed_fillers_lease_is_swept);
