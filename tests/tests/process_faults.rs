@@ -243,7 +243,7 @@ async fn a_killed_fillers_lease_is_swept(db: Db) {
     });
     ex.wait_for_requests(LISTING_PATH, 1).await;
     doomed.proc.signal("KILL");
-    let _ = call.await;
+    let cut = call.await.unwrap();
     let store = db.store().await;
     let lease = store
         .lease("announcement", "ASX:S0777:announcement")
@@ -272,7 +272,7 @@ async fn a_killed_fillers_lease_is_swept(db: Db) {
         case: format!("provider SIGKILLed mid-fill, the document never asked for again ({engine})"),
         observed: "the killed provider's lease was left held; once expired the checker named it, and the surviving provider's sweep released it (lease 1 s)".into(),
         sent: 1,
-        outcomes: [("Unavailable".to_string(), 1)].into(),
+        outcomes: [(outcome_name(&cut), 1)].into(),
         recovery_ms: Some(expired.elapsed().as_millis() as u64),
         rows_checked: Some(rows),
         test: format!("process_faults::a_killed_fillers_lease_is_swept::{engine}"),
