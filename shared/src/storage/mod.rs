@@ -261,7 +261,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<Written, StorageError>;
 
     /// Claims the fill lease of a document for `ttl` unless another holder's lease is still
-    /// running, and then reads the document's current head. The same holder
+    /// running, and reads the document's current head (as of after the claim). The same holder
     /// may claim again at once: its earlier fill is over (one fill per document per process),
     /// or if not, that fill's write is fenced off by the new token; so a lease a fill could not
     /// release (the database was down) does not stall the process that took it.

@@ -396,41 +396,52 @@ impl DocumentStore for PostgresStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Claim, StorageError> {
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
-             VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
-             ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                 holder = EXCLUDED.holder, token = fill_leases.token + 1, \
-                 claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
-             WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
-                 OR fill_leases.holder = EXCLUDED.holder \
-             RETURNING token",
+        let row = sqlx::query(
+            "WITH claimed AS ( \
+                 INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+                 VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
+                 ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                     holder = EXCLUDED.holder, token = fill_leases.token + 1, \
+                     claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
+                 WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+                     OR fill_leases.holder = EXCLUDED.holder \
+                 RETURNING token) \
+             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced \
+             FROM (SELECT 1) one \
+             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
         )
         .bind(source_type)
         .bind(source_id)
         .bind(holder)
         .bind(ttl.as_millis() as f64)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let Some(token) = token else {
+        let Some(token) = row.try_get::<Option<i64>, _>("token")? else {
             return Ok(Claim {
                 token: None,
                 head: None,
             });
         };
-        // A statement of its own: the claim may have waited for the previous holder's write
-        // to commit, which a read in the claim's statement (its snapshot older) would miss.
-        let head = sqlx::query(
-            "SELECT id, source_id, tags, version, last_synced FROM documents \
-             WHERE source_type = $1 AND source_id = $2",
-        )
-        .bind(source_type)
-        .bind(source_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(head_from_row)
-        .transpose()?;
+        let mut head = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some(head_from_row(&row)?),
+            None => None,
+        };
+        // A lease taken over from an earlier holder (token above 1) may have waited for that
+        // holder's write to commit, which the statement's snapshot (taken before) does not
+        // show: read the document again. A first claim (token 1) waited for nobody.
+        if token > 1 {
+            head = sqlx::query(
+                "SELECT id, source_id, tags, version, last_synced FROM documents \
+                 WHERE source_type = $1 AND source_id = $2",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(head_from_row)
+            .transpose()?;
+        }
         Ok(Claim {
             token: Some(token),
             head,
