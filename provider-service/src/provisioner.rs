@@ -792,7 +792,8 @@ impl FillContext {
         let fetch = source.fetch(ticker);
         tokio::pin!(fetch);
         let ttl = self.settings.lease_ttl;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 3, ttl / 3);
+        let every = (ttl / 3).max(Duration::from_millis(1));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let fetched = loop {
             tokio::select! {
                 fetched = &mut fetch => break fetched,
