@@ -115,6 +115,9 @@ impl Application {
             .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(tower::util::MapResponseLayer::new(
+                shared::server::oversize_is_resource_exhausted,
+            ))
             .add_service(health_svc)
             .add_service(InterceptedService::new(reflection_v1, token.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, token.clone()))

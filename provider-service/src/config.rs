@@ -176,7 +176,7 @@ pub struct Config {
     )]
     pub max_concurrent_per_connection: usize,
 
-    /// Largest request message accepted, in bytes (larger ones are refused with OUT_OF_RANGE).
+    /// Largest request message accepted, in bytes (larger ones are refused with RESOURCE_EXHAUSTED).
     #[arg(long, env = "PROVIDER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 

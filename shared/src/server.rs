@@ -91,6 +91,32 @@ pub fn watch_database(
     });
 }
 
+/// gRPC answers a message larger than the server accepts with RESOURCE_EXHAUSTED; tonic says
+/// OUT_OF_RANGE. Both servers map their responses through this, which rewrites that one status
+/// and leaves the rest alone. tonic refuses an over-size request before the handler runs, with a
+/// trailers-only answer, so the status is in the response headers.
+pub fn oversize_is_resource_exhausted<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    rewrite_oversize_status(response.headers_mut());
+    response
+}
+
+fn rewrite_oversize_status(headers: &mut tonic::codegen::http::HeaderMap) {
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            // Percent-encoded on the wire (spaces as %20).
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if oversize {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+}
+
 /// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
 /// grpcurl 1.8 speaks), describing this project's services and health.
 pub fn reflection_services() -> anyhow::Result<(
