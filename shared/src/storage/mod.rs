@@ -33,6 +33,22 @@ pub enum StorageError {
     SchemaBehind { have: i64, need: i64 },
 }
 
+/// The invariant checks both stores run: what each finds is named by its label. The two that
+/// need dialect-specific SQL (reading JSON, comparing a lease's expiry with now) are passed in.
+fn invariant_checks(
+    without_schema_version: &'static str,
+    lease_held_past_expiry: &'static str,
+) -> [(&'static str, &'static str); 6] {
+    [
+        ("duplicate source keys", "SELECT source_type || ' ' || source_id FROM documents GROUP BY source_type, source_id HAVING COUNT(*) > 1"),
+        ("version below 1", "SELECT id FROM documents WHERE version < 1"),
+        ("document without a title or content hash", "SELECT id FROM documents WHERE title = '' OR content_hash = ''"),
+        ("attachment referenced by no document", "SELECT hash FROM attachments a WHERE NOT EXISTS (SELECT 1 FROM document_attachments l WHERE l.attachment_hash = a.hash)"),
+        ("document without a schema_version in its JSON content", without_schema_version),
+        ("lease held past its expiry", lease_held_past_expiry),
+    ]
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
         match e {

@@ -244,16 +244,13 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>, StorageError> {
-        const CHECKS: &[(&str, &str)] = &[
-            ("duplicate source keys", "SELECT source_type || ' ' || source_id FROM documents GROUP BY source_type, source_id HAVING COUNT(*) > 1"),
-            ("version below 1", "SELECT id FROM documents WHERE version < 1"),
-            ("document without a title or content hash", "SELECT id FROM documents WHERE title = '' OR content_hash = ''"),
-            ("attachment referenced by no document", "SELECT hash FROM attachments a WHERE NOT EXISTS (SELECT 1 FROM document_attachments l WHERE l.attachment_hash = a.hash)"),
-            ("document without a schema_version in its JSON content", "SELECT id FROM documents WHERE NOT (content_json ? 'schema_version')"),
-            ("lease held past its expiry", "SELECT source_type || ' ' || source_id FROM fill_leases WHERE holder IS NOT NULL AND expires_at < now()"),
-        ];
+        let checks = super::invariant_checks(
+            "SELECT id FROM documents WHERE NOT (content_json ? 'schema_version')",
+            "SELECT source_type || ' ' || source_id FROM fill_leases \
+             WHERE holder IS NOT NULL AND expires_at < now()",
+        );
         let mut violations = Vec::new();
-        for (what, sql) in CHECKS {
+        for (what, sql) in checks {
             let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&self.pool).await?;
             violations.extend(rows.into_iter().map(|r| format!("{what}: {r}")));
         }
