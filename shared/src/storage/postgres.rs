@@ -9,8 +9,8 @@ use std::{
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::{
-    postgres::{PgListener, PgPoolOptions, PgRow},
-    PgPool, Row,
+    postgres::{PgArguments, PgListener, PgPoolOptions, PgRow},
+    PgPool, Postgres, Row,
 };
 
 use tokio::sync::broadcast;
@@ -21,6 +21,19 @@ use super::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How both document writes end: a conflict on the source key keeps the row (and its ID) and
+/// bumps the version; the new head comes back.
+macro_rules! document_upsert_tail {
+    () => {
+        "ON CONFLICT (source_type, source_id) DO UPDATE SET \
+             title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
+             content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
+             content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
+             last_synced = now(), updated_at = now() \
+         RETURNING id, source_id, tags, version, last_synced"
+    };
+}
 
 const DOCUMENT_COLUMNS: &str =
     "id, source_type, source_id, title, content_markdown, content_json, \
@@ -67,30 +80,23 @@ impl PostgresStore {
         content: &NewContent,
         fence: Fence,
     ) -> Result<Written, StorageError> {
-        let row = sqlx::query(
-            "WITH lease AS ( \
-                 UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
-                     last_error_code = NULL, last_error = NULL \
-                 WHERE source_type = $2 AND source_id = $3 AND token = $9 \
-                 RETURNING 1) \
-             INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
-                 content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease \
-             ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                 title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
-                 content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
-                 content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
-                 last_synced = now(), updated_at = now() \
-             RETURNING id, source_id, tags, version, last_synced",
+        let row = bind_document(
+            sqlx::query(concat!(
+                "WITH lease AS ( \
+                     UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                         last_error_code = NULL, last_error = NULL \
+                     WHERE source_type = $2 AND source_id = $3 AND token = $9 \
+                     RETURNING 1) \
+                 INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                     content_json, tags, content_hash, version, last_synced, created_at, \
+                     updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
+                document_upsert_tail!()
+            )),
+            source_type,
+            source_id,
+            content,
         )
-        .bind(new_document_id())
-        .bind(source_type)
-        .bind(source_id)
-        .bind(&content.title)
-        .bind(&content.content_markdown)
-        .bind(&content.content_json)
-        .bind(&content.tags)
-        .bind(content.content_hash())
         .bind(fence.token)
         .fetch_optional(&self.pool)
         .await?
@@ -182,6 +188,25 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// Binds $1 to $8 of a document write: a new ID (used only if the row is new), the source key
+/// and the content.
+fn bind_document<'q>(
+    query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    source_type: &'q str,
+    source_id: &'q str,
+    content: &'q NewContent,
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    query
+        .bind(new_document_id())
+        .bind(source_type)
+        .bind(source_id)
+        .bind(&content.title)
+        .bind(&content.content_markdown)
+        .bind(&content.content_json)
+        .bind(&content.tags)
+        .bind(content.content_hash())
 }
 
 fn parse_change(payload: &str) -> Option<Change> {
@@ -324,25 +349,18 @@ impl DocumentStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        let row = sqlx::query(
-            "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
-                 content_json, tags, content_hash, version, last_synced, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now()) \
-             ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                 title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
-                 content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
-                 content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
-                 last_synced = now(), updated_at = now() \
-             RETURNING id, source_id, tags, version, last_synced",
+        let row = bind_document(
+            sqlx::query(concat!(
+                "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                     content_json, tags, content_hash, version, last_synced, created_at, \
+                     updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now()) ",
+                document_upsert_tail!()
+            )),
+            source_type,
+            source_id,
+            content,
         )
-        .bind(new_document_id())
-        .bind(source_type)
-        .bind(source_id)
-        .bind(&content.title)
-        .bind(&content.content_markdown)
-        .bind(&content.content_json)
-        .bind(&content.tags)
-        .bind(content.content_hash())
         .fetch_one(&mut *tx)
         .await?;
         let head = head_from_row(&row)?;
