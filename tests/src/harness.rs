@@ -19,7 +19,7 @@ use shared::{
     ClientConfig, ProviderClient,
 };
 
-use crate::sample_exchange::{Control, Stats};
+use sample_exchange::{Control, Stats};
 
 /// Path of a workspace binary built next to the running test.
 pub fn bin(name: &str) -> PathBuf {

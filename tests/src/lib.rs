@@ -1,4 +1,4 @@
-//! End-to-end test support: the sample exchange ([`sample_exchange`]), the harness that starts
+//! End-to-end test support: the harness that starts
 //! the real binaries on free ports with a fresh database each ([`harness`]), a recorded mixed
 //! load ([`load`]), process figures from /proc ([`procfs`]) and the reliability records
 //! ([`record`]).
@@ -7,4 +7,3 @@ pub mod harness;
 pub mod load;
 pub mod procfs;
 pub mod record;
-pub mod sample_exchange;

@@ -11,9 +11,9 @@ use e2e::{
     },
     on_both_databases,
     record::Record,
-    sample_exchange::Control,
 };
 use futures::StreamExt;
+use sample_exchange::Control;
 use shared::{
     proto::documents::v1::{
         document_provider_client::DocumentProviderClient, DocumentOptions as PbOptions,

@@ -7,8 +7,8 @@ use chrono::Datelike;
 use e2e::{
     harness::{consumer_command, free_addr, ConsumerProc, Db, Exchange, Provider, PDF_PATH},
     on_both_databases,
-    sample_exchange::Control,
 };
+use sample_exchange::Control;
 use shared::proto::{
     consumer::v1::{GetStoredRequest, ProcessTickersRequest, TickerReport},
     documents::v1::{self as docs, document_provider_server},

@@ -5,8 +5,8 @@
 use e2e::{
     harness::{Db, Exchange, Provider, LISTING_PATH},
     record::Record,
-    sample_exchange::Control,
 };
+use sample_exchange::Control;
 use shared::{
     proto::documents::v1::{
         document_provider_client::DocumentProviderClient, GetDocumentRequest, GetDocumentsRequest,

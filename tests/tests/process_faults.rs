@@ -11,8 +11,8 @@ use e2e::{
     },
     on_both_databases,
     record::Record,
-    sample_exchange::Control,
 };
+use sample_exchange::Control;
 use shared::{
     proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
 };

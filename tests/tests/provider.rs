@@ -389,7 +389,7 @@ async fn sigterm_drains_in_flight_calls() {
     let db = Db::sqlite();
     let ex = Exchange::start();
     let mut provider = Provider::start(db.url(), &ex.url, &[]).await;
-    ex.control(&e2e::sample_exchange::Control {
+    ex.control(&sample_exchange::Control {
         latency_ms: 1500,
         ..Default::default()
     })

@@ -4,7 +4,7 @@
 
 use chrono::{Days, NaiveDate};
 use e2e::harness::{Db, Exchange, Provider, EOD_PATH, LISTING_PATH, MARKIT_PATH};
-use e2e::sample_exchange::{Bar, Control};
+use sample_exchange::{Bar, Control};
 use shared::{DocumentOptions, DocumentProvider, Kind};
 use tonic::Code;
 

@@ -16,8 +16,8 @@ use e2e::{
     },
     procfs,
     record::Record,
-    sample_exchange::Control,
 };
+use sample_exchange::Control;
 use shared::{DocumentOptions, DocumentProvider};
 use tonic::Code;
 

@@ -15,8 +15,8 @@ use clap::Parser;
 use e2e::{
     harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
     procfs::measured,
-    sample_exchange::Control,
 };
+use sample_exchange::Control;
 use shared::{
     proto::{
         consumer::v1::ProcessTickersRequest,

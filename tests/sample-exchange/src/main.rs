@@ -1,8 +1,8 @@
 //! The sample exchange binary: serves deterministic, fictional exchange data on the real
-//! upstreams' paths (see `e2e::sample_exchange`). Prints its address on the first stdout line.
+//! upstreams' paths (see the library part of this crate). Prints its address on the first stdout line.
 
 use clap::Parser;
-use e2e::sample_exchange::{router, Control};
+use sample_exchange::{router, Control};
 use std::io::Write;
 
 #[derive(Parser)]
