@@ -22,10 +22,11 @@ use crate::{config::Config, download::Downloader, grpc::ConsumerService, job::Pr
 
 /// Connects the database (migrating it) and the provider client into a processor.
 pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
-    let store = storage::connect(&config.database_url, config.database_max_connections)
+    let url = config.database.url()?;
+    let store = storage::connect(&url, config.database.max_connections)
         .await
-        .with_context(|| format!("connecting to {}", config.database_url))?;
-    if config.database_migrate {
+        .with_context(|| format!("connecting to {}", shared::config::redact_url(&url)))?;
+    if config.database.migrate {
         store.migrate().await.context("migrating the database")?;
     } else {
         store
@@ -90,13 +91,14 @@ impl Application {
 
         let ready_cell = cell.clone();
         let ready_config = config.clone();
+        let url = config.database.url()?;
         let database = shared::server::DatabaseStatus::up();
         let watched = database.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(
-                &ready_config.database_url,
-                ready_config.database_max_connections,
-                ready_config.database_migrate,
+                &url,
+                ready_config.database.max_connections,
+                ready_config.database.migrate,
             )
             .await;
             match processor_with(&ready_config, store.clone()) {

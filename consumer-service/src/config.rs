@@ -28,7 +28,11 @@ pub enum Command {
     /// Serve gRPC (the default).
     Serve,
     /// Call grpc.health.v1.Health/Check on the configured listen address; exit 0 only when SERVING.
-    Healthcheck,
+    Healthcheck {
+        /// Probe liveness (the process answers) instead of readiness (the service can work).
+        #[arg(long)]
+        liveness: bool,
+    },
     /// Process tickers once, print one report per ticker, and exit (non-zero if any failed).
     Process {
         /// Tickers, e.g. ASX:GNP BHP.
@@ -46,22 +50,9 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: String,
 
-    /// Database shared with the provider: sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/documents.db"
-    )]
-    pub database_url: String,
-
-    /// Apply the database migrations at start-up; false: only wait until another service (or an
-    /// operator) has applied them, for a database role that may not change the schema.
-    #[arg(long, env = "DATABASE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub database_migrate: bool,
-
-    /// Maximum database connections in the pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub database_max_connections: u32,
+    /// The shared database.
+    #[command(flatten)]
+    pub database: shared::config::DatabaseArgs,
 
     /// Provider endpoints, comma-separated; calls are balanced over them.
     #[arg(long, env = "PROVIDER_URL", default_value = "http://127.0.0.1:50051")]

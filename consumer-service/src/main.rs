@@ -10,8 +10,13 @@ use shared::{proto::CONSUMER_SERVICE_NAME, server, telemetry};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck => {
-            server::healthcheck_command(&cli.config.listen_addr, CONSUMER_SERVICE_NAME, None).await
+        Command::Healthcheck { liveness } => {
+            let service = if liveness {
+                server::LIVENESS_SERVICE
+            } else {
+                CONSUMER_SERVICE_NAME
+            };
+            server::healthcheck_command(&cli.config.listen_addr, service, None).await
         }
         Command::Process { tickers, json } => {
             let logs = telemetry::init(cli.config.log_format);

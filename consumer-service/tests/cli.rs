@@ -36,3 +36,32 @@ fn healthcheck_fails_when_nothing_listens() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn secrets_are_never_printed() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://app:hunter2-db@db/documents")
+        .env("PROVIDER_AUTH_TOKEN", "hunter2-token")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("hunter2"), "{help}");
+
+    // A connection error names the database without its password.
+    let out = Command::new(BIN)
+        .args(["process", "ASX:GNP"])
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2-db@127.0.0.1:1/documents",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("postgres://app:***@127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

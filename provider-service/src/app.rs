@@ -45,6 +45,7 @@ impl Application {
         config.source_settings()?;
         config.auth_token()?;
         config.server_tls()?;
+        config.database.url()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -81,9 +82,9 @@ impl Application {
         // The database comes up in the background; until then health says NOT_SERVING and
         // calls answer UNAVAILABLE.
         let cell = provisioner.clone();
-        let url = config.database_url.clone();
-        let max_conn = config.database_max_connections;
-        let migrate = config.database_migrate;
+        let url = config.database.url()?;
+        let max_conn = config.database.max_connections;
+        let migrate = config.database.migrate;
         let database = shared::server::DatabaseStatus::up();
         let watched = database.clone();
         let ready = tokio::spawn(async move {

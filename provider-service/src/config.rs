@@ -28,7 +28,14 @@ pub enum Command {
     /// Serve gRPC (the default).
     Serve,
     /// Call grpc.health.v1.Health/Check on the configured listen address; exit 0 only when SERVING.
-    Healthcheck,
+    Healthcheck {
+        /// Probe liveness (the process answers) instead of readiness (the service can work).
+        #[arg(long)]
+        liveness: bool,
+    },
+    /// Apply the database migrations and exit (run once before a deploy, e.g. as a Kubernetes
+    /// Job, when the services run with DATABASE_MIGRATE=false).
+    Migrate,
     /// Check the shared database against the invariants (one row per source key, no document
     /// without content, every attachment referenced, no expired lease held); exit 1 on any
     /// violation.
@@ -41,22 +48,9 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: String,
 
-    /// Database: sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/documents.db"
-    )]
-    pub database_url: String,
-
-    /// Apply the database migrations at start-up; false: only wait until another service (or an
-    /// operator) has applied them, for a database role that may not change the schema.
-    #[arg(long, env = "DATABASE_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub database_migrate: bool,
-
-    /// Maximum database connections in the pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub database_max_connections: u32,
+    /// The shared database.
+    #[command(flatten)]
+    pub database: shared::config::DatabaseArgs,
 
     /// Bearer token required on every RPC but health. Unset: no authentication.
     #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
@@ -143,6 +137,10 @@ pub struct Config {
     /// API token sent to the end-of-day prices API.
     #[arg(long, env = "MARKET_DATA_API_TOKEN", hide_env_values = true)]
     pub market_data_api_token: Option<String>,
+
+    /// File holding the end-of-day prices API token (instead of MARKET_DATA_API_TOKEN).
+    #[arg(long, env = "MARKET_DATA_API_TOKEN_FILE")]
+    pub market_data_api_token_file: Option<String>,
 
     /// Calendar years of announcements a fill fetches (the current one and those before).
     #[arg(long, env = "ANNOUNCEMENT_YEARS", default_value_t = 2)]
@@ -273,7 +271,11 @@ impl Config {
                 retries: self.upstream_retries,
             },
             announcement_years: self.announcement_years,
-            market_data_api_token: self.market_data_api_token.clone(),
+            market_data_api_token: shared::security::secret(
+                self.market_data_api_token.as_deref(),
+                self.market_data_api_token_file.as_deref(),
+                "MARKET_DATA_API_TOKEN",
+            )?,
         })
     }
 }

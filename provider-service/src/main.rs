@@ -9,12 +9,17 @@ use shared::{proto::PROVIDER_SERVICE_NAME, server, telemetry};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck => {
+        Command::Healthcheck { liveness } => {
             let tls = cli.config.healthcheck_tls()?;
-            server::healthcheck_command(&cli.config.listen_addr, PROVIDER_SERVICE_NAME, tls).await
+            let service = if liveness {
+                server::LIVENESS_SERVICE
+            } else {
+                PROVIDER_SERVICE_NAME
+            };
+            server::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::CheckInvariants => {
-            let store = shared::storage::connect(&cli.config.database_url, 2).await?;
+            let store = shared::storage::connect(&cli.config.database.url()?, 2).await?;
             let violations = store.check_invariants().await?;
             for v in &violations {
                 println!("{v}");
@@ -23,6 +28,12 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             println!("all invariants hold");
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = shared::storage::connect(&cli.config.database.url()?, 2).await?;
+            store.migrate().await?;
+            println!("migrations applied");
             Ok(())
         }
         Command::Serve => {

@@ -46,3 +46,46 @@ fn bad_settings_are_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MOON"));
 }
+
+#[test]
+fn help_never_prints_a_secret() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://app:hunter2-db@db/documents")
+        .env("PROVIDER_AUTH_TOKEN", "hunter2-token")
+        .env("MARKET_DATA_API_TOKEN", "hunter2-api")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(!help.contains("hunter2"), "{help}");
+    assert!(help.contains("DATABASE_URL_FILE"), "{help}");
+}
+
+#[test]
+fn the_database_url_can_come_from_a_file_and_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("database-url");
+    // Nothing listens on port 1: the connection fails, and the message must not show the password.
+    std::fs::write(&file, "postgres://app:hunter2-db@127.0.0.1:1/documents\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check-invariants")
+        .env("DATABASE_URL_FILE", &file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // The file was read: the failure is about the database, not the URL.
+    assert!(stderr.to_lowercase().contains("database"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .arg("check-invariants")
+        .env("DATABASE_URL", "mysql://app:hunter2-db@db/documents")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not supported"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -3,6 +3,7 @@
 //! provider client ([`client`]) and server/telemetry plumbing ([`server`], [`telemetry`]).
 
 pub mod client;
+pub mod config;
 pub mod kind;
 pub mod metrics;
 pub mod proto;

@@ -20,8 +20,13 @@ use tonic_health::{
 
 use crate::proto::FILE_DESCRIPTOR_SET;
 
+/// Health service name that answers SERVING as long as the process runs, whatever the database
+/// does: the liveness probe (a database outage makes a replica not ready, not dead).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// Health service with `service_name` (and the overall "" entry) reported NOT_SERVING until the
-/// caller marks it ready.
+/// caller marks it ready; [`LIVENESS_SERVICE`] SERVING from the start.
+
 pub async fn health_service(
     service_name: &'static str,
 ) -> (
@@ -30,6 +35,9 @@ pub async fn health_service(
 ) {
     let (reporter, service) = tonic_health::server::health_reporter();
     set_serving(&reporter, service_name, false).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
     (reporter, service)
 }
 

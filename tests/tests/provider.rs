@@ -360,6 +360,25 @@ async fn health_is_not_serving_until_the_database_is_ready() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("not ready"), "{}", err.message());
+    // Not ready, but alive: the liveness probe (what an orchestrator restarts on) passes, the
+    // readiness probe (what takes the replica out of the balancing) fails.
+    let probe = |liveness: bool| {
+        let mut cmd = std::process::Command::new(e2e::harness::bin("provider-service"));
+        cmd.arg("healthcheck")
+            .env("PROVIDER_LISTEN_ADDR", &provider.addr);
+        if liveness {
+            cmd.arg("--liveness");
+        }
+        cmd.output().unwrap().status.success()
+    };
+    assert!(
+        probe(true),
+        "liveness must pass while the database is missing"
+    );
+    assert!(
+        !probe(false),
+        "readiness must fail while the database is missing"
+    );
 
     let pool = sqlx::PgPool::connect(&admin).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))

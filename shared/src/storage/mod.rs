@@ -358,7 +358,7 @@ pub async fn connect(
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
     } else {
-        Err(StorageError::UnsupportedUrl(url.to_string()))
+        Err(StorageError::UnsupportedUrl(crate::config::redact_url(url)))
     }
 }
 
