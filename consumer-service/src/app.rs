@@ -59,7 +59,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Validate what can be validated before listening.
-        shared::client::parse_endpoints(&config.provider_url, Duration::from_secs(1))?;
+        shared::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await

@@ -13,14 +13,14 @@
 //! jitter up to a bound; several comma-separated endpoints are balanced over one lazily
 //! connected channel that is reused by every call.
 
-use std::{future::Future, time::Duration};
+use std::{collections::BTreeSet, future::Future, net::SocketAddr, time::Duration};
 
 use async_trait::async_trait;
 use rand::Rng;
 use tonic::{
     metadata::MetadataValue,
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    transport::{channel::Change, Channel, ClientTlsConfig, Endpoint},
     Code, Request, Status,
 };
 
@@ -90,48 +90,234 @@ pub struct ProviderClient {
     request_id: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-/// Parses a comma-separated list of endpoint URLs.
+/// How often `dns:///` targets are resolved again, so replicas that come and go are followed.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One entry of the provider URL list.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `http://HOST:PORT` or `https://HOST:PORT`: one endpoint (one connection at a time).
+    Fixed(Endpoint),
+    /// `dns:///HOST:PORT` (gRPC's name syntax; plaintext) or `dns+https:///HOST:PORT` (TLS,
+    /// checking the certificate against HOST): every address the name resolves to, balanced,
+    /// and resolved again every [`RESOLVE_INTERVAL`]: several replicas behind one DNS name
+    /// (compose replicas, a Kubernetes headless Service) share the calls.
+    Dns { host: String, port: u16, tls: bool },
+}
+
+/// Connection settings of every endpoint the client opens.
+fn configure(e: Endpoint, connect_timeout: Duration) -> Endpoint {
+    e.connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        // Large batch answers (a thousand results is ~150 KB) arrive without waiting for
+        // HTTP/2 window updates.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+}
+
+/// Parses a comma-separated list of fixed endpoint URLs.
 pub fn parse_endpoints(
     urls: &str,
     connect_timeout: Duration,
 ) -> Result<Vec<Endpoint>, anyhow::Error> {
-    parse_endpoints_with_tls(urls, connect_timeout, None)
+    parse_targets(urls, connect_timeout, None)?
+        .into_iter()
+        .map(|t| match t {
+            Target::Fixed(e) => Ok(e),
+            Target::Dns { host, port, .. } => {
+                anyhow::bail!("dns:///{host}:{port} is not a fixed endpoint")
+            }
+        })
+        .collect()
 }
 
-/// Like [`parse_endpoints`], with TLS settings for the `https://` ones.
-pub fn parse_endpoints_with_tls(
+/// Parses a comma-separated list of provider URLs (`http://`, `https://` with TLS settings from
+/// `tls`, or `dns:///HOST:PORT`).
+pub fn parse_targets(
     urls: &str,
     connect_timeout: Duration,
     tls: Option<&ClientTlsConfig>,
-) -> Result<Vec<Endpoint>, anyhow::Error> {
-    let endpoints = urls
+) -> Result<Vec<Target>, anyhow::Error> {
+    let targets = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|u| {
+            let dns = u
+                .strip_prefix("dns:///")
+                .map(|r| (r, false))
+                .or_else(|| u.strip_prefix("dns+https:///").map(|r| (r, true)));
+            if let Some((rest, tls)) = dns {
+                return rest
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
+                    .map(|(h, port)| Target::Dns {
+                        host: h.trim_matches(['[', ']']).to_string(),
+                        port,
+                        tls,
+                    })
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("provider URL {u:?} is invalid: expected dns:///HOST:PORT")
+                    });
+            }
             Endpoint::from_shared(u.to_string())
-                .map(|e| {
-                    e.connect_timeout(connect_timeout)
-                        .tcp_nodelay(true)
-                        // Large batch answers (a thousand results is ~150 KB) arrive without
-                        // waiting for HTTP/2 window updates.
-                        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-                        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-                        .http2_keep_alive_interval(Duration::from_secs(30))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .keep_alive_while_idle(true)
-                })
+                .map(|e| configure(e, connect_timeout))
                 .and_then(|e| match tls {
                     Some(tls) if u.starts_with("https://") => e.tls_config(tls.clone()),
                     _ => Ok(e),
                 })
+                .map(Target::Fixed)
                 .map_err(|e| anyhow::anyhow!("provider URL {u:?} is invalid: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if endpoints.is_empty() {
+    if targets.is_empty() {
         anyhow::bail!("provider URL list is empty: expected e.g. http://127.0.0.1:50051");
     }
-    Ok(endpoints)
+    Ok(targets)
+}
+
+/// The endpoint of one resolved address of a `dns:///` target (TLS checks the name, not the
+/// address).
+fn resolved_endpoint(
+    host: &str,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let e = configure(
+        Endpoint::from_shared(format!("{scheme}://{addr}"))?,
+        connect_timeout,
+    );
+    match tls {
+        Some(tls) => e.tls_config(tls.clone().domain_name(host)),
+        None => Ok(e),
+    }
+}
+
+/// One channel over every target: a single fixed endpoint directly, several behind a balancer
+/// whose `dns:///` members follow their name.
+fn channel(
+    targets: Vec<Target>,
+    connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, anyhow::Error> {
+    if let [Target::Fixed(e)] = targets.as_slice() {
+        return Ok(e.clone().connect_lazy());
+    }
+    if targets.iter().all(|t| matches!(t, Target::Fixed(_))) {
+        return Ok(Channel::balance_list(targets.into_iter().map(
+            |t| match t {
+                Target::Fixed(e) => e,
+                Target::Dns { .. } => unreachable!("all targets are fixed"),
+            },
+        )));
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| anyhow::anyhow!("dns:/// provider URLs need a Tokio runtime"))?;
+    let (channel, changes) = Channel::balance_channel::<String>(64);
+    for target in targets {
+        match target {
+            Target::Fixed(e) => {
+                let key = e.uri().to_string();
+                changes
+                    .try_send(Change::Insert(key, e))
+                    .map_err(|_| anyhow::anyhow!("too many provider URLs"))?;
+            }
+            Target::Dns {
+                host,
+                port,
+                tls: secure,
+            } => {
+                let tls = if secure {
+                    Some(
+                        tls.cloned()
+                            .unwrap_or_else(|| ClientTlsConfig::new().with_enabled_roots()),
+                    )
+                } else {
+                    None
+                };
+                let changes = changes.clone();
+                runtime.spawn(async move {
+                    let lookup = |h: String| async move {
+                        tokio::net::lookup_host((h.as_str(), port))
+                            .await
+                            .map(|a| a.collect::<BTreeSet<_>>())
+                    };
+                    follow_dns(&host, lookup, changes, |addr| {
+                        resolved_endpoint(&host, addr, connect_timeout, tls.as_ref())
+                    })
+                    .await
+                });
+            }
+        }
+    }
+    Ok(channel)
+}
+
+/// Resolves `host` now and every [`RESOLVE_INTERVAL`], inserting new addresses into the
+/// balancer and removing vanished ones; a failed or empty lookup keeps the addresses it had.
+/// Ends when the channel is gone.
+async fn follow_dns<L, Fut>(
+    host: &str,
+    lookup: L,
+    changes: tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+    endpoint: impl Fn(SocketAddr) -> Result<Endpoint, tonic::transport::Error>,
+) where
+    L: Fn(String) -> Fut,
+    Fut: Future<Output = std::io::Result<BTreeSet<SocketAddr>>>,
+{
+    let mut known = BTreeSet::new();
+    loop {
+        match lookup(host.to_string()).await {
+            Ok(now) if !now.is_empty() => {
+                for gone in known.difference(&now) {
+                    if changes
+                        .send(Change::Remove(format!("{host}/{gone}")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                for new in now.difference(&known) {
+                    match endpoint(*new) {
+                        Ok(e) => {
+                            if changes
+                                .send(Change::Insert(format!("{host}/{new}"), e))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(host, address = %new, error = %e, "provider address refused")
+                        }
+                    }
+                }
+                if now != known {
+                    tracing::info!(host, addresses = ?now, "provider addresses");
+                    known = now;
+                }
+            }
+            Ok(_) => tracing::warn!(
+                host,
+                "provider name resolves to no address; keeping the last ones"
+            ),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot resolve the provider name; keeping the last addresses")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESOLVE_INTERVAL) => {}
+            _ = changes.closed() => return,
+        }
+    }
 }
 
 impl ProviderClient {
@@ -143,13 +329,8 @@ impl ProviderClient {
     /// A client of `urls` (comma-separated). Connects lazily, so a provider that is down at
     /// start-up only fails the calls made while it is down.
     pub fn with_config(urls: &str, config: ClientConfig) -> Result<Self, anyhow::Error> {
-        let mut endpoints =
-            parse_endpoints_with_tls(urls, config.connect_timeout, config.tls.as_ref())?;
-        let channel = if endpoints.len() == 1 {
-            endpoints.remove(0).connect_lazy()
-        } else {
-            Channel::balance_list(endpoints.into_iter())
-        };
+        let targets = parse_targets(urls, config.connect_timeout, config.tls.as_ref())?;
+        let channel = channel(targets, config.connect_timeout, config.tls.as_ref())?;
         let token = config
             .auth_token
             .as_deref()
@@ -340,5 +521,96 @@ impl DocumentProvisioner for ProviderClient {
                 .map(|(k, v)| (k, ItemError::from(v)))
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dns_targets_parse_and_bad_ones_are_named() {
+        let t = parse_targets(
+            "dns:///provider:50051, http://10.0.0.1:50051",
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(&t[0], Target::Dns { host, port: 50051, tls: false } if host == "provider")
+        );
+        assert!(matches!(&t[1], Target::Fixed(_)));
+        for bad in [
+            "dns:///provider",
+            "dns:///:50051",
+            "dns:///p:port",
+            "dns:///a/b:1",
+        ] {
+            let e = parse_targets(bad, Duration::from_secs(1), None).unwrap_err();
+            assert!(e.to_string().contains("dns:///HOST:PORT"), "{bad}: {e}");
+        }
+        assert!(parse_endpoints("dns:///provider:1", Duration::from_secs(1)).is_err());
+    }
+
+    /// The balancer learns every address of the name, new ones as they appear and the loss of
+    /// vanished ones; failed or empty lookups keep what it had.
+    #[tokio::test(start_paused = true)]
+    async fn a_dns_target_follows_its_addresses() {
+        let answers: Arc<Mutex<Vec<std::io::Result<BTreeSet<SocketAddr>>>>> =
+            Arc::new(Mutex::new(vec![
+                Ok([addr("10.0.0.1:1"), addr("10.0.0.2:1")].into()),
+                Err(std::io::Error::other("no server")),
+                Ok(BTreeSet::new()),
+                Ok([addr("10.0.0.2:1"), addr("10.0.0.3:1")].into()),
+            ]));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let task = {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let lookup = move |_h: String| {
+                    let next = {
+                        let mut a = answers.lock().unwrap();
+                        if a.is_empty() {
+                            Ok([addr("10.0.0.2:1"), addr("10.0.0.3:1")].into())
+                        } else {
+                            a.remove(0)
+                        }
+                    };
+                    async move { next }
+                };
+                follow_dns("provider", lookup, tx, |a| {
+                    resolved_endpoint("provider", a, Duration::from_secs(1), None)
+                })
+                .await
+            })
+        };
+        let mut seen = Vec::new();
+        // Lookups 1-4 are one RESOLVE_INTERVAL apart; paused time runs through them at once.
+        tokio::time::sleep(RESOLVE_INTERVAL * 5).await;
+        while let Ok(change) = rx.try_recv() {
+            seen.push(match change {
+                Change::Insert(k, _) => format!("+{k}"),
+                Change::Remove(k) => format!("-{k}"),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "+provider/10.0.0.1:1",
+                "+provider/10.0.0.2:1",
+                "-provider/10.0.0.1:1",
+                "+provider/10.0.0.3:1"
+            ]
+        );
+        // The channel gone, the resolver ends.
+        drop(rx);
+        tokio::time::sleep(RESOLVE_INTERVAL * 2).await;
+        assert!(task.is_finished());
     }
 }

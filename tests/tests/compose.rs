@@ -1,6 +1,7 @@
-//! docker-compose.yml checked against the binaries (there is no Docker engine here): every
-//! variable it sets is one the binary accepts, commands and health checks exist, ports and URLs
-//! agree; and the binaries started with exactly the compose environment (hostnames mapped to
+//! docker-compose.yml checked against the binaries, fast and without a Docker engine (the real
+//! engine runs it in `scripts/compose-test`): every variable it sets is one the binary accepts,
+//! commands and health checks exist, ports and URLs agree, secrets come from files; and the
+//! binaries started with exactly the compose environment and secrets (hostnames mapped to
 //! 127.0.0.1, ports to free ones, the database to a fresh one) run a round.
 
 use std::{collections::BTreeMap, process::Command};
@@ -45,6 +46,20 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The content of the compose secret a `/run/secrets/NAME` path names (its default file).
+fn secret(c: &Yaml, path: &str) -> String {
+    let name = path
+        .strip_prefix("/run/secrets/")
+        .unwrap_or_else(|| panic!("{path}"));
+    let file = c["secrets"][name]["file"].as_str().unwrap();
+    let file = expand(file, &BTreeMap::new());
+    let file = file.strip_prefix("./").unwrap();
+    std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// Environment variables a binary's --help names.
@@ -118,28 +133,45 @@ fn compose_file_agrees_with_the_binaries() {
                 .any(|p| p.rsplit(':').next() == Some(port_of(&listen))),
             "{name}: ports {ports:?} do not publish the listen port of {listen}"
         );
+        for p in &ports {
+            assert!(
+                expand(p, &BTreeMap::new()).starts_with("127.0.0.1:"),
+                "{name}: {p} is published beyond the host's loopback"
+            );
+        }
+        assert_eq!(svc["restart"].as_str(), Some("unless-stopped"), "{name}");
+        for (k, v) in &env {
+            assert!(
+                !k.ends_with("PASSWORD") && !v.contains('@'),
+                "{name}: {k} holds a secret in the compose file; use a *_FILE secret"
+            );
+        }
     }
+    assert!(
+        services["postgres"]["ports"].is_badvalue(),
+        "PostgreSQL is not published (a server on the host may hold 5432)"
+    );
     let provider_env = environment(&services["provider"]);
     let consumer_env = environment(&services["consumer"]);
     assert_eq!(
         consumer_env["PROVIDER_URL"],
         format!(
-            "http://provider:{}",
+            "dns:///provider:{}",
             port_of(&provider_env["PROVIDER_LISTEN_ADDR"])
         ),
-        "the consumer calls the provider service on its listen port"
+        "the consumer calls every replica of the provider service on its listen port"
     );
     for (env, role) in [
         (&provider_env, "documents_provider"),
         (&consumer_env, "documents_consumer"),
     ] {
+        let url = secret(&c, &env["DATABASE_URL_FILE"]);
         assert!(
-            env["DATABASE_URL"].contains("@postgres:5432/documents"),
-            "one shared database: {}",
-            env["DATABASE_URL"]
+            url.contains("@postgres:5432/documents"),
+            "one shared database: {url}"
         );
         assert!(
-            env["DATABASE_URL"].starts_with(&format!("postgres://{role}:")),
+            url.starts_with(&format!("postgres://{role}:")),
             "each service has its own role"
         );
     }
@@ -226,14 +258,32 @@ async fn binaries_run_a_round_with_the_compose_environment() {
         .replace("0.0.0.0:50051", &provider_addr)
         .replace("0.0.0.0:50052", &consumer_addr)
     };
+    // A service's environment as compose gives it, with each secret file mounted (here: copied
+    // into a temporary folder with the addresses mapped).
+    let secrets = tempfile::tempdir().unwrap();
+    let compose_env = |svc: &Yaml| -> Vec<(String, String)> {
+        environment(svc)
+            .into_iter()
+            .map(|(k, v)| {
+                let v = map(expand(&v, &shell));
+                if k.ends_with("_FILE") {
+                    let file = secrets.path().join(k.to_lowercase());
+                    std::fs::write(&file, map(secret(&c, &v))).unwrap();
+                    (k, file.to_string_lossy().into_owned())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect()
+    };
     let start = |name: &str| {
         let svc = &c["services"][name];
         let binary = strings(&svc["command"])[0].clone();
         let mut cmd = Command::new(bin(&binary));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
-        for (k, v) in environment(svc) {
-            cmd.env(k, map(expand(&v, &shell)));
+        for (k, v) in compose_env(svc) {
+            cmd.env(k, v);
         }
         cmd.stdout(std::process::Stdio::null());
         Proc::spawn(name, cmd)
@@ -258,8 +308,8 @@ async fn binaries_run_a_round_with_the_compose_environment() {
         let test = strings(&svc["healthcheck"]["test"]);
         let mut cmd = Command::new(bin(&test[1]));
         cmd.args(&test[2..]).env_clear();
-        for (k, v) in environment(svc) {
-            cmd.env(k, map(expand(&v, &shell)));
+        for (k, v) in compose_env(svc) {
+            cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
         assert!(

@@ -544,3 +544,22 @@ async fn batches_log_a_summary_and_every_non_hit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `dns:///HOST:PORT` target reaches the provider (the name resolved, the balancer fed).
+#[tokio::test]
+async fn a_dns_target_reaches_the_provider() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let port = provider.addr.rsplit(':').next().unwrap();
+    let client = shared::ProviderClient::with_config(
+        &format!("dns:///localhost:{port}"),
+        e2e::harness::test_client_config(),
+    )
+    .unwrap();
+    let r = client
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", provider.proc.logs()));
+    assert!(r.created);
+}
