@@ -112,15 +112,18 @@ impl Application {
             }
         });
 
+        let cap = Duration::from_millis(config.request_timeout_ms);
         let router = Server::builder()
+            .timeout(cap)
             .tcp_nodelay(true)
             .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(tower::util::MapResponseLayer::new(
-                shared::server::oversize_is_resource_exhausted,
+                shared::server::conventional_status,
             ))
+            .layer(shared::server::DeadlineLayer::new(cap))
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

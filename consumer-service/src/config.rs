@@ -118,6 +118,11 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_MAX_TICKERS", default_value_t = 1000)]
     pub max_tickers: usize,
 
+    /// Server-side deadline of a call when the client sets none, in milliseconds; also the
+    /// longest deadline a client can ask for.
+    #[arg(long, env = "CONSUMER_REQUEST_TIMEOUT_MS", default_value_t = 600_000)]
+    pub request_timeout_ms: u64,
+
     /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
     #[arg(long, env = "CONSUMER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,

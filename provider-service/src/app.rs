@@ -117,8 +117,11 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(tower::util::MapResponseLayer::new(
-                shared::server::oversize_is_resource_exhausted,
+                shared::server::conventional_status,
             ))
+            .layer(shared::server::DeadlineLayer::new(Duration::from_millis(
+                config.request_timeout_ms,
+            )))
             .add_service(health_svc)
             .add_service(InterceptedService::new(reflection_v1, token.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, token.clone()))

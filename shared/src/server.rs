@@ -102,27 +102,130 @@ pub fn watch_database(
 /// gRPC answers a message larger than the server accepts with RESOURCE_EXHAUSTED; tonic says
 /// OUT_OF_RANGE. Both servers map their responses through this, which rewrites that one status
 /// and leaves the rest alone. tonic refuses an over-size request before the handler runs, with a
-/// trailers-only answer, so the status is in the response headers.
-pub fn oversize_is_resource_exhausted<B>(
+/// trailers-only answer, so the status is in the response headers. (Deadlines: [`DeadlineLayer`].)
+pub fn conventional_status<B>(
     mut response: tonic::codegen::http::Response<B>,
 ) -> tonic::codegen::http::Response<B> {
-    rewrite_oversize_status(response.headers_mut());
+    rewrite_status(response.headers_mut());
     response
 }
 
-fn rewrite_oversize_status(headers: &mut tonic::codegen::http::HeaderMap) {
-    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers
+fn rewrite_status(headers: &mut tonic::codegen::http::HeaderMap) {
+    let message = || {
+        headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
             // Percent-encoded on the wire (spaces as %20).
-            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-    if oversize {
-        headers.insert(
-            "grpc-status",
-            tonic::codegen::http::HeaderValue::from_static("8"),
-        );
+            .map(|m| m.replace("%20", " "))
+            .unwrap_or_default()
+    };
+    let code = match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"11") if message().contains("message length too large") => "8",
+        _ => return,
+    };
+    headers.insert(
+        "grpc-status",
+        tonic::codegen::http::HeaderValue::from_static(code),
+    );
+}
+
+/// Ends a call at its deadline (the caller's `grpc-timeout`, capped by the server's time cap)
+/// with DEADLINE_EXCEEDED, as gRPC's conventions ask. tonic's own deadline (the backstop, set to
+/// the same cap) would answer CANCELLED "Timeout expired" from outside every layer, so this one
+/// fires [`DEADLINE_MARGIN`] earlier.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    cap: Duration,
+}
+
+/// How much earlier than tonic's own deadline [`DeadlineLayer`] answers.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+impl DeadlineLayer {
+    pub fn new(cap: Duration) -> Self {
+        Self { cap }
     }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline {
+            inner,
+            cap: self.cap,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    cap: Duration,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<tonic::codegen::http::Request<ReqBody>> for Deadline<S>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<ReqBody>,
+            Response = tonic::codegen::http::Response<ResBody>,
+        > + Send,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
+        let asked = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let deadline = asked.map_or(self.cap, |a| a.min(self.cap));
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(deadline.saturating_sub(DEADLINE_MARGIN), call).await {
+                Ok(result) => result,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "deadline of {} ms exceeded ({})",
+                    deadline.as_millis(),
+                    if asked.is_some_and(|a| a <= deadline) {
+                        "the caller's grpc-timeout"
+                    } else {
+                        "the server's time cap"
+                    }
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// `grpc-timeout` as the gRPC spec writes it: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
@@ -277,6 +380,25 @@ pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::tim
         _ => return None,
     };
     tokio::time::Instant::now().checked_add(d)
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(parse_grpc_timeout("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "10", "123456789S", "-1S", "1x", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! RESOURCE_EXHAUSTED instead of queueing; oversize messages and batches are refused whole; the
 //! service stays healthy throughout.
 
+use std::time::Duration;
+
 use e2e::{
     harness::{Db, Exchange, Provider, LISTING_PATH},
     record::Record,
@@ -133,4 +135,37 @@ async fn oversize_messages_and_batches_are_refused_whole() {
     assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
         .await
         .unwrap());
+}
+
+/// A call ended by the server's time cap or by the caller's own deadline answers
+/// DEADLINE_EXCEEDED (tonic's server would say CANCELLED "Timeout expired"), seen by a raw client
+/// that does no mapping of its own.
+#[tokio::test]
+async fn deadlines_and_the_time_cap_answer_deadline_exceeded() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_REQUEST_TIMEOUT_MS", "300")]).await;
+    let mut slow = Control::default();
+    slow.delay_ms.insert(LISTING_PATH.into(), 3000);
+    ex.control(&slow).await;
+    let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let call = |id: &str, deadline: Option<Duration>| {
+        let mut req = tonic::Request::new(GetDocumentRequest {
+            identifier: id.into(),
+            ..Default::default()
+        });
+        if let Some(d) = deadline {
+            req.set_timeout(d);
+        }
+        req
+    };
+    // The server's cap (no deadline from the caller).
+    let e = c.get_document(call("GNP", None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    // The caller's deadline, shorter than the cap.
+    let e = c
+        .get_document(call("BHP", Some(Duration::from_millis(150))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
 }
