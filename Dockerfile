@@ -1,44 +1,45 @@
-# One image with every binary of the workspace: provider-service, consumer-service and the
-# sample-exchange. docker-compose.yml picks the binary with `command`.
+# One image with the binaries that ship: provider-service, consumer-service and the
+# sample-exchange (for the compose file's offline profile). docker-compose.yml picks the binary
+# with `command`. Dependencies are compiled from a cargo-chef recipe (the manifests and lock file
+# only), so their layer survives source changes and no list of binaries is kept by hand here.
 
-# ---- build ----
-FROM rust:1.95-slim-bookworm AS build
+# ---- toolchain with cargo-chef ----
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install --locked cargo-chef@0.1.78
 WORKDIR /src
 
-# Dependency layer: the manifests, the lock file and the proto contract with stub sources, so
-# that dependencies are compiled once and cached until a manifest changes.
-COPY Cargo.toml Cargo.lock ./
-COPY proto ./proto
-COPY shared/Cargo.toml shared/build.rs ./shared/
-COPY shared/migrations ./shared/migrations
-COPY provider-service/Cargo.toml ./provider-service/
-COPY consumer-service/Cargo.toml ./consumer-service/
-COPY tests/Cargo.toml ./tests/
-RUN mkdir -p shared/src provider-service/src consumer-service/src tests/src/bin \
- && touch shared/src/lib.rs provider-service/src/lib.rs consumer-service/src/lib.rs tests/src/lib.rs \
- && for f in provider-service/src/main.rs consumer-service/src/main.rs \
-             tests/src/bin/sample-exchange.rs tests/src/bin/bench.rs; do echo 'fn main() {}' > "$f"; done \
- && cargo build --release --workspace --bins \
- && rm -rf shared/src provider-service/src consumer-service/src tests/src
+# ---- the dependency recipe (changes only when a manifest or Cargo.lock does) ----
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
 
-# The real sources.
-COPY shared/src ./shared/src
-COPY provider-service/src ./provider-service/src
-COPY consumer-service/src ./consumer-service/src
-COPY tests/src ./tests/src
-RUN touch shared/src/lib.rs provider-service/src/lib.rs consumer-service/src/lib.rs tests/src/lib.rs \
- && cargo build --release --workspace --bins
+# ---- build ----
+FROM chef AS build
+ARG PACKAGES="-p provider-service -p consumer-service -p sample-exchange"
+COPY --from=planner /src/recipe.json recipe.json
+# hadolint ignore=SC2086
+RUN cargo chef cook --profile dist --locked --recipe-path recipe.json $PACKAGES
+COPY . .
+# hadolint ignore=SC2086
+RUN cargo build --profile dist --locked $PACKAGES --bins \
+ && mkdir /out \
+ && cp target/dist/provider-service target/dist/consumer-service target/dist/sample-exchange /out/
 
 # ---- runtime ----
 FROM debian:bookworm-slim
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app \
- && mkdir -p /data && chown app /data
-COPY --from=build /src/target/release/provider-service /src/target/release/consumer-service \
-     /src/target/release/sample-exchange /usr/local/bin/
-USER app
+ && mkdir -p /data && chown 10001:10001 /data
+COPY --from=build /out/ /usr/local/bin/
+# Inside a container every service listens on all interfaces; compose publishes the ports on the
+# host's loopback only. No HEALTHCHECK here: the one image runs three binaries, so compose and
+# Kubernetes name each container's own probe (`<binary> healthcheck`, gRPC health).
+ENV PROVIDER_LISTEN_ADDR=0.0.0.0:50051 \
+    CONSUMER_LISTEN_ADDR=0.0.0.0:50052 \
+    SAMPLE_EXCHANGE_LISTEN_ADDR=0.0.0.0:8700
+USER 10001:10001
 WORKDIR /data
 EXPOSE 50051 50052 8700
 CMD ["provider-service"]
