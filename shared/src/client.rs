@@ -97,7 +97,7 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum Target {
     /// `http://HOST:PORT` or `https://HOST:PORT`: one endpoint (one connection at a time).
-    Fixed(Endpoint),
+    Fixed(Box<Endpoint>),
     /// `dns:///HOST:PORT` (gRPC's name syntax; plaintext) or `dns+https:///HOST:PORT` (TLS,
     /// checking the certificate against HOST): every address the name resolves to, balanced,
     /// and resolved again every [`RESOLVE_INTERVAL`]: several replicas behind one DNS name
@@ -126,7 +126,7 @@ pub fn parse_endpoints(
     parse_targets(urls, connect_timeout, None)?
         .into_iter()
         .map(|t| match t {
-            Target::Fixed(e) => Ok(e),
+            Target::Fixed(e) => Ok(*e),
             Target::Dns { host, port, .. } => {
                 anyhow::bail!("dns:///{host}:{port} is not a fixed endpoint")
             }
@@ -170,7 +170,7 @@ pub fn parse_targets(
                     Some(tls) if u.starts_with("https://") => e.tls_config(tls.clone()),
                     _ => Ok(e),
                 })
-                .map(Target::Fixed)
+                .map(|e| Target::Fixed(Box::new(e)))
                 .map_err(|e| anyhow::anyhow!("provider URL {u:?} is invalid: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -207,12 +207,12 @@ fn channel(
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Channel, anyhow::Error> {
     if let [Target::Fixed(e)] = targets.as_slice() {
-        return Ok(e.clone().connect_lazy());
+        return Ok((**e).clone().connect_lazy());
     }
     if targets.iter().all(|t| matches!(t, Target::Fixed(_))) {
         return Ok(Channel::balance_list(targets.into_iter().map(
             |t| match t {
-                Target::Fixed(e) => e,
+                Target::Fixed(e) => *e,
                 Target::Dns { .. } => unreachable!("all targets are fixed"),
             },
         )));
@@ -225,7 +225,7 @@ fn channel(
             Target::Fixed(e) => {
                 let key = e.uri().to_string();
                 changes
-                    .try_send(Change::Insert(key, e))
+                    .try_send(Change::Insert(key, *e))
                     .map_err(|_| anyhow::anyhow!("too many provider URLs"))?;
             }
             Target::Dns {

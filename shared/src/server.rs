@@ -26,7 +26,6 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// Health service with `service_name` (and the overall "" entry) reported NOT_SERVING until the
 /// caller marks it ready; [`LIVENESS_SERVICE`] SERVING from the start.
-
 pub async fn health_service(
     service_name: &'static str,
 ) -> (
