@@ -7,7 +7,7 @@ use e2e::{
     harness::{assert_invariants, bin, ConsumerProc, Db, Exchange, Provider},
     on_both_databases,
 };
-use shared::proto::consumer::v1::ProcessTickersRequest;
+use shared::{proto::consumer::v1::ProcessTickersRequest, DocumentProvider};
 
 fn check_cli(db: &Db) -> (bool, String) {
     let out = Command::new(bin("provider-service"))
@@ -132,3 +132,73 @@ async fn checker_finds_what_is_wrong(db: Db) {
 }
 
 on_both_databases!(checker_finds_what_is_wrong);
+
+/// The database itself refuses a version going backwards and an ID change for a source key,
+/// whoever writes (here the schema's owner, with plain SQL), and the row stays as it was.
+async fn the_database_refuses_history_rewrites(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let r = provider
+        .client()
+        .get_document(
+            "ASX:GNP",
+            &shared::DocumentOptions::new().force_refresh(true),
+        )
+        .await
+        .unwrap();
+    provider
+        .client()
+        .get_document(
+            "ASX:GNP",
+            &shared::DocumentOptions::new().force_refresh(true),
+        )
+        .await
+        .unwrap();
+    let before = db
+        .store()
+        .await
+        .get_by_source("announcement", "ASX:GNP:announcement")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.version, 2);
+    let statements = [
+        "UPDATE documents SET version = version - 1",
+        "UPDATE documents SET version = 1",
+        "UPDATE documents SET id = 'another-id'",
+        "UPDATE documents SET source_id = 'ASX:BHP:announcement'",
+    ];
+    for sql in statements {
+        let result = if db.is_postgres() {
+            let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.map(|_| ())
+        } else {
+            let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.map(|_| ())
+        };
+        let err = result.expect_err(sql).to_string();
+        assert!(err.contains("documents:"), "{sql}: {err}");
+    }
+    let after = db
+        .store()
+        .await
+        .get_by_source("announcement", "ASX:GNP:announcement")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.id.as_str(), after.version),
+        (r.document_id.as_str(), 2)
+    );
+    // Raising the version is what a refresh does: allowed.
+    let raise = "UPDATE documents SET version = version + 1";
+    if db.is_postgres() {
+        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+        sqlx::query(raise).execute(&pool).await.unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+        sqlx::query(raise).execute(&pool).await.unwrap();
+    }
+}
+
+on_both_databases!(the_database_refuses_history_rewrites);
