@@ -118,6 +118,11 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_HIT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub hit_cache: bool,
 
+    /// Longest time a document is answered from memory without reading the database again, in
+    /// milliseconds: bounds the staleness of writes that bypass the change feed's trigger.
+    #[arg(long, env = "PROVIDER_HIT_CACHE_MAX_AGE_MS", default_value_t = 1_000)]
+    pub hit_cache_max_age_ms: u64,
+
     /// Replaces scheme and host of every upstream (listing, JSON API, PDFs, market data).
     #[arg(long, env = "UPSTREAM_BASE_URL")]
     pub upstream_base_url: Option<String>,
@@ -251,6 +256,7 @@ impl Config {
             lease_ttl: Duration::from_millis(self.fill_lease_ms.max(1)),
             negative_cache_ttl: Duration::from_millis(self.negative_cache_ms),
             hit_cache: self.hit_cache,
+            hit_cache_max_age: Duration::from_millis(self.hit_cache_max_age_ms),
             ..Settings::default()
         })
     }

@@ -2,7 +2,14 @@
 //!
 //! It is only used where the database announces every change (PostgreSQL LISTEN/NOTIFY through
 //! a trigger on `documents`), so an entry is dropped within milliseconds of any write by any
-//! process. While the change feed is down the cache is empty and unused. Freshness is judged
+//! process. While the change feed is down the cache is empty and unused.
+//!
+//! Its staleness is bounded whatever the feed does. The feed sends itself a heartbeat through
+//! the database every 250 ms; notifications arrive in commit order, so a heartbeat sent at `s`
+//! that came back proves every change committed before `s` has been applied here. The view
+//! answers only while its latest returned heartbeat was sent less than [`STALENESS_BOUND`] ago
+//! (otherwise the caller reads the database), and no entry is answered once it is older than
+//! its maximum age, which bounds writes that bypass the trigger too. Freshness is judged
 //! against an estimate of the database's clock (measured at every lookup) with a safety margin
 //! on the side of "not fresh", so a cached answer never claims fresh for a document that is not.
 //! Entries only ever move to higher versions, so this process never answers a version older
@@ -30,6 +37,10 @@ const MAX_ENTRIES: usize = 200_000;
 /// Added to the clock estimate's uncertainty before judging freshness.
 const SAFETY_MARGIN_MS: u64 = 1_000;
 
+/// The view answers only while its latest returned heartbeat was sent less than this long ago:
+/// a hit reflects every change committed more than this long before it was answered.
+pub const STALENESS_BOUND: Duration = Duration::from_millis(750);
+
 type Key = (Kind, String);
 
 /// What the cache knows of one document: the highest version announced or read, and the head
@@ -39,7 +50,8 @@ struct Slot {
     version: i64,
     /// Bumped on every announced change of the document.
     changes: u64,
-    head: Option<DocumentHead>,
+    /// The head and when it was stored.
+    head: Option<(DocumentHead, tokio::time::Instant)>,
 }
 
 /// What a read must show to be remembered: nothing changed since it began.
@@ -57,6 +69,12 @@ pub struct HitCache {
     live: AtomicBool,
     /// The database clock as last measured, against the monotonic clock (which never steps).
     clock: Mutex<Option<ClockSample>>,
+    /// Microseconds after `base` until which the feed is proven caught up (latest returned
+    /// heartbeat's send time + [`STALENESS_BOUND`]); 0: not proven.
+    caught_up_until: AtomicU64,
+    base: tokio::time::Instant,
+    /// No entry is answered past this age.
+    max_age: Duration,
 }
 
 /// One reading of the database clock: `db_at` was the database's time at local instant `at`,
@@ -76,13 +94,17 @@ impl ClockSample {
 }
 
 impl HitCache {
-    /// A cache fed by `changes`; it starts unused until the feed connects.
-    pub fn new(changes: broadcast::Receiver<Change>) -> Arc<Self> {
+    /// A cache fed by `changes` whose entries are answered for at most `max_age`; it starts
+    /// unused until the feed connects and its first heartbeat comes back.
+    pub fn new(changes: broadcast::Receiver<Change>, max_age: Duration) -> Arc<Self> {
         let cache = Arc::new(Self {
             entries: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             clock: Mutex::new(None),
+            caught_up_until: AtomicU64::new(0),
+            base: tokio::time::Instant::now(),
+            max_age,
         });
         tokio::spawn(Self::follow(Arc::downgrade(&cache), changes));
         cache
@@ -110,6 +132,12 @@ impl HitCache {
                     slot.changes += 1;
                     slot.head = None;
                 }
+                Ok(Change::Heartbeat { sent }) => {
+                    let until = (sent + STALENESS_BOUND).saturating_duration_since(cache.base);
+                    cache
+                        .caught_up_until
+                        .fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+                }
                 Ok(Change::Reset) => {
                     cache.start_over();
                     cache.live.store(true, Ordering::Release);
@@ -130,6 +158,8 @@ impl HitCache {
 
     fn start_over(&self) {
         let mut entries = self.entries.write().expect("hit cache lock");
+        // Only a heartbeat sent after this point proves the feed caught up again.
+        self.caught_up_until.store(0, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.clear();
     }
@@ -169,14 +199,20 @@ impl HitCache {
 
     /// A cached head that is fresh within `cache_hours`, if any.
     pub fn fresh(&self, kind: Kind, source_id: &str, cache_hours: u32) -> Option<DocumentHead> {
-        if cache_hours == 0 || !self.live.load(Ordering::Acquire) {
+        if cache_hours == 0 || !self.live.load(Ordering::Acquire) || !self.caught_up() {
             return None;
         }
         let now = self.db_now_upper_bound()?;
         let entries = self.entries.read().expect("hit cache lock");
-        let head = entries.get(&(kind, source_id.to_string()))?.head.as_ref()?;
-        (now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours)))
-            .then(|| head.clone())
+        let (head, stored) = entries.get(&(kind, source_id.to_string()))?.head.as_ref()?;
+        (stored.elapsed() < self.max_age
+            && now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours)))
+        .then(|| head.clone())
+    }
+
+    /// Whether a heartbeat sent less than [`STALENESS_BOUND`] ago has come back.
+    fn caught_up(&self) -> bool {
+        (self.base.elapsed().as_micros() as u64) < self.caught_up_until.load(Ordering::Acquire)
     }
 
     /// Remembers a head read from or written to the database, unless the document changed or
@@ -196,14 +232,143 @@ impl HitCache {
         if current_epoch
             && slot.changes == stamp.changes
             && head.version >= slot.version
-            && slot.head.as_ref().is_none_or(|h| h.version <= head.version)
+            && slot
+                .head
+                .as_ref()
+                .is_none_or(|(h, _)| h.version <= head.version)
         {
             slot.version = head.version;
-            slot.head = Some(head.clone());
+            slot.head = Some((head.clone(), tokio::time::Instant::now()));
         } else if head.version > slot.version {
             // Not trusted as a head, but a newer version exists: never serve an older one.
             slot.version = head.version;
             slot.head = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::{advance, Instant as TokioInstant};
+
+    use super::*;
+
+    fn head(version: i64) -> DocumentHead {
+        DocumentHead {
+            id: "doc-1".into(),
+            source_id: "ASX:GNP:announcement".into(),
+            tags: vec![],
+            version,
+            last_synced: Utc::now(),
+        }
+    }
+
+    const SID: &str = "ASX:GNP:announcement";
+
+    /// A view whose feed has connected and proved itself once, holding `head(1)`.
+    async fn warmed(max_age: Duration) -> (Arc<HitCache>, broadcast::Sender<Change>) {
+        let (tx, rx) = broadcast::channel(16);
+        let cache = HitCache::new(rx, max_age);
+        tx.send(Change::Reset).unwrap();
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now(),
+        })
+        .unwrap();
+        settle().await;
+        cache.observe_clock(Utc::now(), Instant::now());
+        let stamp = cache.stamp(Kind::Announcement, SID);
+        cache.remember(Kind::Announcement, &head(1), stamp);
+        (cache, tx)
+    }
+
+    /// Lets the follower task apply what was sent.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn hit(cache: &HitCache) -> Option<i64> {
+        cache.fresh(Kind::Announcement, SID, 24).map(|h| h.version)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_only_while_its_heartbeat_is_recent() {
+        let (cache, tx) = warmed(Duration::from_secs(60)).await;
+        assert_eq!(hit(&cache), Some(1));
+        // The feed goes silent: past the bound the view stops answering.
+        advance(STALENESS_BOUND + Duration::from_millis(1)).await;
+        assert_eq!(hit(&cache), None);
+        // A heartbeat sent now comes back: the view answers again.
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now(),
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), Some(1));
+        // A heartbeat that was sent long ago proves nothing about now.
+        advance(STALENESS_BOUND * 2).await;
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now() - STALENESS_BOUND * 2,
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_entry_is_answered_past_its_maximum_age() {
+        let (cache, tx) = warmed(Duration::from_millis(1000)).await;
+        for _ in 0..3 {
+            advance(Duration::from_millis(300)).await;
+            tx.send(Change::Heartbeat {
+                sent: TokioInstant::now(),
+            })
+            .unwrap();
+            settle().await;
+            assert_eq!(hit(&cache), Some(1));
+        }
+        advance(Duration::from_millis(200)).await;
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now(),
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), None, "1.1 s old: read the database again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_a_lost_feed_or_a_reset_drops_what_it_knew() {
+        let (cache, tx) = warmed(Duration::from_secs(60)).await;
+        tx.send(Change::Document {
+            source_type: "announcement".into(),
+            source_id: SID.into(),
+            version: 2,
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), None, "a newer version was announced");
+        // An older head read before the change is not remembered; the new one is.
+        let stamp = cache.stamp(Kind::Announcement, SID);
+        cache.remember(Kind::Announcement, &head(1), stamp);
+        assert_eq!(hit(&cache), None);
+        cache.remember(Kind::Announcement, &head(2), stamp);
+        assert_eq!(hit(&cache), Some(2));
+        // The feed is lost: nothing is answered, even after it reconnects, until a heartbeat
+        // sent after the reconnection comes back.
+        tx.send(Change::Lost).unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), None);
+        tx.send(Change::Reset).unwrap();
+        settle().await;
+        let stamp = cache.stamp(Kind::Announcement, SID);
+        cache.remember(Kind::Announcement, &head(2), stamp);
+        assert_eq!(hit(&cache), None, "no heartbeat since the reset");
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now(),
+        })
+        .unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), Some(2));
     }
 }

@@ -62,6 +62,8 @@ pub struct Settings {
     pub holder: String,
     /// Serve hits from memory where the database announces changes (PostgreSQL).
     pub hit_cache: bool,
+    /// Longest time a document is answered from memory without reading the database again.
+    pub hit_cache_max_age: Duration,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             negative_cache_ttl: Duration::from_secs(5),
             holder: format!("provider-{}-{:08x}", std::process::id(), rand_u32()),
             hit_cache: true,
+            hit_cache_max_age: Duration::from_secs(1),
         }
     }
 }
@@ -157,7 +160,9 @@ impl Provisioner {
             })
             .collect();
         let hit_cache = if settings.hit_cache {
-            store.changes().map(HitCache::new)
+            store
+                .changes()
+                .map(|c| HitCache::new(c, settings.hit_cache_max_age))
         } else {
             None
         };
@@ -906,7 +911,7 @@ async fn changed(
                 source_id,
                 ..
             }) if source_type == kind && source_id == sid => return,
-            Ok(Change::Document { .. }) => {}
+            Ok(Change::Document { .. } | Change::Heartbeat { .. }) => {}
             Ok(Change::Reset | Change::Lost) | Err(_) => return,
         }
     }

@@ -224,6 +224,9 @@ pub enum Change {
     Reset,
     /// The feed is down: changes are not being announced until the next `Reset`.
     Lost,
+    /// This process's own heartbeat, sent at `sent`, came back through the feed: every change
+    /// committed before `sent` has been announced (notifications arrive in commit order).
+    Heartbeat { sent: tokio::time::Instant },
 }
 
 /// Which database a store talks to.

@@ -43,10 +43,18 @@ const DOCUMENT_COLUMNS: &str =
 const CHANGES_CHANNEL: &str = "documents_changed";
 /// Payload of a TRUNCATE (migration 0004): forget everything.
 const RESET_PAYLOAD: &str = "~reset";
-/// Payload of the listener's own liveness probe.
-const HEARTBEAT_PAYLOAD: &str = "~heartbeat";
-/// How long the change feed may be silent before it is probed.
-const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Prefix of a heartbeat's payload: `~hb <feed id> <microseconds since HEARTBEAT_BASE>`.
+const HEARTBEAT_PREFIX: &str = "~hb ";
+/// How often the feed sends itself a heartbeat through the database.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+/// A feed that has delivered nothing (not even its own heartbeats) for this long is dead.
+const SILENT_AFTER: Duration = Duration::from_secs(2);
+
+/// The instant heartbeat payloads count from (monotonic, this process only).
+fn heartbeat_base() -> tokio::time::Instant {
+    static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
+    *BASE.get_or_init(tokio::time::Instant::now)
+}
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -109,13 +117,16 @@ impl PostgresStore {
     }
 
     /// Listens on the changes channel for as long as anyone subscribes, reconnecting with
-    /// backoff; every (re)connection is announced as [`Change::Reset`].
+    /// backoff; every (re)connection is announced as [`Change::Reset`]. While connected it sends
+    /// itself a heartbeat every [`HEARTBEAT_EVERY`] through the database and announces each one
+    /// that comes back as [`Change::Heartbeat`]: proof that the feed is alive and caught up.
     fn start_listening(&self) {
         if self.listening.set(()).is_err() {
             return;
         }
         let pool = self.pool.clone();
         let tx = self.changes.clone();
+        let feed_id = uuid::Uuid::now_v7().simple().to_string();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
@@ -139,16 +150,20 @@ impl PostgresStore {
                 }
                 delay = Duration::from_millis(100);
                 let _ = tx.send(Change::Reset);
-                // A quiet connection is probed with a notification of our own: if even that
-                // does not come back, the connection is dead (e.g. dropped by a firewall).
-                let mut probing = false;
+                let heartbeats =
+                    AbortOnDrop(tokio::spawn(send_heartbeats(pool.clone(), feed_id.clone())));
+                // Heartbeats arrive every HEARTBEAT_EVERY: silence means a dead or frozen
+                // connection (a hung backend, a firewall that dropped it).
                 loop {
-                    match tokio::time::timeout(HEARTBEAT, listener.try_recv()).await {
+                    match tokio::time::timeout(SILENT_AFTER, listener.try_recv()).await {
                         Ok(Ok(Some(n))) => {
-                            probing = false;
                             let payload = n.payload();
                             if payload == RESET_PAYLOAD {
                                 let _ = tx.send(Change::Reset);
+                            } else if let Some(beat) = payload.strip_prefix(HEARTBEAT_PREFIX) {
+                                if let Some(sent) = own_heartbeat(beat, &feed_id) {
+                                    let _ = tx.send(Change::Heartbeat { sent });
+                                }
                             } else if let Some(c) = parse_change(payload) {
                                 let _ = tx.send(c);
                             }
@@ -166,21 +181,14 @@ impl PostgresStore {
                             let _ = tx.send(Change::Lost);
                             break;
                         }
-                        Err(_) if probing => {
+                        Err(_) => {
                             tracing::warn!("document change feed is silent; reconnecting");
                             let _ = tx.send(Change::Lost);
                             break;
                         }
-                        Err(_) => {
-                            probing = true;
-                            let _ = sqlx::query("SELECT pg_notify($1, $2)")
-                                .bind(CHANGES_CHANNEL)
-                                .bind(HEARTBEAT_PAYLOAD)
-                                .execute(&pool)
-                                .await;
-                        }
                     }
                 }
+                drop(heartbeats);
             }
         });
     }
@@ -207,6 +215,44 @@ fn bind_document<'q>(
         .bind(&content.content_json)
         .bind(&content.tags)
         .bind(content.content_hash())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `~hb <feed_id> <µs since the base>` on the changes channel every [`HEARTBEAT_EVERY`].
+/// A send that fails or hangs is skipped: the missing heartbeat is the signal.
+async fn send_heartbeats(pool: PgPool, feed_id: String) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let payload = format!(
+            "{HEARTBEAT_PREFIX}{feed_id} {}",
+            heartbeat_base().elapsed().as_micros()
+        );
+        let _ = tokio::time::timeout(
+            HEARTBEAT_EVERY * 4,
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(payload)
+                .execute(&pool),
+        )
+        .await;
+    }
+}
+
+/// When this feed sent the heartbeat `beat` (`<feed id> <µs>`); None for another feed's.
+fn own_heartbeat(beat: &str, feed_id: &str) -> Option<tokio::time::Instant> {
+    let (id, micros) = beat.split_once(' ')?;
+    (id == feed_id).then_some(())?;
+    Some(heartbeat_base() + Duration::from_micros(micros.parse().ok()?))
 }
 
 fn parse_change(payload: &str) -> Option<Change> {

@@ -1,0 +1,186 @@
+//! The in-memory hit view's promise, held whatever its change feed does (PostgreSQL, where the
+//! view is used): an answer never carries a version older, or an ID deleted, more than 1 s
+//! before the call began. The feed's LISTEN backend is frozen with SIGSTOP (a hung backend or a
+//! stalled network: the connection stays open and silent) while another replica refreshes and
+//! while the row is deleted; and a change made without firing the trigger
+//! (`session_replication_role = replica`, as a restore or a repair does) is seen within the
+//! view's maximum age. Each call is recorded with its start time and checked against the bound.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use e2e::harness::{Db, Exchange, Provider};
+use shared::{DocumentOptions, DocumentProvider, ProviderClient};
+
+/// The promise (README "Guarantees"): 750 ms heartbeat bound, 1 s maximum age.
+const BOUND: Duration = Duration::from_secs(1);
+
+/// The newest LISTEN backend on `url`'s database (the view's feed; an older one may be dying).
+async fn listener_backend(url: &str) -> i32 {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    for _ in 0..200 {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' \
+             ORDER BY backend_start DESC LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no LISTEN backend on the test database");
+}
+
+/// SIGSTOPs a backend; SIGCONT when dropped, whatever the test did.
+struct Frozen(i32);
+
+impl Frozen {
+    fn new(pid: i32) -> Self {
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot SIGSTOP backend {pid}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Calls `client` for `ASX:GNP` (24-hour window) for `span`, recording (start, id, version).
+async fn record(client: &ProviderClient, span: Duration) -> Vec<(Instant, String, i64)> {
+    let mut calls = Vec::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let start = Instant::now();
+        if let Ok(r) = client
+            .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(24))
+            .await
+        {
+            calls.push((start, r.document_id, r.version));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    calls
+}
+
+/// Calls that began more than BOUND after `changed` and still saw what `stale` says is old.
+fn late_stale(
+    calls: &[(Instant, String, i64)],
+    changed: Instant,
+    stale: impl Fn(&str, i64) -> bool,
+) -> (usize, Vec<String>) {
+    let late: Vec<_> = calls
+        .iter()
+        .filter(|(start, _, _)| *start >= changed + BOUND)
+        .collect();
+    let bad = late
+        .iter()
+        .filter(|(_, id, v)| stale(id, *v))
+        .map(|(s, id, v)| format!("{id} v{v} at +{} ms", (*s - changed).as_millis()))
+        .collect();
+    (late.len(), bad)
+}
+
+/// Warms the view: a few answers in a row, the last ones from memory.
+async fn warm(client: &ProviderClient) -> (String, i64) {
+    let mut last = (String::new(), 0);
+    for _ in 0..5 {
+        let r = client
+            .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(24))
+            .await
+            .unwrap();
+        last = (r.document_id, r.version);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn the_hit_view_is_never_staler_than_its_bound() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    // Only `viewer` keeps a hit view (and so the only LISTEN connection); `writer` refreshes.
+    let viewer = Provider::start(db.url(), &ex.url, &[]).await;
+    let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
+    let (a, b) = (viewer.client(), writer.client());
+    let created = a
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert!(created.created);
+
+    // 1. The feed goes silent, then another replica refreshes the document.
+    let (id, v1) = warm(&a).await;
+    let frozen = Frozen::new(listener_backend(db.url()).await);
+    let refreshed = b
+        .get_document("ASX:GNP", &DocumentOptions::new().force_refresh(true))
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    assert_eq!(
+        (refreshed.document_id.as_str(), refreshed.version),
+        (id.as_str(), v1 + 1)
+    );
+    let calls = record(&a, BOUND * 3).await;
+    drop(frozen);
+    let (late, bad) = late_stale(&calls, changed, |_, v| v < v1 + 1);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "old version answered past the bound: {bad:?}"
+    );
+
+    // 2. The feed goes silent again, then the row is deleted.
+    let (id, _) = warm(&a).await;
+    let frozen = Frozen::new(listener_backend(db.url()).await);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("DELETE FROM documents WHERE source_id = 'ASX:GNP:announcement'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    let calls = record(&a, BOUND * 3).await;
+    drop(frozen);
+    let (late, bad) = late_stale(&calls, changed, |i, _| i == id);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "deleted ID answered past the bound: {bad:?}"
+    );
+
+    // 3. A change that does not fire the trigger (the feed never hears of it).
+    let (id, v) = warm(&a).await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE documents SET version = version + 1 WHERE source_id = 'ASX:GNP:announcement'",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let changed = Instant::now();
+    let calls = record(&a, BOUND * 3).await;
+    let (late, bad) = late_stale(&calls, changed, |i, ver| i != id || ver <= v);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "a change that bypassed the trigger was not seen within the maximum age: {bad:?}"
+    );
+}
