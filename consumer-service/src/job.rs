@@ -2,6 +2,10 @@
 //! the shared database by ID (noticing a newer version), select the announcements that match the
 //! filters, download the PDFs not stored yet, and write the `announcement_download` document
 //! with its attachments in one transaction.
+//!
+//! A ticker is processed once per request however many spellings name it (`ASX:CBA`, `cba`,
+//! `ASX.CBA`), and one round at a time per ticker in this process, so concurrent rounds find
+//! what the first one stored instead of downloading it again.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -112,6 +116,30 @@ pub struct Processor {
     store: Arc<dyn DocumentStore>,
     downloader: Downloader,
     settings: JobSettings,
+    /// One round at a time per canonical ticker in this process.
+    rounds: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A round's hold on its ticker; the ticker's entry goes when the last holder does.
+struct RoundGuard {
+    rounds: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    key: String,
+    lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RoundGuard {
+    fn drop(&mut self) {
+        let mutex = self.lock.take().map(|g| {
+            let m = tokio::sync::OwnedMutexGuard::mutex(&g).clone();
+            drop(g);
+            m
+        });
+        let mut rounds = self.rounds.lock().expect("rounds lock");
+        // Ours and the map's: nobody else waits for this ticker.
+        if mutex.is_some_and(|m| Arc::strong_count(&m) == 2) {
+            rounds.remove(&self.key);
+        }
+    }
 }
 
 impl Processor {
@@ -126,6 +154,23 @@ impl Processor {
             store,
             downloader,
             settings,
+            rounds: Arc::default(),
+        }
+    }
+
+    /// Waits until no other round of `ticker` (canonical form) runs in this process.
+    async fn hold(&self, ticker: &str) -> RoundGuard {
+        let mutex = self
+            .rounds
+            .lock()
+            .expect("rounds lock")
+            .entry(ticker.to_string())
+            .or_default()
+            .clone();
+        RoundGuard {
+            rounds: self.rounds.clone(),
+            key: ticker.to_string(),
+            lock: Some(mutex.lock_owned().await),
         }
     }
 
@@ -161,12 +206,38 @@ impl Processor {
 
     /// Processes every ticker (concurrently, bounded) and answers reports in request order.
     /// `deadline` is the caller's, and bounds every provider call.
+    /// Spellings of one ticker are processed once and each answered with that report.
     pub async fn run(&self, req: &JobRequest, deadline: Option<Instant>) -> Vec<pb::TickerReport> {
-        stream::iter(req.tickers.iter().cloned())
+        // Position -> index of the distinct ticker it names (unparsable ones stand alone).
+        let mut distinct: Vec<String> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let positions: Vec<usize> = req
+            .tickers
+            .iter()
+            .map(|t| match Ticker::parse(t) {
+                Ok(parsed) => *seen.entry(parsed.to_string()).or_insert_with(|| {
+                    distinct.push(t.clone());
+                    distinct.len() - 1
+                }),
+                Err(_) => {
+                    distinct.push(t.clone());
+                    distinct.len() - 1
+                }
+            })
+            .collect();
+        let reports: Vec<pb::TickerReport> = stream::iter(distinct)
             .map(|t| async move { self.process_one(&t, req, deadline).await })
             .buffered(self.settings.ticker_concurrency)
             .collect()
-            .await
+            .await;
+        positions
+            .into_iter()
+            .zip(&req.tickers)
+            .map(|(i, asked)| pb::TickerReport {
+                ticker: asked.clone(),
+                ..reports[i].clone()
+            })
+            .collect()
     }
 
     #[tracing::instrument(
@@ -224,6 +295,17 @@ impl Processor {
     ) -> Result<(), ItemError> {
         let parsed = Ticker::parse(ticker)
             .map_err(|e| ItemError::new(Code::InvalidArgument, format!("ticker: {e}")))?;
+        let canonical = parsed.to_string();
+        let hold = self.hold(&canonical);
+        let _round = match deadline {
+            Some(d) => tokio::time::timeout_at(d, hold).await.map_err(|_| {
+                ItemError::new(
+                    Code::DeadlineExceeded,
+                    "deadline passed while another round of this ticker ran",
+                )
+            })?,
+            None => hold.await,
+        };
 
         // 1. Ask the provider, within the caller's deadline.
         let mut opts = DocumentOptions::new()

@@ -149,9 +149,93 @@ async fn one_failure_never_stops_the_others(db: Db) {
     assert!(!resp.reports[3].downloaded.is_empty());
 }
 
+/// Each PDF is fetched once per ticker however the request names it and however many rounds run
+/// at once: spellings of one ticker share one processing, concurrent rounds one at a time. The
+/// sample exchange's request counters are the judge, and the download document is written once
+/// per round that ran.
+async fn each_pdf_is_fetched_once(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let pdf_requests = |ex: &Exchange| {
+        let ex = ex.url.clone();
+        async move {
+            let stats: serde_json::Value = reqwest::get(format!("{ex}/_stats"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            stats["by_request"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(p, _)| p.starts_with(PDF_PATH))
+                .map(|(p, n)| (p.clone(), n.as_u64().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // One request, three spellings of one ticker.
+    let spellings = ["ASX:CBA", "cba", "ASX.CBA"];
+    let answer = consumer
+        .client()
+        .await
+        .process_tickers(request(&spellings))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.reports.len(), 3);
+    for (r, asked) in answer.reports.iter().zip(spellings) {
+        assert_eq!(r.ticker, asked, "each position answers as it was asked");
+        assert!(r.error.is_none(), "{r:?}");
+        assert_eq!(keys(&r.downloaded), keys(&answer.reports[0].downloaded));
+    }
+    let fetched = pdf_requests(&ex).await;
+    assert!(!fetched.is_empty());
+    assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
+    let store = db.store().await;
+    let own = store
+        .get_by_source("announcement_download", "ASX:CBA:announcement_download")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(own.version, 1, "the download document is written once");
+
+    // Three concurrent rounds of another ticker.
+    let rounds = (0..3).map(|_| {
+        let consumer = &consumer;
+        async move {
+            consumer
+                .client()
+                .await
+                .process_tickers(request(&["ASX:BHP"]))
+                .await
+                .unwrap()
+                .into_inner()
+                .reports
+                .remove(0)
+        }
+    });
+    let reports = futures::future::join_all(rounds).await;
+    for r in &reports {
+        assert!(r.error.is_none(), "{r:?}");
+    }
+    let downloaded: usize = reports.iter().map(|r| r.downloaded.len()).sum();
+    let matched = reports[0].matched.len();
+    assert!(matched > 0);
+    assert_eq!(
+        downloaded, matched,
+        "one round downloads, the others find them stored"
+    );
+    let fetched = pdf_requests(&ex).await;
+    assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
+}
+
 on_both_databases!(
     round_trip_downloads_once,
-    one_failure_never_stops_the_others
+    one_failure_never_stops_the_others,
+    each_pdf_is_fetched_once
 );
 
 #[tokio::test]
