@@ -31,6 +31,12 @@ pub enum StorageError {
     LeaseLost(i64),
     #[error("database schema is at migration {have}, this binary needs {need}: run the migrations (a service with DATABASE_MIGRATE=true does)")]
     SchemaBehind { have: i64, need: i64 },
+    #[error("database schema is at migration {schema} and needs binaries that know migration {oldest_compatible} or later; this binary knows migrations up to {binary}: deploy a newer binary")]
+    SchemaIncompatible {
+        schema: i64,
+        oldest_compatible: i64,
+        binary: i64,
+    },
 }
 
 /// The invariant checks both stores run: what each finds is named by its label. The two that
@@ -386,6 +392,13 @@ pub async fn connect_until_ready(
         };
         match attempt.await {
             Ok(store) => return store,
+            Err(e @ StorageError::SchemaIncompatible { .. }) => {
+                // Not transient, but a rollback of the deploy (or a newer binary) mends it:
+                // stay up, NOT_SERVING, and say so loudly.
+                tracing::error!(error = %e, retry_in = ?delay, "database schema is too new for this binary");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
                 tokio::time::sleep(delay).await;
@@ -395,17 +408,47 @@ pub async fn connect_until_ready(
     }
 }
 
-/// The latest migration version `migrator` has, and the latest applied one per `applied`.
+/// A migrator that accepts a database migrated further than it knows (a newer release's
+/// expand migrations): whether this binary may run on it is [`check_compatible`]'s question.
+pub(crate) fn tolerant(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// The newest migration `migrator` knows.
+fn newest(migrator: &sqlx::migrate::Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// The schema has every migration this binary knows (`applied` is the newest applied one).
 pub(crate) fn check_schema(
     migrator: &sqlx::migrate::Migrator,
     applied: Option<i64>,
 ) -> Result<(), StorageError> {
-    let need = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let need = newest(migrator);
     let have = applied.unwrap_or(0);
     if have < need {
         return Err(StorageError::SchemaBehind { have, need });
     }
     Ok(())
+}
+
+/// This binary may run against the schema: it knows the migration the schema's compatibility
+/// marker names (`oldest_compatible`; None before the marker's migration ran).
+pub(crate) fn check_compatible(
+    migrator: &sqlx::migrate::Migrator,
+    applied: Option<i64>,
+    oldest_compatible: Option<i64>,
+) -> Result<(), StorageError> {
+    let binary = newest(migrator);
+    match oldest_compatible {
+        Some(oldest) if oldest > binary => Err(StorageError::SchemaIncompatible {
+            schema: applied.unwrap_or(0),
+            oldest_compatible: oldest,
+            binary,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A fresh, unused document ID.

@@ -20,7 +20,8 @@ use super::{
     Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| super::tolerant(sqlx::migrate!("./migrations/postgres")));
 
 /// How both document writes end: a conflict on the source key keeps the row (and its ID) and
 /// bumps the version; the new head comes back.
@@ -196,6 +197,36 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The newest applied migration and the schema's compatibility marker (None where the
+    /// tables do not exist yet).
+    async fn compatibility(&self) -> Result<(Option<i64>, Option<i64>), StorageError> {
+        let (migrations, marker): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT to_regclass('_sqlx_migrations')::text, \
+                    to_regclass('schema_compatibility')::text",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied = match migrations {
+            Some(_) => {
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            None => None,
+        };
+        let oldest = match marker {
+            Some(_) => {
+                sqlx::query_scalar(
+                    "SELECT oldest_compatible FROM schema_compatibility WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => None,
+        };
+        Ok((applied, oldest))
+    }
 }
 
 /// Binds $1 to $8 of a document write: a new ID (used only if the row is new), the source key
@@ -300,6 +331,8 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn migrate(&self) -> Result<(), StorageError> {
+        let (applied, oldest) = self.compatibility().await?;
+        super::check_compatible(&MIGRATOR, applied, oldest)?;
         // sqlx takes a PostgreSQL advisory lock around the migrations, so replicas starting at
         // once apply them exactly once.
         MIGRATOR.run(&self.pool).await?;
@@ -307,10 +340,8 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn schema_ready(&self) -> Result<(), StorageError> {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&self.pool)
-                .await?;
+        let (applied, oldest) = self.compatibility().await?;
+        super::check_compatible(&MIGRATOR, applied, oldest)?;
         super::check_schema(&MIGRATOR, applied)
     }
 

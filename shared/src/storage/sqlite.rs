@@ -19,7 +19,8 @@ use super::{
     Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| super::tolerant(sqlx::migrate!("./migrations/sqlite")));
 
 const DOCUMENT_COLUMNS: &str =
     "id, source_type, source_id, title, content_markdown, content_json, \
@@ -31,6 +32,33 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The newest applied migration and the schema's compatibility marker (None where the
+    /// tables do not exist yet).
+    async fn compatibility(&self) -> Result<(Option<i64>, Option<i64>), StorageError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('_sqlx_migrations', 'schema_compatibility')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let has = |t: &str| tables.iter().any(|n| n == t);
+        let applied = if has("_sqlx_migrations") {
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.pool)
+                .await?
+        } else {
+            None
+        };
+        let oldest = if has("schema_compatibility") {
+            sqlx::query_scalar("SELECT oldest_compatible FROM schema_compatibility WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?
+        } else {
+            None
+        };
+        Ok((applied, oldest))
+    }
+
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -93,6 +121,8 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StorageError> {
+        let (applied, oldest) = self.compatibility().await?;
+        super::check_compatible(&MIGRATOR, applied, oldest)?;
         // SQLite has no advisory lock: when two processes migrate a new file at once, the loser
         // fails on the winner's bookkeeping row. The migrations are idempotent, so run again and
         // let the second pass see them applied.
@@ -111,10 +141,8 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn schema_ready(&self) -> Result<(), StorageError> {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&self.pool)
-                .await?;
+        let (applied, oldest) = self.compatibility().await?;
+        super::check_compatible(&MIGRATOR, applied, oldest)?;
         super::check_schema(&MIGRATOR, applied)
     }
 
