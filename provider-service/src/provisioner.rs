@@ -686,18 +686,23 @@ impl FillContext {
             return Err(e);
         }
         let storage = |e: StorageError| ItemError::new(e.code(), e.to_string());
-        let give_up = Instant::now() + self.settings.lease_ttl * 2 + Duration::from_secs(5);
+        // A holder that renews its lease is followed (callers' deadlines bound their own wait),
+        // up to FOLLOW_LIMIT; one that stops renewing is taken over by the next claim.
+        let started = Instant::now();
+        let mut give_up = started + self.settings.lease_ttl * 2 + Duration::from_secs(5);
         let mut backoff = Duration::from_millis(10);
         let mut feed = None;
         loop {
             let claimed = {
-                let _global = self
-                    .global
+                // The source's own permit first: a slow source queues its fills without
+                // holding global permits that other sources' fills need.
+                let _source = per_source
                     .clone()
                     .acquire_owned()
                     .await
                     .map_err(|_| shutting_down())?;
-                let _source = per_source
+                let _global = self
+                    .global
                     .clone()
                     .acquire_owned()
                     .await
@@ -731,12 +736,6 @@ impl FillContext {
                 Some(Err(FillError::LeaseLost)) | None => {}
             }
             // Another replica holds the lease: wait for its result.
-            if Instant::now() > give_up {
-                return Err(ItemError::new(
-                    Code::Unavailable,
-                    format!("{ticker}: gave up waiting for another provider's fill of {sid}"),
-                ));
-            }
             // Wake on the database's change announcement where there is one, else poll.
             let feed = feed.get_or_insert_with(|| self.store.changes());
             match feed {
@@ -752,13 +751,27 @@ impl FillContext {
                     outcome: Outcome::Hit,
                 });
             }
-            if let Some(lease) = self.store.lease(kind, sid).await.map_err(storage)? {
-                if let (false, Some((code, message)), Some(at)) =
-                    (lease.held, lease.last_error, lease.finished_at)
-                {
-                    if at > seen.at {
-                        return Err(ItemError::new(Code::from_i32(code), message));
+            let held = match self.store.lease(kind, sid).await.map_err(storage)? {
+                Some(lease) => {
+                    if let (false, Some((code, message)), Some(at)) =
+                        (lease.held, lease.last_error, lease.finished_at)
+                    {
+                        if at > seen.at {
+                            return Err(ItemError::new(Code::from_i32(code), message));
+                        }
                     }
+                    lease.held
+                }
+                None => false,
+            };
+            if Instant::now() > give_up {
+                if held && started.elapsed() < FOLLOW_LIMIT {
+                    give_up = Instant::now() + self.settings.lease_ttl;
+                } else {
+                    return Err(ItemError::new(
+                        Code::Unavailable,
+                        format!("{ticker}: gave up waiting for another provider's fill of {sid}"),
+                    ));
                 }
             }
         }
@@ -916,6 +929,9 @@ async fn changed(
         }
     }
 }
+
+/// Longest a fill follows another replica's live lease before giving up.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(300);
 
 enum FillError {
     Failed(ItemError),

@@ -216,6 +216,7 @@ on_both_databases!(
     paused_filler_cannot_overwrite,
     a_holder_reclaims_its_own_lease,
     a_slow_fill_keeps_its_lease,
+    a_waiter_follows_a_renewed_lease,
     a_stale_token_cannot_write,
     an_abandoned_lease_is_released,
 );
@@ -290,6 +291,45 @@ async fn fills_are_concurrent_and_bounded() {
         4,
         "all four fills run at once"
     );
+}
+
+/// A slow source queues its own fills without holding the global permits: a `market_data` miss
+/// is filled at once while announcement fills wait for their source's permit.
+#[tokio::test]
+async fn a_slow_source_does_not_starve_another() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    ex.control(&delayed(LISTING_PATH, 2_000)).await;
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[
+            ("PROVIDER_FILL_CONCURRENCY", "3"),
+            ("PROVIDER_FILL_CONCURRENCY_PER_SOURCE", "1"),
+        ],
+    )
+    .await;
+    let client = p.client();
+    let ids: Vec<String> = ["GNP", "BHP", "CBA", "QUIET"].map(String::from).to_vec();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get_documents(&ids, &DocumentOptions::new()).await })
+    };
+    ex.wait_for_requests(LISTING_PATH, 1).await;
+    let md = client
+        .get_document(
+            "BHP",
+            &DocumentOptions::new().kind(shared::Kind::MarketData),
+        )
+        .await
+        .unwrap();
+    assert_eq!(md.outcome, Outcome::Created);
+    assert!(
+        !slow.is_finished(),
+        "the market data fill waited for the announcement fills"
+    );
+    let results = slow.await.unwrap().unwrap();
+    assert_eq!(results.len(), 4);
 }
 
 #[tokio::test]
@@ -552,6 +592,25 @@ async fn a_slow_fill_keeps_its_lease(db: Db) {
     );
     assert_eq!(ex.count(LISTING_PATH).await, 1, "B fetched again");
     assert_invariants(&db).await;
+}
+
+/// A waiting replica follows a live lease for as long as its holder renews it, past the old
+/// fixed limit (twice the lease plus 5 s), and then answers the holder's document.
+async fn a_waiter_follows_a_renewed_lease(db: Db) {
+    // Lease 300 ms: the old limit was 5.6 s; the holder's fetch takes 7 s.
+    let (ex, _a, b, first) = replica_a_fetching(&db, "300", 7_000, "ASX:GNP").await;
+    let second = b
+        .client()
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.outcome, Outcome::Created);
+    assert_eq!(
+        (second.document_id.as_str(), second.version),
+        (first.document_id.as_str(), 1)
+    );
+    assert_eq!(ex.count(LISTING_PATH).await, 1, "B fetched again");
 }
 
 /// The fence: a write carrying a lease token that has since been superseded is refused whole,
