@@ -97,10 +97,14 @@ impl Application {
             tracing::info!("database ready: serving");
         });
 
-        let service = DocumentProviderServer::new(ProviderService::new(provisioner, database))
-            .max_decoding_message_size(config.max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        let service = DocumentProviderServer::new(ProviderService::new(
+            provisioner,
+            database,
+            Duration::from_millis(config.request_timeout_ms),
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
         let token = RequireToken(config.auth_token()?.map(Arc::from));
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls()? {

@@ -23,13 +23,20 @@ use crate::{metrics::METRICS, provisioner::Provisioner};
 pub struct ProviderService {
     provisioner: Arc<OnceLock<Arc<Provisioner>>>,
     database: DatabaseStatus,
+    /// The server's time cap (also the longest deadline a caller gets).
+    cap: std::time::Duration,
 }
 
 impl ProviderService {
-    pub fn new(provisioner: Arc<OnceLock<Arc<Provisioner>>>, database: DatabaseStatus) -> Self {
+    pub fn new(
+        provisioner: Arc<OnceLock<Arc<Provisioner>>>,
+        database: DatabaseStatus,
+        cap: std::time::Duration,
+    ) -> Self {
         Self {
             provisioner,
             database,
+            cap,
         }
     }
 
@@ -195,14 +202,40 @@ impl DocumentProviderRpc for ProviderService {
     ) -> Result<Response<Self::StreamDocumentsStream>, Status> {
         let started = Instant::now();
         let id = request_id(&request);
+        // The stream ends at the caller's deadline (capped by the server's) with
+        // DEADLINE_EXCEEDED: the deadline layer only covers the answer's start.
+        let limit = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(shared::server::parse_grpc_timeout)
+            .map_or(self.cap, |asked| asked.min(self.cap));
+        let deadline = tokio::time::Instant::now() + limit;
         let r = request.into_inner();
         let p = self.ready()?;
         let req = p.validate(&r.kind, r.options.as_ref(), r.identifiers.len())?;
         // The summary is logged when the stream is dropped: done, or the caller went away.
         let mut summary = Summary::new("StreamDocuments", &id, started, true);
-        let stream = p.provide_each(r.identifiers, req).map(move |result| {
-            summary.record(&result);
-            Ok(result.into())
+        let results = p
+            .provide_each(r.identifiers, req)
+            .map(move |result| {
+                summary.record(&result);
+                Ok(result.into())
+            })
+            .boxed();
+        let stream = futures::stream::unfold(Some(results), move |results| async move {
+            let mut results = results?;
+            match tokio::time::timeout_at(deadline, results.next()).await {
+                Ok(Some(item)) => Some((item, Some(results))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Status::deadline_exceeded(format!(
+                        "deadline of {} ms exceeded before every result was ready",
+                        limit.as_millis()
+                    ))),
+                    None,
+                )),
+            }
         });
         Ok(Response::new(stream.boxed()))
     }

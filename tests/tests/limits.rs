@@ -168,4 +168,30 @@ async fn deadlines_and_the_time_cap_answer_deadline_exceeded() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    // A stream too: it ends with DEADLINE_EXCEEDED at the cap or the caller's deadline.
+    for deadline in [None, Some(Duration::from_millis(150))] {
+        let mut req = tonic::Request::new(GetDocumentsRequest {
+            identifiers: vec!["CBA".into(), "QUIET".into()],
+            ..Default::default()
+        });
+        if let Some(d) = deadline {
+            req.set_timeout(d);
+        }
+        let outcome = match c.stream_documents(req).await {
+            Ok(answer) => {
+                let mut stream = answer.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let e = outcome.expect_err("the stream outlived its deadline");
+        // Ended by the deadline: the 3 s upstream would have let it end with its results.
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    }
 }
