@@ -39,7 +39,8 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// How the client talks to the provider.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Deadline of each attempt, sent to the server as `grpc-timeout`.
+    /// Deadline of a whole call, retries and their backoff included; each attempt sends what
+    /// is left of it to the server as `grpc-timeout`.
     pub timeout: Duration,
     /// Retries after the first attempt when the answer is UNAVAILABLE or the connection broke.
     pub retries: u32,
@@ -349,8 +350,8 @@ impl ProviderClient {
         })
     }
 
-    /// The same client (same connections) with another per-attempt deadline, e.g. the
-    /// remainder of the caller's own deadline.
+    /// The same client (same connections) with another deadline per call, e.g. the remainder
+    /// of the caller's own deadline.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         let mut c = self.clone();
         c.config.timeout = timeout;
@@ -371,16 +372,21 @@ impl ProviderClient {
         F: FnMut(Inner, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        // One budget for the whole call, retries and backoff included: the caller's deadline.
+        let budget = self.config.timeout;
+        let deadline = tokio::time::Instant::now() + budget;
         let mut attempt = 0;
         loop {
-            let timeout = self.config.timeout;
-            let result =
-                match tokio::time::timeout(timeout, call(self.inner.clone(), timeout)).await {
-                    Ok(Err(s)) if is_timeout(&s) => Err(deadline_exceeded(timeout)),
-                    Ok(Err(s)) if is_broken_connection(&s) => Err(broken_connection(&s)),
-                    Ok(r) => r,
-                    Err(_) => Err(deadline_exceeded(timeout)),
-                };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(deadline_exceeded(budget));
+            }
+            let result = match tokio::time::timeout(left, call(self.inner.clone(), left)).await {
+                Ok(Err(s)) if is_timeout(&s) => Err(deadline_exceeded(budget)),
+                Ok(Err(s)) if is_broken_connection(&s) => Err(broken_connection(&s)),
+                Ok(r) => r,
+                Err(_) => Err(deadline_exceeded(budget)),
+            };
             match result {
                 Err(s) if s.code() == Code::Unavailable && attempt < self.config.retries => {
                     let cap = self
@@ -391,6 +397,10 @@ impl ProviderClient {
                     // Equal jitter: half the backoff is fixed, so retries always give a failed
                     // endpoint time to be noticed; the other half spreads the callers out.
                     let sleep = cap / 2 + rand::rng().random_range(Duration::ZERO..=cap / 2);
+                    // No retry that could not start before the deadline: the error stands.
+                    if tokio::time::Instant::now() + sleep >= deadline {
+                        return Err(s);
+                    }
                     tracing::debug!(attempt, ?sleep, error = %s.message(), "provider unavailable, retrying");
                     tokio::time::sleep(sleep).await;
                     attempt += 1;
@@ -402,13 +412,19 @@ impl ProviderClient {
 }
 
 /// A transport failure: a connection that broke under the call, which tonic reports as
-/// UNKNOWN "transport error". It is reported (and retried) as UNAVAILABLE, as gRPC asks of
-/// client-side connection failures; every provider RPC is idempotent (it ensures documents
-/// exist), so repeating one is safe.
+/// UNKNOWN "transport error", or one closed during its handshake, which it reports as CANCELLED
+/// with a transport error as the source (a caller's own cancellation produces no status at all).
+/// It is reported (and retried) as UNAVAILABLE, as gRPC asks of client-side connection
+/// failures; every provider RPC is idempotent (it ensures documents exist), so repeating one is
+/// safe.
 fn is_broken_connection(s: &Status) -> bool {
-    s.code() == Code::Unknown
-        && (s.message() == "transport error"
-            || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>()))
+    let transport =
+        || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
+    match s.code() {
+        Code::Unknown => s.message() == "transport error" || transport(),
+        Code::Cancelled => !is_timeout(s) && transport(),
+        _ => false,
+    }
 }
 
 fn broken_connection(s: &Status) -> Status {
@@ -556,6 +572,46 @@ mod tests {
             assert!(e.to_string().contains("dns:///HOST:PORT"), "{bad}: {e}");
         }
         assert!(parse_endpoints("dns:///provider:1", Duration::from_secs(1)).is_err());
+    }
+
+    /// Retries spend one budget: the call's deadline bounds every attempt and backoff together,
+    /// so a provider that keeps failing costs the caller its deadline, not retries x deadline.
+    /// The judge is the number of connections a refusing endpoint sees.
+    #[tokio::test]
+    async fn retries_spend_one_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        let client = ProviderClient::with_config(
+            &format!("http://{addr}"),
+            ClientConfig {
+                timeout: Duration::from_millis(400),
+                retries: 1_000,
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(20),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        let e = client
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+            "{e:?}"
+        );
+        // At least 10 ms of backoff between attempts: at most 41 in 400 ms (1,001 without the
+        // budget).
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=41).contains(&n), "{n} attempts");
     }
 
     /// The balancer learns every address of the name, new ones as they appear and the loss of
