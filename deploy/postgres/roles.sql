@@ -19,6 +19,8 @@ BEGIN
 END
 $$;
 
+-- Nobody but the provider creates objects in the schema (PostgreSQL before 15 lets every role).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO documents_provider;
 GRANT USAGE ON SCHEMA public TO documents_consumer;
 
@@ -31,7 +33,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO documents_consumer;
 DO $$
 BEGIN
     IF to_regclass('public.documents') IS NOT NULL THEN
-        GRANT INSERT, UPDATE ON documents, attachments, document_attachments TO documents_consumer;
+        GRANT INSERT, UPDATE ON documents, document_attachments TO documents_consumer;
+        -- Attachments never change: adding them is all the consumer may do.
+        GRANT INSERT ON attachments TO documents_consumer;
         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO documents_provider;
     END IF;
 END

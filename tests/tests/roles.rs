@@ -62,6 +62,8 @@ async fn the_consumer_role_writes_only_its_own_kind() {
         "INSERT INTO kind_writers VALUES ('announcement', 'documents_consumer')",
         "UPDATE fill_leases SET holder = 'me'",
         "CREATE TABLE sneaky (x int)",
+        "UPDATE attachments SET data = 'x'",
+        "DELETE FROM attachments",
     ] {
         let err = sqlx::query(sql)
             .execute(&pool)
@@ -71,6 +73,16 @@ async fn the_consumer_role_writes_only_its_own_kind() {
         assert!(err.contains("permission denied"), "{sql}: {err}");
     }
 
+    // Attaching a file to the provider's document is refused.
+    let err = sqlx::query(
+        "INSERT INTO document_attachments (document_id, name, attachment_hash) VALUES ($1, 'x', 'h')",
+    )
+    .bind(&gnp.document_id)
+    .execute(&pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("row-level security"), "{err}");
     // The consumer service with that role: its own writes (document and attachments) succeed.
     let consumer = ConsumerProc::start(
         &consumer_url,
