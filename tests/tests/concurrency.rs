@@ -234,6 +234,9 @@ async fn a_caller_that_gives_up_does_not_fail_the_others() {
             .get_document("ASX:GNP", &DocumentOptions::new())
             .await
     });
+    // The impatient caller's fill is fetching before the patient one asks: the caller that
+    // leaves is the one that started the fill.
+    ex.wait_for_requests(LISTING_PATH, 1).await;
     let b = tokio::spawn(async move {
         patient
             .get_document("ASX:GNP", &DocumentOptions::new())

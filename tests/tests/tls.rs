@@ -70,6 +70,21 @@ async fn wait_healthy(p: &Provider, env: &[(&str, &str)]) {
     panic!("provider over TLS never became healthy:\n{}", p.proc.logs());
 }
 
+/// The call reached the server and the server refused it (a broken handshake or protocol
+/// error), rather than failing to connect: a server that is down does not pass.
+fn refused_after_connecting(e: &tonic::Status) {
+    let m = e.message();
+    assert!(
+        matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Internal),
+        "{e:?}"
+    );
+    assert!(
+        (m.contains("h2 protocol error") || m.contains("connection to the provider broke"))
+            && !m.contains("connect error"),
+        "{e:?}"
+    );
+}
+
 fn https(p: &Provider) -> String {
     format!("https://{}", p.addr)
 }
@@ -103,21 +118,24 @@ async fn tls_refuses_plaintext_and_serves_clients_that_trust_the_ca() {
     wait_healthy(&p, &env).await;
 
     let plaintext = client(&p.url(), None, None);
-    assert!(plaintext
+    let e = plaintext
         .get_document("GNP", &DocumentOptions::new())
         .await
-        .is_err());
+        .unwrap_err();
+    // Refused by the TLS server (it does not speak plaintext HTTP/2), not unreachable.
+    refused_after_connecting(&e);
     let untrusting = client(
         &https(&p),
         Some(client_tls(None, None, None).unwrap()),
         None,
     );
+    let e = untrusting
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
     assert!(
-        untrusting
-            .get_document("GNP", &DocumentOptions::new())
-            .await
-            .is_err(),
-        "an unknown CA must not be trusted"
+        e.message().contains("UnknownIssuer"),
+        "an unknown CA must not be trusted: {e:?}"
     );
     let trusting = client(
         &https(&p),
@@ -151,10 +169,12 @@ async fn mutual_tls_requires_a_client_certificate() {
         Some(client_tls(Some(&pki.ca), None, None).unwrap()),
         Some("s3cret-from-a-file"),
     );
-    assert!(anonymous
+    let e = anonymous
         .get_document("GNP", &DocumentOptions::new())
         .await
-        .is_err());
+        .unwrap_err();
+    // The server closed the connection during the handshake (no client certificate).
+    refused_after_connecting(&e);
     let with_cert = client(
         &https(&p),
         Some(client_tls(Some(&pki.ca), Some(&pki.client_cert), Some(&pki.client_key)).unwrap()),
