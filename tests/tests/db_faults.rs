@@ -427,3 +427,18 @@ async fn sqlite_locked_by_another_process() {
     }
     .save();
 }
+
+/// Every pooled PostgreSQL connection carries a `statement_timeout`, so no statement (a lock
+/// wait, a hung query) runs unbounded while a fill holds its permits.
+#[tokio::test]
+async fn pooled_connections_have_a_statement_timeout() {
+    let db = Db::postgres();
+    let store = shared::storage::PostgresStore::connect(db.url(), 2)
+        .await
+        .unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(timeout, shared::storage::STATEMENT_TIMEOUT);
+}

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, STATEMENT_TIMEOUT};
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Callers map it to UNAVAILABLE (the database is down or busy) or INTERNAL.

@@ -2,6 +2,7 @@
 //! (`now()`), so provider replicas with skewed clocks agree on freshness.
 
 use std::{
+    str::FromStr,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -40,6 +41,9 @@ const DOCUMENT_COLUMNS: &str =
     "id, source_type, source_id, title, content_markdown, content_json, \
      tags, content_hash, version, last_synced, created_at, updated_at";
 
+/// PostgreSQL's `statement_timeout` on every pooled connection.
+pub const STATEMENT_TIMEOUT: &str = "15s";
+
 /// Channel the `documents_changed` trigger notifies on.
 const CHANGES_CHANNEL: &str = "documents_changed";
 /// Payload of a TRUNCATE (migration 0004): forget everything.
@@ -66,12 +70,16 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        // No statement runs unbounded while a fill holds its permits (a lock wait, a hung
+        // query): the server cancels it.
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // Short, so a call never waits long on a database that is gone (connects are
             // retried until this timeout); the health watcher then refuses calls at once.
             .acquire_timeout(Duration::from_secs(2))
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Self {
             pool,
