@@ -25,7 +25,9 @@ pub struct Record {
     pub rows_checked: Option<u64>,
     /// Other figures by name.
     pub figures: BTreeMap<String, String>,
-    /// The test that produced the record.
+    /// The test that produced the record: its path (`binary::test`, as nextest names it), with
+    /// `::case` appended when the test writes one record per case. The report matches records
+    /// to the test run's results by it.
     pub test: String,
 }
 

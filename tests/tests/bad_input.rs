@@ -229,7 +229,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
             recovery_ms: None,
             rows_checked: Some(rows),
             figures: Default::default(),
-            test: format!("bad_input::{i:02}"),
+            test: format!("bad_input::hostile_requests_get_clear_errors_and_change_nothing::{i:02}"),
         }
         .save();
     }

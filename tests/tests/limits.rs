@@ -67,7 +67,7 @@ async fn a_flood_beyond_the_limit_is_shed() {
         observed: "the calls over the limit refused at once with RESOURCE_EXHAUSTED, the others served; service SERVING".into(),
         sent: 40,
         outcomes: [("OK".to_string(), ok), ("ResourceExhausted".to_string(), shed)].into(),
-        test: "limits::flood".into(),
+        test: "limits::a_flood_beyond_the_limit_is_shed".into(),
         ..Default::default()
     }
     .save();
@@ -107,7 +107,7 @@ async fn oversize_messages_and_batches_are_refused_whole() {
         observed: format!("{:?}: \"{}\"; nothing fetched", err.code(), err.message()),
         sent: 1,
         outcomes: [(format!("{:?}", err.code()), 1)].into(),
-        test: "limits::oversize".into(),
+        test: "limits::oversize_messages_and_batches_are_refused_whole".into(),
         ..Default::default()
     }
     .save();

@@ -224,7 +224,10 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             recovery_ms: None,
             rows_checked: Some(rows),
             figures: Default::default(),
-            test: format!("upstream_faults::{}", c.ticker),
+            test: format!(
+                "upstream_faults::upstream_faults_are_clear_per_identifier_errors_and_leak_nothing::{}",
+                c.ticker
+            ),
         }
         .save();
     }
@@ -260,7 +263,8 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             ),
         ]
         .into(),
-        test: "upstream_faults::leaks".into(),
+        test: "upstream_faults::upstream_faults_are_clear_per_identifier_errors_and_leak_nothing::leaks"
+            .into(),
     }
     .save();
 }

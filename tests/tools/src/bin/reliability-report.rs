@@ -1,6 +1,9 @@
 //! Renders the records the fault and bad-input tests (and the soak) wrote into a folder as
 //! RELIABILITY.md: one table per fault class with what was tried, what the system did, and the
-//! figures. `scripts/reliability` runs the tests and this in turn.
+//! figures. `scripts/reliability` runs the tests and this in turn. With the test run's JUnit
+//! report, tests that failed (their record, if any, is from a run that did not pass) and tests
+//! that ran without writing a record are listed as such, first: the page cannot show a failure
+//! as a success.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
@@ -16,6 +19,43 @@ use e2e::record::Record;
 struct Args {
     /// Folder the tests wrote their records into (RELIABILITY_RECORD_DIR).
     dir: PathBuf,
+    /// The test run's JUnit report (nextest's `junit.xml`).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+}
+
+/// One test case of a JUnit report: its `e2e` test path (`binary::test`) and whether it failed.
+#[derive(Debug, PartialEq)]
+struct Case {
+    test: String,
+    failed: bool,
+}
+
+/// The test cases of nextest's JUnit report (no XML library: the format is flat and regular).
+fn junit_cases(xml: &str) -> Vec<Case> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        let end = tag[start..].find('"')? + start;
+        Some(
+            tag[start..end]
+                .replace("&quot;", "\"")
+                .replace("&amp;", "&"),
+        )
+    };
+    xml.split("<testcase ")
+        .skip(1)
+        .filter_map(|chunk| {
+            let head = &chunk[..chunk.find('>')?];
+            let name = attr(&format!(" {head}"), "name")?;
+            let class = attr(&format!(" {head}"), "classname")?;
+            let body = chunk.split("</testcase>").next().unwrap_or_default();
+            let binary = class.rsplit("::").next().unwrap_or(&class);
+            Some(Case {
+                test: format!("{binary}::{name}"),
+                failed: body.contains("<failure") || body.contains("<error"),
+            })
+        })
+        .collect()
 }
 
 const CLASSES: [(&str, &str); 5] = [
@@ -51,8 +91,28 @@ fn main() -> anyhow::Result<()> {
             records.push(r);
         }
     }
-    anyhow::ensure!(!records.is_empty(), "no records in {}", args.dir.display());
     records.sort_by(|a, b| (&a.class, &a.test).cmp(&(&b.class, &b.test)));
+    let cases = match &args.junit {
+        Some(path) => junit_cases(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => Vec::new(),
+    };
+    anyhow::ensure!(
+        !records.is_empty() || !cases.is_empty(),
+        "no records in {} and no test report",
+        args.dir.display()
+    );
+    let failed: Vec<&Case> = cases.iter().filter(|c| c.failed).collect();
+    // A record belongs to a test when its `test` is the test's path or starts with it (a test
+    // that tries several cases writes one record each).
+    let of =
+        |r: &Record, c: &Case| r.test == c.test || r.test.starts_with(&format!("{}::", c.test));
+    let unrecorded: Vec<&Case> = cases
+        .iter()
+        .filter(|c| !c.failed && !records.iter().any(|r| of(r, c)))
+        .collect();
 
     let mut out = String::new();
     writeln!(out, "# Reliability")?;
@@ -77,6 +137,33 @@ fn main() -> anyhow::Result<()> {
     let sent: usize = records.iter().map(|r| r.sent).sum();
     writeln!(out)?;
     writeln!(out, "Requests sent in all: {sent}.")?;
+    if !cases.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "## Test results")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} tests ran: {} passed, **{} FAILED**.",
+            cases.len(),
+            cases.len() - failed.len(),
+            failed.len()
+        )?;
+        for c in &failed {
+            let recorded = if records.iter().any(|r| of(r, c)) {
+                " (its record below is from this failed run)"
+            } else {
+                " (no record)"
+            };
+            writeln!(out, "- **FAILED** `{}`{recorded}", c.test)?;
+        }
+        if !unrecorded.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "Passed without writing a record (no figures below):")?;
+            for c in &unrecorded {
+                writeln!(out, "- `{}`", c.test)?;
+            }
+        }
+    }
     for (class, title) in CLASSES {
         let rows: Vec<&Record> = records.iter().filter(|r| r.class == class).collect();
         if rows.is_empty() {
@@ -91,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         writeln!(out, "|---|---|---:|---|---:|---:|---|")?;
         for r in rows {
+            let failed_run = failed.iter().any(|c| of(r, c));
             let figures = r
                 .figures
                 .iter()
@@ -99,7 +187,8 @@ fn main() -> anyhow::Result<()> {
                 .join("; ");
             writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {}{} | {} | {} | {} | {} | {} | {} |",
+                if failed_run { "**FAILED** " } else { "" },
                 cell(&r.case),
                 cell(&r.observed),
                 r.sent,
@@ -113,4 +202,38 @@ fn main() -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junit_cases_and_their_failures() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="nextest-run" tests="3" failures="1" errors="0">
+<testsuite name="e2e::db_faults" tests="2" disabled="0" errors="0" failures="1">
+<testcase name="dropped_connections_under_load" classname="e2e::db_faults" timestamp="t" time="1"/>
+<testcase name="outage::postgres" classname="e2e::db_faults" timestamp="t" time="1"><failure message="panicked" type="test failure">boom</failure><system-out>x</system-out></testcase>
+</testsuite>
+<testsuite name="e2e::limits"><testcase name="a_flood" classname="e2e::limits" time="1"></testcase></testsuite>
+</testsuites>"#;
+        assert_eq!(
+            junit_cases(xml),
+            vec![
+                Case {
+                    test: "db_faults::dropped_connections_under_load".into(),
+                    failed: false
+                },
+                Case {
+                    test: "db_faults::outage::postgres".into(),
+                    failed: true
+                },
+                Case {
+                    test: "limits::a_flood".into(),
+                    failed: false
+                },
+            ]
+        );
+    }
 }
