@@ -39,12 +39,14 @@ pub enum StorageError {
     },
 }
 
-/// The invariant checks both stores run: what each finds is named by its label. The two that
-/// need dialect-specific SQL (reading JSON, comparing a lease's expiry with now) are passed in.
+/// The invariant checks both stores run: what each finds is named by its label. The three that
+/// need dialect-specific SQL (reading JSON, comparing a lease's expiry with now, finding a
+/// trigger) are passed in.
 fn invariant_checks(
     without_schema_version: &'static str,
     lease_held_past_expiry: &'static str,
-) -> [(&'static str, &'static str); 6] {
+    history_guard_missing: &'static str,
+) -> [(&'static str, &'static str); 7] {
     [
         ("duplicate source keys", "SELECT source_type || ' ' || source_id FROM documents GROUP BY source_type, source_id HAVING COUNT(*) > 1"),
         ("version below 1", "SELECT id FROM documents WHERE version < 1"),
@@ -52,6 +54,10 @@ fn invariant_checks(
         ("attachment referenced by no document", "SELECT hash FROM attachments a WHERE NOT EXISTS (SELECT 1 FROM document_attachments l WHERE l.attachment_hash = a.hash)"),
         ("document without a schema_version in its JSON content", without_schema_version),
         ("lease held past its expiry", lease_held_past_expiry),
+        (
+            "trigger missing (versions only increase, IDs stay)",
+            history_guard_missing,
+        ),
     ]
 }
 

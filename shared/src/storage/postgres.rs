@@ -358,6 +358,8 @@ impl DocumentStore for PostgresStore {
             "SELECT id FROM documents WHERE NOT (content_json ? 'schema_version')",
             "SELECT source_type || ' ' || source_id FROM fill_leases \
              WHERE holder IS NOT NULL AND expires_at < now()",
+            "SELECT 'documents_history_guard' WHERE NOT EXISTS (SELECT 1 FROM pg_trigger \
+             WHERE tgname = 'documents_history_guard' AND tgenabled <> 'D')",
         );
         let mut violations = Vec::new();
         for (what, sql) in checks {

@@ -151,6 +151,8 @@ impl DocumentStore for SqliteStore {
             "SELECT id FROM documents WHERE json_extract(content_json, '$.schema_version') IS NULL",
             "SELECT source_type || ' ' || source_id FROM fill_leases WHERE holder IS NOT NULL \
              AND expires_at_ms < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            "SELECT 'documents_history_guard' WHERE NOT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'trigger' AND name = 'documents_history_guard')",
         );
         let mut violations = Vec::new();
         for (what, sql) in checks {
