@@ -20,7 +20,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -34,7 +34,7 @@ use shared::{
     storage::{Claim, DocumentHead, DocumentStore, Fence, StorageError},
     DocumentResult, ItemError, Kind, Outcome, Ticker,
 };
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Code, Status};
 
 use crate::{
@@ -408,7 +408,7 @@ impl Provisioner {
         let lookup = match self.store().lookup(kind, &ids).await {
             Ok(l) => {
                 if let Some(cache) = &self.hit_cache {
-                    cache.observe_clock(l.now, sent);
+                    cache.observe_clock(l.now, sent.into_std());
                     for h in &l.heads {
                         if let Some(stamp) = stamps.get(&h.source_id) {
                             cache.remember(req.kind, h, *stamp);

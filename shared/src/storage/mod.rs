@@ -2,6 +2,7 @@
 //! SQLite implementation, chosen at start-up from the database URL, each with its own embedded
 //! migrations.
 
+pub mod memory;
 mod postgres;
 mod sqlite;
 
@@ -246,6 +247,8 @@ pub enum Change {
 pub enum Backend {
     Postgres,
     Sqlite,
+    /// [`memory::MemoryStore`], for unit tests.
+    Memory,
 }
 
 /// The one storage interface both services use.
