@@ -94,7 +94,7 @@ impl Source for Scripted {
 
 fn provisioner(
     store: &Arc<MemoryStore>,
-    sources: &[Arc<Scripted>],
+    sources: Vec<Arc<Scripted>>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Arc<Provisioner> {
     let mut settings = Settings {
@@ -103,8 +103,8 @@ fn provisioner(
     };
     tweak(&mut settings);
     let sources: Sources = sources
-        .iter()
-        .map(|s| (s.kind, s.clone() as Arc<dyn Source>))
+        .into_iter()
+        .map(|s| (s.kind, s as Arc<dyn Source>))
         .collect();
     let store: Arc<dyn DocumentStore> = store.clone();
     Arc::new(Provisioner::new(store, sources, settings))
@@ -133,7 +133,7 @@ const GNP: &str = "ASX:GNP:announcement";
 async fn missing_then_fresh_then_stale_refreshes_in_place() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(50));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let created = one(&p, "gnp", req()).await;
     assert_eq!((created.outcome, created.version), (Outcome::Created, 1));
     assert!(created.created && !created.fresh);
@@ -156,7 +156,7 @@ async fn missing_then_fresh_then_stale_refreshes_in_place() {
 async fn cache_hours_zero_and_force_refresh_always_fetch() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let first = one(&p, "GNP", req()).await;
     let zero = one(
         &p,
@@ -186,7 +186,7 @@ async fn cache_hours_zero_and_force_refresh_always_fetch() {
 async fn a_batch_answers_every_identifier_in_order_and_one_bad_one_fails_alone() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let results = p
         .provide(ids(&["GNP", "bad id!", "asx:gnp", "BHP", "NOPE"]), req())
         .await;
@@ -222,7 +222,7 @@ async fn a_batch_answers_every_identifier_in_order_and_one_bad_one_fails_alone()
 async fn concurrent_callers_share_one_fill() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let p = p.clone();
@@ -245,7 +245,7 @@ async fn concurrent_callers_share_one_fill() {
 async fn the_filler_leaving_first_does_not_fail_the_others() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(3));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let filler = {
         let p = p.clone();
         tokio::spawn(async move { one(&p, "GNP", req()).await })
@@ -270,7 +270,7 @@ async fn the_filler_leaving_first_does_not_fail_the_others() {
 async fn an_abandoned_lease_is_taken_over_after_it_expires() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     // A replica that claimed the fill and died: its lease is never renewed nor released.
     let dead = store
         .claim_fill("announcement", GNP, "dead-replica", Duration::from_secs(2))
@@ -314,7 +314,7 @@ async fn an_abandoned_lease_is_taken_over_after_it_expires() {
 async fn a_live_lease_is_followed_until_its_holder_writes() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let ttl = Duration::from_secs(2);
     let token = store
         .claim_fill("announcement", GNP, "other-replica", ttl)
@@ -361,7 +361,7 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
 async fn failures_are_remembered_briefly_and_keep_the_old_version() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
-    let p = provisioner(&store, &[src.clone()], |s| {
+    let p = provisioner(&store, vec![src.clone()], |s| {
         s.negative_cache_ttl = Duration::from_secs(5)
     });
     let created = one(&p, "GNP", req()).await;
@@ -402,7 +402,7 @@ async fn failures_are_remembered_briefly_and_keep_the_old_version() {
 async fn stale_if_error_serves_the_stored_version_within_its_age_only() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
-    let p = provisioner(&store, &[src.clone()], |s| {
+    let p = provisioner(&store, vec![src.clone()], |s| {
         s.negative_cache_ttl = Duration::ZERO
     });
     one(&p, "GNP", req()).await;
@@ -443,7 +443,7 @@ async fn stale_if_error_serves_the_stored_version_within_its_age_only() {
 async fn fills_are_bounded_by_the_global_limit() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));
-    let p = provisioner(&store, &[src.clone()], |s| s.fill_concurrency = 3);
+    let p = provisioner(&store, vec![src.clone()], |s| s.fill_concurrency = 3);
     let codes: Vec<String> = (0..10).map(|i| format!("S{i:04}")).collect();
     let results = p.provide(codes, req()).await;
     assert!(results.iter().all(|r| r.is_ok()));
@@ -456,7 +456,7 @@ async fn a_slow_source_does_not_hold_the_permits_another_source_needs() {
     let store = Arc::new(MemoryStore::new());
     let slow = Scripted::new(Kind::Announcement, Duration::from_secs(10));
     let quick = Scripted::new(Kind::MarketData, Duration::ZERO);
-    let p = provisioner(&store, &[slow.clone(), quick.clone()], |s| {
+    let p = provisioner(&store, vec![slow.clone(), quick.clone()], |s| {
         s.fill_concurrency = 2;
         s.fill_concurrency_per_source = 1;
     });
@@ -490,7 +490,7 @@ async fn a_slow_source_does_not_hold_the_permits_another_source_needs() {
 async fn a_database_outage_is_unavailable_and_passes() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     store.set_down(true);
     let r = one(&p, "GNP", req()).await;
     assert_eq!(r.error.as_ref().map(|e| e.code), Some(Code::Unavailable));
@@ -508,7 +508,7 @@ async fn a_database_outage_is_unavailable_and_passes() {
 async fn versions_only_go_up_and_the_id_stays() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(5));
-    let p = provisioner(&store, &[src.clone()], |_| {});
+    let p = provisioner(&store, vec![src.clone()], |_| {});
     let mut last = one(&p, "GNP", req()).await;
     for _ in 0..5 {
         let r = one(
@@ -530,7 +530,7 @@ async fn versions_only_go_up_and_the_id_stays() {
 async fn an_unknown_kind_or_a_bad_option_is_refused_naming_the_field() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
-    let p = provisioner(&store, &[src], |s| s.max_batch_size = 2);
+    let p = provisioner(&store, vec![src], |s| s.max_batch_size = 2);
     let e = p.validate("market_data", None, 1).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("kind:"), "{e:?}");
