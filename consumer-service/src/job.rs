@@ -4,8 +4,10 @@
 //! with its attachments in one transaction.
 //!
 //! A ticker is processed once per request however many spellings name it (`ASX:CBA`, `cba`,
-//! `ASX.CBA`), and one round at a time per ticker in this process, so concurrent rounds find
-//! what the first one stored instead of downloading it again.
+//! `ASX.CBA`), and one round at a time per ticker: in this process (a lock) and across consumer
+//! replicas (a lease on its `announcement_download` document in the shared database, the same
+//! leases the providers fill under), so concurrent rounds find what the first one stored
+//! instead of downloading it again.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -120,6 +122,35 @@ pub struct Processor {
     rounds: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
+/// How long a round's lease lasts unless renewed (every third of it while the round runs).
+const ROUND_LEASE: Duration = Duration::from_secs(15);
+
+/// This process's name in round leases.
+fn holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| format!("consumer-{}-{}", std::process::id(), new_request_id()))
+}
+
+/// A round's lease in the database; renewed while held, released when dropped.
+struct RoundLease {
+    renew: tokio::task::JoinHandle<()>,
+    release: Option<(Arc<dyn DocumentStore>, String, i64)>,
+}
+
+impl Drop for RoundLease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        if let Some((store, sid, token)) = self.release.take() {
+            tokio::spawn(async move {
+                let kind = Kind::AnnouncementDownload.as_str();
+                if let Err(e) = store.release_fill(kind, &sid, token, None).await {
+                    tracing::warn!(%sid, error = %e, "could not release the round lease; it expires");
+                }
+            });
+        }
+    }
+}
+
 /// A round's hold on its ticker; the ticker's entry goes when the last holder does.
 struct RoundGuard {
     rounds: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -155,6 +186,52 @@ impl Processor {
             downloader,
             settings,
             rounds: Arc::default(),
+        }
+    }
+
+    /// Waits until no other consumer process runs a round of the ticker whose download document
+    /// is `own_source` (the lease on it), up to `deadline`.
+    async fn lease_round(
+        &self,
+        own_source: &str,
+        deadline: Option<Instant>,
+    ) -> Result<RoundLease, ItemError> {
+        let kind = Kind::AnnouncementDownload.as_str();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let claim = self
+                .store
+                .claim_fill(kind, own_source, holder(), ROUND_LEASE)
+                .await
+                .map_err(storage_error)?;
+            if let Some(token) = claim.token {
+                let (store, sid) = (self.store.clone(), own_source.to_string());
+                let renew = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(ROUND_LEASE / 3).await;
+                        match store.renew_fill(kind, &sid, token, ROUND_LEASE).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(e) => {
+                                tracing::warn!(%sid, error = %e, "could not renew the round lease")
+                            }
+                        }
+                    }
+                });
+                return Ok(RoundLease {
+                    renew,
+                    release: Some((self.store.clone(), own_source.to_string(), token)),
+                });
+            }
+            // Another consumer runs a round of this ticker: wait for it.
+            if deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                return Err(ItemError::new(
+                    Code::DeadlineExceeded,
+                    "deadline passed while another consumer ran a round of this ticker",
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -379,8 +456,10 @@ impl Processor {
             .take(max)
             .collect();
 
-        // 4. Skip what is stored; download the rest.
+        // 4. Skip what is stored; download the rest. One round per ticker across consumer
+        // processes from here on (the lease), so what another one downloads is seen stored.
         let own_source = parsed.source_id(Kind::AnnouncementDownload.as_str());
+        let _lease = self.lease_round(&own_source, deadline).await?;
         let previous = self
             .store
             .get_by_source(Kind::AnnouncementDownload.as_str(), &own_source)

@@ -26,7 +26,8 @@ GRANT USAGE ON SCHEMA public TO documents_consumer;
 
 -- Reading: every table the provider creates (its migrations) and every existing one. Writing
 -- for the consumer is granted table by table, by migration 0005 when the provider creates the
--- tables, or here when they already exist; it never includes the lease or kind_writers tables.
+-- tables, or here when they already exist; it never includes kind_writers, and the leases only
+-- of its own kind (row-level security, migration 0009).
 ALTER DEFAULT PRIVILEGES FOR ROLE documents_provider IN SCHEMA public
     GRANT SELECT ON TABLES TO documents_consumer;
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO documents_consumer;
@@ -34,6 +35,8 @@ DO $$
 BEGIN
     IF to_regclass('public.documents') IS NOT NULL THEN
         GRANT INSERT, UPDATE ON documents, document_attachments TO documents_consumer;
+        -- Its own kind's leases only (row-level security, migration 0009).
+        GRANT INSERT, UPDATE ON fill_leases TO documents_consumer;
         -- Attachments never change: adding them is all the consumer may do.
         GRANT INSERT ON attachments TO documents_consumer;
         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO documents_provider;

@@ -230,6 +230,38 @@ async fn each_pdf_is_fetched_once(db: Db) {
     );
     let fetched = pdf_requests(&ex).await;
     assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
+
+    // Two consumer processes on one database, one ticker at once: the round lease in the
+    // database makes the second find what the first stored.
+    let other = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let (a, b) = tokio::join!(
+        async {
+            consumer
+                .client()
+                .await
+                .process_tickers(request(&["ASX:GNP"]))
+                .await
+                .unwrap()
+                .into_inner()
+                .reports
+                .remove(0)
+        },
+        async {
+            other
+                .client()
+                .await
+                .process_tickers(request(&["ASX:GNP"]))
+                .await
+                .unwrap()
+                .into_inner()
+                .reports
+                .remove(0)
+        }
+    );
+    assert!(a.error.is_none() && b.error.is_none(), "{a:?} {b:?}");
+    assert_eq!(a.downloaded.len() + b.downloaded.len(), a.matched.len());
+    let fetched = pdf_requests(&ex).await;
+    assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
 }
 
 on_both_databases!(

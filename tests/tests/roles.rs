@@ -58,9 +58,24 @@ async fn the_consumer_role_writes_only_its_own_kind() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("row-level security"), "{err}");
+    // The provider's leases are not the consumer's to touch (its own kind's are).
+    let touched = sqlx::query("UPDATE fill_leases SET holder = 'me'")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(touched, 0);
+    let err = sqlx::query(
+        "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+         VALUES ('announcement', 'ASX:ZZZ:announcement', 'me', 1, now(), now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("row-level security"), "{err}");
     for sql in [
         "INSERT INTO kind_writers VALUES ('announcement', 'documents_consumer')",
-        "UPDATE fill_leases SET holder = 'me'",
         "CREATE TABLE sneaky (x int)",
         "UPDATE attachments SET data = 'x'",
         "DELETE FROM attachments",
