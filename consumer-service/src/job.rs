@@ -123,7 +123,7 @@ pub struct Processor {
 }
 
 /// How long a round's lease lasts unless renewed (every third of it while the round runs).
-const ROUND_LEASE: Duration = Duration::from_secs(15);
+const ROUND_LEASE: Duration = Duration::from_secs(6);
 
 /// This process's name in round leases.
 fn holder() -> &'static str {
