@@ -494,18 +494,21 @@ impl Processor {
                 None => to_fetch.push(item(a)),
             }
         }
-        let fetched: Vec<(Item, Result<Vec<u8>, String>)> = stream::iter(to_fetch)
+        let all_matched: Vec<Item> = matched.iter().map(|a| item(a)).collect();
+        let total = to_fetch.len();
+        let mut downloads = stream::iter(to_fetch)
             .map(|i| async move {
                 let r = self.downloader.pdf(&i.pdf_url).await.map_err(|e| e.0);
                 (i, r)
             })
-            .buffered(16)
-            .collect()
-            .await;
+            .buffer_unordered(16);
         let mut downloaded = Vec::new();
         let mut failed = Vec::new();
         let mut attachments = Vec::new();
-        for (mut i, r) in fetched {
+        let mut finished = 0;
+        let kind = Kind::AnnouncementDownload.as_str();
+        while let Some((mut i, r)) = downloads.next().await {
+            finished += 1;
             match r {
                 Ok(bytes) => {
                     let a = NewAttachment {
@@ -514,8 +517,25 @@ impl Processor {
                         data: bytes,
                     };
                     i.attachment_hash = a.hash();
-                    attachments.push(a);
                     downloaded.push(i);
+                    if finished < total {
+                        // A checkpoint while others are still downloading: this PDF is kept
+                        // (and not fetched again) even if the round dies before it ends.
+                        let progress = download_document(
+                            &parsed,
+                            &doc,
+                            filters,
+                            &all_matched,
+                            (&downloaded, &skipped, &failed),
+                            false,
+                        );
+                        self.store
+                            .upsert(kind, &own_source, &progress, &[a], None)
+                            .await
+                            .map_err(storage_error)?;
+                    } else {
+                        attachments.push(a);
+                    }
                 }
                 Err(e) => {
                     i.error = e;
@@ -524,26 +544,18 @@ impl Processor {
             }
         }
 
-        // 5. Record the round: document and new attachments in one transaction.
-        let all_matched: Vec<Item> = matched.iter().map(|a| item(a)).collect();
+        // 5. Record the round: document and its last attachment in one transaction.
         let content = download_document(
             &parsed,
             &doc,
             filters,
             &all_matched,
-            &downloaded,
-            &skipped,
-            &failed,
+            (&downloaded, &skipped, &failed),
+            true,
         );
         let written = self
             .store
-            .upsert(
-                Kind::AnnouncementDownload.as_str(),
-                &own_source,
-                &content,
-                &attachments,
-                None,
-            )
+            .upsert(kind, &own_source, &content, &attachments, None)
             .await
             .map_err(storage_error)?;
         report.download_document_id = written.head.id;
@@ -666,14 +678,15 @@ fn parse_announcements(doc: &StoredDocument) -> Result<Vec<Announcement>, ItemEr
     })
 }
 
+/// The `announcement_download` document of a round: what matched, and what was downloaded,
+/// already stored or failed; `complete` is false on a checkpoint written mid-round.
 fn download_document(
     ticker: &Ticker,
     source: &StoredDocument,
     filters: &[String],
     matched: &[Item],
-    downloaded: &[Item],
-    skipped: &[Item],
-    failed: &[Item],
+    (downloaded, skipped, failed): (&[Item], &[Item], &[Item]),
+    complete: bool,
 ) -> NewContent {
     let mut md = format!(
         "# {ticker} announcement downloads\n\nFrom announcements document {} version {}: {} matched, {} downloaded, {} already stored, {} failed.\n\n",
@@ -719,6 +732,7 @@ fn download_document(
             "downloaded": downloaded,
             "skipped": skipped,
             "failed": failed,
+            "complete": complete,
         }),
         tags: vec![
             Kind::AnnouncementDownload.as_str().to_string(),

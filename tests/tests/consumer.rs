@@ -116,7 +116,11 @@ async fn round_trip_downloads_once(db: Db) {
         .into_inner();
     assert_eq!(stored.ticker, "ASX:GNP");
     assert_eq!(stored.announcements.unwrap().document_id, r.document_id);
-    assert_eq!(stored.downloads.unwrap().version, 2);
+    assert_eq!(
+        stored.downloads.unwrap().version,
+        own.version + 1,
+        "the second round wrote its document once"
+    );
     assert_eq!(stored.attachment_hashes.len(), 2);
 }
 
@@ -200,7 +204,12 @@ async fn each_pdf_is_fetched_once(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(own.version, 1, "the download document is written once");
+    assert_eq!(own.content_json["complete"], true);
+    assert_eq!(
+        own.content_json["downloaded"].as_array().unwrap().len(),
+        fetched.len(),
+        "each PDF listed once"
+    );
 
     // Three concurrent rounds of another ticker.
     let rounds = (0..3).map(|_| {

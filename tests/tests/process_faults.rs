@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::Datelike;
+
 use e2e::{
     harness::{
         delayed, invariants_within, ConsumerProc, Db, Exchange, Provider, LISTING_PATH, PDF_PATH,
@@ -167,15 +169,37 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
     .save();
 }
 
+/// A consumer SIGKILLed while one of a ticker's PDFs is still downloading keeps the ones that
+/// finished (a checkpoint per finished PDF): the next round fetches only the unfinished one.
 async fn consumer_killed_during_its_downloads(db: Db) {
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &LEASE).await;
     let consumer = ConsumerProc::start(db.url(), &p.url(), &[]).await;
     let mut client = consumer.client().await;
-    ex.control(&delayed(PDF_PATH, 1_500)).await;
+    // GNP's two matched PDFs: the first answers at once, the second hangs.
+    let yy = chrono::Utc::now().year().rem_euclid(100);
+    let (fast, slow) = (format!("00000{yy:02}07"), format!("00000{yy:02}08"));
+    let pdf = |key: &str| format!("{PDF_PATH}?display=pdf&idsId={key}");
+    ex.control(&delayed(&pdf(&slow), 60_000)).await;
     let mut c = client.clone();
-    let call = tokio::spawn(async move { c.process_tickers(round(&TICKERS)).await });
-    ex.wait_for_requests(PDF_PATH, 1).await;
+    let call = tokio::spawn(async move { c.process_tickers(round(&["ASX:GNP"])).await });
+    // Wait for the checkpoint of the finished PDF, then kill the consumer.
+    let store = db.store().await;
+    let own = "ASX:GNP:announcement_download";
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(d) = store
+            .get_by_source("announcement_download", own)
+            .await
+            .unwrap()
+        {
+            if !store.attachments_of(&d.id).await.unwrap().is_empty() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     consumer.proc.signal("KILL");
     let cut = call.await.unwrap();
     assert!(cut.is_err(), "{cut:?}");
@@ -187,33 +211,43 @@ async fn consumer_killed_during_its_downloads(db: Db) {
     let again = ConsumerProc::start(db.url(), &p.url(), &[]).await;
     client = again.client().await;
     let next = client
-        .process_tickers(round(&TICKERS))
+        .process_tickers(round(&["ASX:GNP"]))
         .await
         .unwrap()
         .into_inner();
     let recovered = restarted_at.elapsed();
-    let mut downloaded = 0;
-    for t in &next.reports {
-        assert!(t.error.is_none() && t.failed.is_empty(), "{t:?}");
-        downloaded += t.downloaded.len();
-    }
-    assert!(
-        downloaded > 0,
-        "the round downloaded what the killed one had not stored"
+    let r = &next.reports[0];
+    assert!(r.error.is_none() && r.failed.is_empty(), "{r:?}");
+    let keys = |items: &[shared::proto::consumer::v1::AnnouncementItem]| -> Vec<String> {
+        items.iter().map(|i| i.document_key.clone()).collect()
+    };
+    assert_eq!(
+        keys(&r.skipped),
+        vec![fast.clone()],
+        "kept from the killed round"
     );
+    assert_eq!(keys(&r.downloaded), vec![slow.clone()]);
+    let stats = ex.stats().await;
+    let count = |key: &str| stats.by_request.get(&pdf(key)).copied().unwrap_or(0);
+    assert_eq!(count(&fast), 1, "the finished PDF was fetched again");
+    assert_eq!(count(&slow), 2, "the unfinished one is fetched again, once");
     let rows = invariants_within(db.url(), SETTLE).await;
     let engine = db.engine();
     Record {
         class: "process".into(),
-        case: format!("consumer SIGKILLed in the middle of its PDF downloads ({engine})"),
-        observed: format!(
-            "the cut round's call failed; no attachment left unreferenced; a new consumer's round completed for all 4 tickers and downloaded {downloaded} PDFs"
+        case: format!(
+            "consumer SIGKILLed while one of a ticker's two PDFs was still downloading ({engine})"
         ),
+        observed: "the cut round's call failed; the finished PDF was kept (checkpoint) and not fetched again; the next round fetched only the unfinished one; no attachment left unreferenced".into(),
         sent: 2,
         outcomes: [(outcome_name(&cut), 1), ("OK".to_string(), 1)].into(),
         recovery_ms: Some(recovered.as_millis() as u64),
         rows_checked: Some(rows),
-        figures: Default::default(),
+        figures: [
+            ("fetches of the finished PDF".to_string(), count(&fast).to_string()),
+            ("fetches of the unfinished PDF".to_string(), count(&slow).to_string()),
+        ]
+        .into(),
         test: format!("process_faults::consumer_killed_during_its_downloads::{engine}"),
     }
     .save();
