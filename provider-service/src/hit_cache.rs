@@ -52,6 +52,9 @@ struct Slot {
     changes: u64,
     /// The head and when it was stored.
     head: Option<(DocumentHead, tokio::time::Instant)>,
+    /// The version this process wrote and remembered, whose own announcement is still to come:
+    /// that announcement keeps the head (it announces what the head already is).
+    own_write: Option<i64>,
 }
 
 /// What a read must show to be remembered: nothing changed since it began.
@@ -125,8 +128,20 @@ impl HitCache {
                     };
                     let mut entries = cache.entries.write().expect("hit cache lock");
                     let slot = entries.entry((kind, source_id)).or_default();
-                    // Any change (even one that keeps the version, like a hand-made UPDATE)
-                    // drops the head; a deletion pins the key out of memory until a reset.
+                    // This process's own write coming back: the head is that write. The first
+                    // announcement of that version is ours (announcements come in commit order,
+                    // and another writer would have raised the version).
+                    if slot.own_write.take().is_some_and(|v| v == version)
+                        && slot
+                            .head
+                            .as_ref()
+                            .is_some_and(|(h, _)| h.version == version)
+                    {
+                        continue;
+                    }
+                    // Any other change (even one that keeps the version, like a hand-made
+                    // UPDATE) drops the head; a deletion pins the key out of memory until a
+                    // reset.
                     let version = if version == 0 { i64::MAX } else { version };
                     slot.version = slot.version.max(version);
                     slot.changes += 1;
@@ -213,6 +228,22 @@ impl HitCache {
     /// Whether a heartbeat sent less than [`STALENESS_BOUND`] ago has come back.
     fn caught_up(&self) -> bool {
         (self.base.elapsed().as_micros() as u64) < self.caught_up_until.load(Ordering::Acquire)
+    }
+
+    /// Remembers the head this process just wrote (a fill's result), like [`HitCache::remember`];
+    /// the write's own announcement, when it comes, then keeps it instead of dropping it.
+    pub fn remember_written(&self, kind: Kind, head: &DocumentHead, stamp: Stamp) {
+        self.remember(kind, head, stamp);
+        let mut entries = self.entries.write().expect("hit cache lock");
+        if let Some(slot) = entries.get_mut(&(kind, head.source_id.clone())) {
+            if slot
+                .head
+                .as_ref()
+                .is_some_and(|(h, _)| h.version == head.version)
+            {
+                slot.own_write = Some(head.version);
+            }
+        }
     }
 
     /// Remembers a head read from or written to the database, unless the document changed or
@@ -335,6 +366,26 @@ mod tests {
         .unwrap();
         settle().await;
         assert_eq!(hit(&cache), None, "1.1 s old: read the database again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fills_own_announcement_keeps_the_entry_it_stored() {
+        let (cache, tx) = warmed(Duration::from_secs(60)).await;
+        let stamp = cache.stamp(Kind::Announcement, SID);
+        cache.remember_written(Kind::Announcement, &head(2), stamp);
+        assert_eq!(hit(&cache), Some(2));
+        let announce = |version| Change::Document {
+            source_type: "announcement".into(),
+            source_id: SID.into(),
+            version,
+        };
+        tx.send(announce(2)).unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), Some(2), "our own write's announcement");
+        // A second announcement of the same version is someone else's (a hand-made UPDATE).
+        tx.send(announce(2)).unwrap();
+        settle().await;
+        assert_eq!(hit(&cache), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -666,7 +666,13 @@ impl FillContext {
             started.elapsed().as_secs_f64(),
         );
         if let (Some(cache), Some(stamp), Ok(f)) = (&self.hit_cache, stamp, &result) {
-            cache.remember(key.0, &f.head, stamp);
+            match f.outcome {
+                // This fill wrote it: its own announcement will not evict it.
+                Outcome::Created | Outcome::Refreshed => {
+                    cache.remember_written(key.0, &f.head, stamp)
+                }
+                _ => cache.remember(key.0, &f.head, stamp),
+            }
         }
         result
     }
