@@ -47,8 +47,11 @@ impl ProviderService {
             Status::unavailable("provider is starting: the database is not ready yet")
         })?;
         if !self.database.is_up() {
-            return Err(Status::unavailable(
+            // The health watcher pings every second: try again after that.
+            return Err(shared::provider::status_with_retry(
+                tonic::Code::Unavailable,
                 "database unavailable: the provider's database does not answer (health is NOT_SERVING); retry later or another replica",
+                Some(std::time::Duration::from_secs(1)),
             ));
         }
         Ok(p)

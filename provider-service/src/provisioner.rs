@@ -835,7 +835,13 @@ impl FillContext {
         let content = match fetched {
             Ok(c) => c,
             Err(e) => {
-                let err = ItemError::new(e.code(), format!("{ticker}: {e}"));
+                let mut err = ItemError::new(e.code(), format!("{ticker}: {e}"));
+                // Until the negative cache lets a new fetch through, trying again only gets
+                // this error back: say when.
+                let ttl = self.settings.negative_cache_ttl;
+                if !ttl.is_zero() {
+                    err = err.retry_after(ttl);
+                }
                 self.remember_failure(key, &err);
                 release(Some(err.clone())).await;
                 return Err(FillError::Failed(err));
@@ -887,14 +893,20 @@ impl FillContext {
     fn cached_failure(&self, key: &FillKey) -> Option<ItemError> {
         let mut map = self.negative.lock().ok()?;
         match map.get(key) {
-            Some((until, e)) if *until > Instant::now() => Some(ItemError::new(
-                e.code,
-                format!(
-                    "{} (failed moments ago; retried after {} ms)",
-                    e.message,
-                    until.duration_since(Instant::now()).as_millis()
-                ),
-            )),
+            Some((until, e)) if *until > Instant::now() => {
+                let wait = until.duration_since(Instant::now());
+                Some(
+                    ItemError::new(
+                        e.code,
+                        format!(
+                            "{} (failed moments ago; will retry in {} ms)",
+                            e.message,
+                            wait.as_millis()
+                        ),
+                    )
+                    .retry_after(wait),
+                )
+            }
             Some(_) => {
                 map.remove(key);
                 None

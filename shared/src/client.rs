@@ -396,7 +396,11 @@ impl ProviderClient {
                         .min(self.config.max_backoff);
                     // Equal jitter: half the backoff is fixed, so retries always give a failed
                     // endpoint time to be noticed; the other half spreads the callers out.
-                    let sleep = cap / 2 + rand::rng().random_range(Duration::ZERO..=cap / 2);
+                    let jittered = cap / 2 + rand::rng().random_range(Duration::ZERO..=cap / 2);
+                    // The server's RetryInfo says when trying again can help (before then a
+                    // negative cache or an outage answers the same): never earlier.
+                    let sleep =
+                        crate::provider::retry_info(&s).map_or(jittered, |hint| hint.max(jittered));
                     // No retry that could not start before the deadline: the error stands.
                     if tokio::time::Instant::now() + sleep >= deadline {
                         return Err(s);

@@ -126,12 +126,14 @@ impl Outcome {
     }
 }
 
-/// The error of one identifier: a gRPC code and a message naming what went wrong.
+/// The error of one identifier: a gRPC code and a message naming what went wrong, and how long
+/// to wait before trying again when the server knows (sent as `google.rpc.RetryInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ItemError {
     pub code: Code,
     pub message: String,
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ItemError {
@@ -139,17 +141,48 @@ impl ItemError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
-    pub fn to_status(&self) -> Status {
-        Status::new(self.code, self.message.clone())
+    /// The same error, telling the caller to wait `after` before trying again.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
+
+    pub fn to_status(&self) -> Status {
+        status_with_retry(self.code, self.message.clone(), self.retry_after)
+    }
+}
+
+/// A status carrying `google.rpc.RetryInfo` when `retry_after` is known.
+pub fn status_with_retry(
+    code: Code,
+    message: impl Into<String>,
+    retry_after: Option<std::time::Duration>,
+) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    match retry_after {
+        Some(after) => {
+            Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(after)))
+        }
+        None => Status::new(code, message),
+    }
+}
+
+/// The `google.rpc.RetryInfo` delay a status carries, if any.
+pub fn retry_info(s: &Status) -> Option<std::time::Duration> {
+    use tonic_types::StatusExt;
+    s.get_details_retry_info()?.retry_delay
 }
 
 impl From<&Status> for ItemError {
     fn from(s: &Status) -> Self {
-        ItemError::new(s.code(), s.message())
+        ItemError {
+            retry_after: retry_info(s),
+            ..ItemError::new(s.code(), s.message())
+        }
     }
 }
 

@@ -335,6 +335,73 @@ async fn a_slow_source_does_not_starve_another() {
     assert_eq!(results.len(), 4);
 }
 
+/// A failure answers with `google.rpc.RetryInfo` (how long the negative cache will answer the
+/// same), and the client waits that long: no retry is spent on the negative cache.
+#[tokio::test]
+async fn the_client_honours_the_servers_retry_hint() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[
+            ("PROVIDER_NEGATIVE_CACHE_MS", "1500"),
+            ("UPSTREAM_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let mut down = Control::default();
+    down.status.insert(LISTING_PATH.into(), 503);
+    down.status.insert(MARKIT_PATH.into(), 503);
+    ex.control(&down).await;
+    // The hint itself, as any client sees it.
+    let mut raw = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let e = raw
+        .get_document(shared::proto::documents::v1::GetDocumentRequest {
+            identifier: "BHP".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let hint = shared::provider::retry_info(&e).expect("RetryInfo in the status details");
+    assert!(
+        hint > Duration::ZERO && hint <= Duration::from_millis(1500),
+        "{hint:?}"
+    );
+    // The bundled client: quick backoff, many retries, a 5 s budget.
+    let client = shared::ProviderClient::with_config(
+        &p.url(),
+        shared::ClientConfig {
+            timeout: Duration::from_secs(5),
+            retries: 20,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            ..shared::ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let e = client
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let logs = p.proc.logs();
+    let gnp_answers = logs
+        .lines()
+        .filter(|l| l.contains("ASX:GNP") && l.contains("error"))
+        .count();
+    let from_negative_cache = logs
+        .lines()
+        .filter(|l| l.contains("ASX:GNP") && l.contains("failed moments ago"))
+        .count();
+    assert!(gnp_answers >= 2, "the client retried: {logs}");
+    assert_eq!(
+        from_negative_cache, 0,
+        "a retry was answered from the negative cache: {logs}"
+    );
+}
+
 #[tokio::test]
 async fn stale_if_error_serves_the_old_version_within_its_age() {
     let db = Db::sqlite();
