@@ -58,7 +58,8 @@ fn junit_cases(xml: &str) -> Vec<Case> {
         .collect()
 }
 
-const CLASSES: [(&str, &str); 5] = [
+const CLASSES: [(&str, &str); 6] = [
+    ("consistency", "Consistency (history checker)"),
     ("database", "Database faults"),
     ("process", "Process faults"),
     ("upstream", "Upstream faults"),
