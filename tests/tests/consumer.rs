@@ -610,6 +610,33 @@ async fn the_callers_deadline_bounds_the_provider_call() {
     assert_eq!(e.code, Code::DeadlineExceeded as i32, "{}", e.message);
 }
 
+/// The consumer's own time cap ends a call that set no deadline with DEADLINE_EXCEEDED (not
+/// tonic's CANCELLED).
+#[tokio::test]
+async fn the_consumers_time_cap_answers_deadline_exceeded() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &provider.url(),
+        &[("CONSUMER_REQUEST_TIMEOUT_MS", "400")],
+    )
+    .await;
+    let mut control = Control::default();
+    control
+        .delay_ms
+        .insert(e2e::harness::LISTING_PATH.into(), 5000);
+    ex.control(&control).await;
+    let e = consumer
+        .client()
+        .await
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .expect_err("the cap ends the call");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+}
+
 #[tokio::test]
 async fn request_id_reaches_the_providers_log() {
     let db = Db::sqlite();
