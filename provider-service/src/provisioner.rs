@@ -122,11 +122,22 @@ struct InFlight {
 }
 
 /// What a request saw of a document at its lookup: when (database clock) and which version
-/// (0: none). A fill by someone else counts as newer when it wrote a higher version.
+/// (0: none). A fill by someone else counts as newer when it wrote a higher version synced
+/// around or after the lookup ([`Seen::answers`]).
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     at: DateTime<Utc>,
     version: i64,
+}
+
+impl Seen {
+    /// Whether `h` is another filler's result this request may answer with: a higher version,
+    /// synced no earlier than a lease length before the lookup (a fill's write commits within
+    /// its lease; a row whose `last_synced` was moved back by hand is not a fresh fill).
+    fn answers(&self, h: &DocumentHead, lease: Duration) -> bool {
+        h.version > self.version
+            && h.last_synced >= self.at - ChronoDuration::from_std(lease).unwrap_or_default()
+    }
 }
 
 /// Everything a detached fill task needs.
@@ -803,7 +814,7 @@ impl FillContext {
         };
         // Someone may have finished a fill between our lookup and the claim (the claim read
         // the document right after claiming).
-        if let Some(h) = current.filter(|h| !forced && h.version > seen.version) {
+        if let Some(h) = current.filter(|h| !forced && seen.answers(h, self.settings.lease_ttl)) {
             release(None).await;
             return Ok(Filled {
                 head: h,
@@ -887,7 +898,10 @@ impl FillContext {
         seen: Seen,
     ) -> Result<Option<DocumentHead>, StorageError> {
         let lookup = self.store.lookup(kind, &[sid.to_string()]).await?;
-        Ok(lookup.heads.into_iter().find(|h| h.version > seen.version))
+        Ok(lookup
+            .heads
+            .into_iter()
+            .find(|h| seen.answers(h, self.settings.lease_ttl)))
     }
 
     fn cached_failure(&self, key: &FillKey) -> Option<ItemError> {

@@ -129,6 +129,16 @@ fn ids(list: &[&str]) -> Vec<String> {
 
 const GNP: &str = "ASX:GNP:announcement";
 
+/// Content another replica writes.
+fn theirs(title: &str) -> NewContent {
+    NewContent {
+        title: title.into(),
+        content_markdown: String::new(),
+        content_json: serde_json::json!({"schema_version": 1}),
+        tags: vec![],
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn missing_then_fresh_then_stale_refreshes_in_place() {
     let store = Arc::new(MemoryStore::new());
@@ -289,12 +299,7 @@ async fn an_abandoned_lease_is_taken_over_after_it_expires() {
         .upsert(
             "announcement",
             GNP,
-            &NewContent {
-                title: "late".into(),
-                content_markdown: String::new(),
-                content_json: serde_json::json!({"schema_version": 1}),
-                tags: vec![],
-            },
+            &theirs("late"),
             &[],
             Some(Fence {
                 token: dead.token.unwrap(),
@@ -337,12 +342,7 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
                 .upsert(
                     "announcement",
                     GNP,
-                    &NewContent {
-                        title: "theirs".into(),
-                        content_markdown: String::new(),
-                        content_json: serde_json::json!({"schema_version": 1}),
-                        tags: vec![],
-                    },
+                    &theirs("theirs"),
                     &[],
                     Some(Fence { token }),
                 )
@@ -355,6 +355,52 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(r.document_id, theirs.head.id);
     assert_eq!(src.calls(), 0, "the follower never fetched");
+}
+
+/// Another replica's result is taken only if it is a fresh fill: a row it wrote whose
+/// `last_synced` was then moved back (an operator, a restore) is fetched again, never answered
+/// as a hit. (Found by the history checker.)
+#[tokio::test(start_paused = true)]
+async fn another_fill_whose_sync_time_was_moved_back_is_not_taken() {
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
+    let p = provisioner(&store, vec![src.clone()], |_| {});
+    let token = store
+        .claim_fill("announcement", GNP, "other-replica", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let other = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            store
+                .upsert(
+                    "announcement",
+                    GNP,
+                    &theirs("theirs"),
+                    &[],
+                    Some(Fence { token }),
+                )
+                .await
+                .unwrap();
+            // In the same instant, before anyone looks: the row is aged by hand.
+            store.age("announcement", GNP, Duration::from_secs(2 * 3600));
+        })
+    };
+    let r = one(
+        &p,
+        "GNP",
+        Request {
+            cache_hours: 1,
+            ..req()
+        },
+    )
+    .await;
+    other.await.unwrap();
+    assert_eq!((r.outcome, r.version), (Outcome::Refreshed, 2), "{r:?}");
+    assert_eq!(src.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -99,6 +99,18 @@ impl Db {
         }
     }
 
+    /// Runs one SQL statement on this database as its owner (as an operator would, outside the
+    /// services); answers the rows it affected.
+    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        if self.is_postgres() {
+            let pool = sqlx::PgPool::connect(self.url()).await?;
+            Ok(sqlx::query(sql).execute(&pool).await?.rows_affected())
+        } else {
+            let pool = sqlx::SqlitePool::connect(self.url()).await?;
+            Ok(sqlx::query(sql).execute(&pool).await?.rows_affected())
+        }
+    }
+
     /// A migrated store on this database, for reading what the services wrote.
     pub async fn store(&self) -> Arc<dyn DocumentStore> {
         let s = storage::connect(self.url(), 4)

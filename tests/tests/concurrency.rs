@@ -643,12 +643,11 @@ async fn a_holder_reclaims_its_own_lease(db: Db) {
     assert_invariants(&db).await;
 }
 
-/// A fetch that outlasts the lease keeps it (its holder renews it): another replica asking
-/// meanwhile waits for that fill instead of taking over and fetching again.
-async fn a_slow_fill_keeps_its_lease(db: Db) {
-    let (ex, _a, b, first) = replica_a_fetching(&db, "600", 2_500, "ASX:GNP").await;
-    // Well past the lease's length: without renewal B would take the fill over.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+/// Replica B asks, `ask_after` into replica A's fill of `fetch_ms` under leases of `lease_ms`:
+/// B answers A's document and fetches nothing itself.
+async fn b_answers_as_fill(db: &Db, lease_ms: &str, fetch_ms: u64, ask_after: Duration) {
+    let (ex, _a, b, first) = replica_a_fetching(db, lease_ms, fetch_ms, "ASX:GNP").await;
+    tokio::time::sleep(ask_after).await;
     let second = b
         .client()
         .get_document("ASX:GNP", &DocumentOptions::new())
@@ -661,6 +660,13 @@ async fn a_slow_fill_keeps_its_lease(db: Db) {
         (first.document_id.as_str(), 1)
     );
     assert_eq!(ex.count(LISTING_PATH).await, 1, "B fetched again");
+}
+
+/// A fetch that outlasts the lease keeps it (its holder renews it): another replica asking
+/// meanwhile waits for that fill instead of taking over and fetching again.
+async fn a_slow_fill_keeps_its_lease(db: Db) {
+    // Asked well past the lease's length: without renewal B would take the fill over.
+    b_answers_as_fill(&db, "600", 2_500, Duration::from_millis(1_200)).await;
     assert_invariants(&db).await;
 }
 
@@ -668,19 +674,7 @@ async fn a_slow_fill_keeps_its_lease(db: Db) {
 /// fixed limit (twice the lease plus 5 s), and then answers the holder's document.
 async fn a_waiter_follows_a_renewed_lease(db: Db) {
     // Lease 300 ms: the old limit was 5.6 s; the holder's fetch takes 7 s.
-    let (ex, _a, b, first) = replica_a_fetching(&db, "300", 7_000, "ASX:GNP").await;
-    let second = b
-        .client()
-        .get_document("ASX:GNP", &DocumentOptions::new())
-        .await
-        .unwrap();
-    let first = first.await.unwrap().unwrap();
-    assert_eq!(first.outcome, Outcome::Created);
-    assert_eq!(
-        (second.document_id.as_str(), second.version),
-        (first.document_id.as_str(), 1)
-    );
-    assert_eq!(ex.count(LISTING_PATH).await, 1, "B fetched again");
+    b_answers_as_fill(&db, "300", 7_000, Duration::ZERO).await;
 }
 
 /// The fence: a write carrying a lease token that has since been superseded is refused whole,

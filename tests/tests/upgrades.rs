@@ -18,13 +18,7 @@ use shared::{
 /// Runs `sql` (statements separated by `;`) on `db`.
 async fn exec(db: &Db, sql: &str) {
     for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        if db.is_postgres() {
-            let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-            sqlx::query(statement).execute(&pool).await.unwrap();
-        } else {
-            let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
-            sqlx::query(statement).execute(&pool).await.unwrap();
-        }
+        db.execute(statement).await.unwrap();
     }
 }
 
