@@ -74,7 +74,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application { config, listener } = self;
         let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
-        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) = reflection_services(&[CONSUMER_SERVICE_NAME])?;
         let cell = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -127,7 +127,11 @@ impl Application {
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ConsumerServer::new(ConsumerService::new(cell, database)));
+            .add_service(
+                ConsumerServer::new(ConsumerService::new(cell, database))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                    .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+            );
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
         // Options on accepted connections: tonic only applies its own when it binds itself.
         let incoming = TcpIncoming::from(listener)

@@ -62,7 +62,7 @@ impl Application {
         let settings = config.settings()?;
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
-        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+        let (reflection_v1, reflection_v1alpha) = reflection_services(&[PROVIDER_SERVICE_NAME])?;
         let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr

@@ -14,6 +14,7 @@ use shared::{
     server::DatabaseStatus,
     DocumentResult, Outcome, Provisioned,
 };
+use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::{metrics::METRICS, provisioner::Provisioner};
@@ -302,13 +303,16 @@ impl tonic::service::Interceptor for RequireToken {
         let Some(expected) = &self.0 else {
             return Ok(req);
         };
+        // The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
         let presented = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .unwrap_or_default();
-        if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(req)
         } else {
             Err(Status::unauthenticated(
@@ -316,14 +320,6 @@ impl tonic::service::Interceptor for RequireToken {
             ))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, expected) in b.iter().enumerate() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ expected;
-    }
-    diff == 0
 }
 
 #[cfg(test)]
@@ -338,6 +334,12 @@ mod tests {
         ok.metadata_mut()
             .insert("authorization", "Bearer s3cret".parse().unwrap());
         assert!(guard.call(ok).is_ok());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", format!("{scheme} s3cret").parse().unwrap());
+            assert!(guard.call(r).is_ok(), "{scheme}");
+        }
         for bad in ["Bearer s3cre", "Bearer s3cret2", "s3cret", ""] {
             let mut r = Request::new(());
             if !bad.is_empty() {

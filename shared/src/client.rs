@@ -342,7 +342,9 @@ impl ProviderClient {
             })
             .transpose()?;
         let inner = DocumentProviderClient::with_interceptor(channel, BearerToken(token))
-            .max_decoding_message_size(64 * 1024 * 1024);
+            .max_decoding_message_size(64 * 1024 * 1024)
+            // Large batch answers travel compressed (the servers accept and send gzip).
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         Ok(Self {
             inner,
             config,

@@ -228,8 +228,10 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
-/// grpcurl 1.8 speaks), describing this project's services and health.
-pub fn reflection_services() -> anyhow::Result<(
+/// grpcurl 1.8 speaks), listing exactly `services` (this server's own), health and reflection.
+pub fn reflection_services(
+    services: &[&str],
+) -> anyhow::Result<(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -237,14 +239,20 @@ pub fn reflection_services() -> anyhow::Result<(
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 )> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    let v1 = builder().build_v1().context("building reflection v1")?;
+    let v1alpha = builder()
         .build_v1alpha()
         .context("building reflection v1alpha")?;
     Ok((v1, v1alpha))

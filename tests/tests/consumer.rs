@@ -610,6 +610,27 @@ async fn the_callers_deadline_bounds_the_provider_call() {
     assert_eq!(e.code, Code::DeadlineExceeded as i32, "{}", e.message);
 }
 
+/// The consumer's server takes gzip-compressed requests and answers compressed when asked.
+#[tokio::test]
+async fn the_consumer_speaks_gzip() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), &[]).await;
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
+    let mut client = consumer
+        .client()
+        .await
+        .send_compressed(gzip)
+        .accept_compressed(gzip);
+    let r = client
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .expect("a gzip request is accepted")
+        .into_inner();
+    assert!(r.reports[0].error.is_none(), "{r:?}");
+}
+
 /// The consumer's own time cap ends a call that set no deadline with DEADLINE_EXCEEDED (not
 /// tonic's CANCELLED).
 #[tokio::test]

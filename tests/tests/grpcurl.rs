@@ -20,6 +20,23 @@ async fn grpcurl_lists_describes_and_calls() {
     ] {
         assert!(out.lines().any(|l| l == svc), "list lacks {svc}:\n{out}");
     }
+    assert!(
+        !out.contains("consumer.v1.Consumer"),
+        "the provider lists a service it does not serve:\n{out}"
+    );
+
+    // And the consumer lists only its own.
+    let consumer = ConsumerProc::start(db.url(), &p.url(), &[]).await;
+    let (ok, listed, err) = run_grpcurl(&["-plaintext", &consumer.addr, "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        listed.lines().any(|l| l == "consumer.v1.Consumer"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("documents.v1.DocumentProvider"),
+        "{listed}"
+    );
 
     let (ok, out, err) = run_grpcurl(&[
         "-plaintext",
