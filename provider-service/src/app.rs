@@ -45,7 +45,19 @@ impl Application {
         config.source_settings()?;
         config.auth_token()?;
         config.server_tls()?;
-        config.database.url()?;
+        let url = config.database.url()?;
+        // The change feed holds one pooled connection for as long as it listens.
+        if config.hit_cache
+            && config.database.max_connections < 2
+            && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            anyhow::bail!(
+                "DATABASE_MAX_CONNECTIONS: {} is too few on PostgreSQL: the change feed keeps one \
+                 connection of the pool, so calls need at least one more (set 2 or more, or \
+                 PROVIDER_HIT_CACHE=false)",
+                config.database.max_connections
+            );
+        }
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;

@@ -89,3 +89,19 @@ fn the_database_url_can_come_from_a_file_and_is_never_printed() {
     assert!(stderr.contains("not supported"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn a_pool_the_change_feed_would_exhaust_is_refused_at_start() {
+    let out = Command::new(BIN)
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/documents")
+        .env("DATABASE_MAX_CONNECTIONS", "1")
+        .env("PROVIDER_LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("DATABASE_MAX_CONNECTIONS") && stderr.contains("at least"),
+        "{stderr}"
+    );
+}
