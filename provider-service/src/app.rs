@@ -139,8 +139,10 @@ impl Application {
                 config.request_timeout_ms,
             )))
             .add_service(health_svc)
-            .add_service(InterceptedService::new(reflection_v1, token.clone()))
-            .add_service(InterceptedService::new(reflection_v1alpha, token.clone()))
+            // Health and reflection need no token: reflection describes the schema (no data),
+            // and grpcurl needs it to call health.
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(service, token));
 
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");

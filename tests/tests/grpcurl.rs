@@ -144,3 +144,33 @@ async fn readme_grpcurl_recipes_run_as_written() {
         );
     }
 }
+
+/// With a token required, grpcurl still reaches health (and the reflection it needs for that)
+/// without one; the documents service refuses it.
+#[tokio::test]
+async fn health_needs_no_token_even_through_grpcurl() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_AUTH_TOKEN", "s3cret")]).await;
+    let addr = p.addr.as_str();
+    let (ok, out, err) = run_grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]);
+    assert!(ok && out.contains("SERVING"), "{out}{err}");
+    let (ok, _, err) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"identifier":"GNP"}"#,
+        addr,
+        "documents.v1.DocumentProvider/GetDocument",
+    ]);
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    let (ok, _, err) = run_grpcurl(&[
+        "-plaintext",
+        "-H",
+        "authorization: bearer s3cret",
+        "-d",
+        r#"{"identifier":"GNP"}"#,
+        addr,
+        "documents.v1.DocumentProvider/GetDocument",
+    ]);
+    assert!(ok, "with the token (lower-case scheme): {err}");
+}
