@@ -105,3 +105,33 @@ fn a_pool_the_change_feed_would_exhaust_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// `migrate` applies the migrations and exits (a Kubernetes Job runs it once); the schema is then
+/// ready for services that may not migrate.
+#[test]
+fn migrate_applies_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("documents.db").display());
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+    let out = Command::new(BIN)
+        .arg("check-invariants")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("all invariants hold"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

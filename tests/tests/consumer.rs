@@ -573,22 +573,23 @@ async fn one_shot_cli_prints_reports() {
     );
 }
 
-#[tokio::test]
-async fn the_callers_deadline_bounds_the_provider_call() {
+/// Provider and consumer (with `consumer_env`) on SQLite, the exchange's listing 5 s slow.
+async fn stack_with_a_slow_listing(
+    consumer_env: &[(&str, &str)],
+) -> (Db, Exchange, Provider, ConsumerProc) {
     let db = Db::sqlite();
     let ex = Exchange::start();
     let provider = Provider::start(db.url(), &ex.url, &[]).await;
-    let consumer = ConsumerProc::start(
-        db.url(),
-        &provider.url(),
-        &[("PROVIDER_TIMEOUT_MS", "30000")],
-    )
-    .await;
-    let mut control = Control::default();
-    control
-        .delay_ms
-        .insert(e2e::harness::LISTING_PATH.into(), 5000);
-    ex.control(&control).await;
+    let consumer = ConsumerProc::start(db.url(), &provider.url(), consumer_env).await;
+    ex.control(&e2e::harness::delayed(e2e::harness::LISTING_PATH, 5000))
+        .await;
+    (db, ex, provider, consumer)
+}
+
+#[tokio::test]
+async fn the_callers_deadline_bounds_the_provider_call() {
+    let (_db, _ex, _provider, consumer) =
+        stack_with_a_slow_listing(&[("PROVIDER_TIMEOUT_MS", "30000")]).await;
     let mut req = tonic::Request::new(request(&["ASX:GNP"]));
     req.set_timeout(Duration::from_millis(1000));
     let started = std::time::Instant::now();
@@ -635,20 +636,8 @@ async fn the_consumer_speaks_gzip() {
 /// tonic's CANCELLED).
 #[tokio::test]
 async fn the_consumers_time_cap_answers_deadline_exceeded() {
-    let db = Db::sqlite();
-    let ex = Exchange::start();
-    let provider = Provider::start(db.url(), &ex.url, &[]).await;
-    let consumer = ConsumerProc::start(
-        db.url(),
-        &provider.url(),
-        &[("CONSUMER_REQUEST_TIMEOUT_MS", "400")],
-    )
-    .await;
-    let mut control = Control::default();
-    control
-        .delay_ms
-        .insert(e2e::harness::LISTING_PATH.into(), 5000);
-    ex.control(&control).await;
+    let (_db, _ex, _provider, consumer) =
+        stack_with_a_slow_listing(&[("CONSUMER_REQUEST_TIMEOUT_MS", "400")]).await;
     let e = consumer
         .client()
         .await

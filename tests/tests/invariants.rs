@@ -138,22 +138,11 @@ on_both_databases!(checker_finds_what_is_wrong);
 async fn the_database_refuses_history_rewrites(db: Db) {
     let ex = Exchange::start();
     let provider = Provider::start(db.url(), &ex.url, &[]).await;
-    let r = provider
-        .client()
-        .get_document(
-            "ASX:GNP",
-            &shared::DocumentOptions::new().force_refresh(true),
-        )
-        .await
-        .unwrap();
-    provider
-        .client()
-        .get_document(
-            "ASX:GNP",
-            &shared::DocumentOptions::new().force_refresh(true),
-        )
-        .await
-        .unwrap();
+    // Written twice: version 2.
+    let forced = shared::DocumentOptions::new().force_refresh(true);
+    let client = provider.client();
+    let r = client.get_document("ASX:GNP", &forced).await.unwrap();
+    client.get_document("ASX:GNP", &forced).await.unwrap();
     let before = db
         .store()
         .await

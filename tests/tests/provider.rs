@@ -563,3 +563,33 @@ async fn a_dns_target_reaches_the_provider() {
         .unwrap_or_else(|e| panic!("{e:?}\n{}", provider.proc.logs()));
     assert!(r.created);
 }
+
+/// The market-data API token read from a file (a mounted secret) reaches the upstream.
+#[tokio::test]
+async fn the_market_data_token_comes_from_a_file() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "tok-from-file\n").unwrap();
+    let provider = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("MARKET_DATA_API_TOKEN_FILE", file.to_str().unwrap())],
+    )
+    .await;
+    provider
+        .client()
+        .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::MarketData))
+        .await
+        .unwrap();
+    let stats = ex.stats().await;
+    assert!(
+        stats
+            .by_request
+            .keys()
+            .any(|p| p.contains("api_token=tok-from-file")),
+        "{:?}",
+        stats.by_request.keys().collect::<Vec<_>>()
+    );
+}

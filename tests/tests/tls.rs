@@ -147,6 +147,19 @@ async fn tls_refuses_plaintext_and_serves_clients_that_trust_the_ca() {
         .await
         .unwrap();
     assert_eq!(r.version, 1);
+    // The same through a name followed by DNS: `dns+https:///` checks the certificate against
+    // the name, not the resolved address.
+    let port = p.addr.rsplit(':').next().unwrap();
+    let by_name = client(
+        &format!("dns+https:///localhost:{port}"),
+        Some(client_tls(Some(&pki.ca), None, None).unwrap()),
+        None,
+    );
+    let r = by_name
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(r.version, 1);
 }
 
 #[tokio::test]
