@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
+        // google.rpc.Status is tonic-types' own type, so its details helpers apply to it.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -15,6 +15,7 @@ use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use shared::{
     proto::consumer::v1 as pb,
+    provider::invalid_argument,
     storage::{DocumentStore, NewAttachment, NewContent, StoredDocument},
     DocumentOptions, DocumentProvider, DocumentResult, ItemError, Kind, ProviderClient, Ticker,
 };
@@ -258,25 +259,32 @@ impl Processor {
     /// Checks the request as a whole; errors name the field and the rule.
     pub fn validate(&self, req: &JobRequest) -> Result<(), Status> {
         if req.tickers.is_empty() {
-            return Err(Status::invalid_argument(
-                "tickers: at least one ticker is required",
+            return Err(invalid_argument(
+                "tickers",
+                "at least one ticker is required",
             ));
         }
         if req.tickers.len() > self.settings.max_tickers {
-            return Err(Status::invalid_argument(format!(
-                "tickers: {} tickers is more than the maximum of {}",
-                req.tickers.len(),
-                self.settings.max_tickers
-            )));
+            return Err(invalid_argument(
+                "tickers",
+                format!(
+                    "{} tickers is more than the maximum of {}",
+                    req.tickers.len(),
+                    self.settings.max_tickers
+                ),
+            ));
         }
         if let Some(h) = req
             .cache_hours
             .filter(|h| *h > shared::provider::MAX_CACHE_HOURS)
         {
-            return Err(Status::invalid_argument(format!(
-                "cache_hours: {h} is more than the maximum of {}",
-                shared::provider::MAX_CACHE_HOURS
-            )));
+            return Err(invalid_argument(
+                "cache_hours",
+                format!(
+                    "{h} is more than the maximum of {}",
+                    shared::provider::MAX_CACHE_HOURS
+                ),
+            ));
         }
         Ok(())
     }
@@ -348,7 +356,11 @@ impl Processor {
         }
         if let Err(e) = outcome {
             tracing::warn!(code = ?e.code, error = %e.message, "ticker failed");
-            report.error = Some(e.into());
+            report.status = Some(e.clone().described().to_rpc_status(&[("ticker", ticker)]));
+            #[allow(deprecated)] // still sent, beside `status`, for older clients
+            {
+                report.error = Some((&e).into());
+            }
         } else {
             tracing::info!(
                 matched = report.matched.len(),
@@ -370,8 +382,11 @@ impl Processor {
         deadline: Option<Instant>,
         report: &mut pb::TickerReport,
     ) -> Result<(), ItemError> {
-        let parsed = Ticker::parse(ticker)
-            .map_err(|e| ItemError::new(Code::InvalidArgument, format!("ticker: {e}")))?;
+        let parsed = Ticker::parse(ticker).map_err(|e| {
+            ItemError::new(Code::InvalidArgument, format!("ticker: {e}"))
+                .reason("INVALID_TICKER")
+                .field("tickers")
+        })?;
         let canonical = parsed.to_string();
         let hold = self.hold(&canonical);
         let _round = match deadline {
@@ -427,7 +442,10 @@ impl Processor {
                     )
                     .into(),
                 );
-                return Err(ItemError::new(e.code, format!("provider: {}", e.message)));
+                return Err(ItemError {
+                    message: format!("provider: {}", e.message),
+                    ..e
+                });
             }
         };
         report.provider_result = Some(answer.clone().into());
@@ -611,8 +629,7 @@ impl Processor {
 
     /// What is stored for a ticker.
     pub async fn stored(&self, ticker: &str) -> Result<pb::GetStoredResponse, Status> {
-        let t =
-            Ticker::parse(ticker).map_err(|e| Status::invalid_argument(format!("ticker: {e}")))?;
+        let t = Ticker::parse(ticker).map_err(|e| invalid_argument("ticker", e))?;
         let get = |kind: Kind| {
             let sid = t.source_id(kind.as_str());
             async move { self.store.get_by_source(kind.as_str(), &sid).await }
@@ -656,7 +673,7 @@ fn stored_document(d: StoredDocument) -> pb::StoredDocument {
 }
 
 fn storage_error(e: shared::storage::StorageError) -> ItemError {
-    ItemError::new(e.code(), e.to_string())
+    ItemError::from(&e)
 }
 
 fn parse_announcements(doc: &StoredDocument) -> Result<Vec<Announcement>, ItemError> {

@@ -27,14 +27,14 @@ pub fn json(r: &pb::TickerReport) -> String {
         "skipped": items(&r.skipped),
         "failed": items(&r.failed),
         "download_document_id": r.download_document_id,
-        "error": r.error.as_ref().map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+        "error": r.status.as_ref().map(|e| serde_json::json!({"code": e.code, "message": e.message})),
     })
     .to_string()
 }
 
 /// A report as a few human-readable lines (the CLI's default).
 pub fn text(r: &pb::TickerReport) -> String {
-    if let Some(e) = &r.error {
+    if let Some(e) = &r.status {
         return format!(
             "{}: FAILED ({:?}): {}",
             r.ticker,

@@ -202,7 +202,8 @@ pub struct Config {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    s.parse::<Kind>().map_err(|e| e.to_string())
+    s.parse::<Kind>()
+        .map_err(|e| format!("{e}: expected announcement or market_data"))
 }
 
 impl Config {

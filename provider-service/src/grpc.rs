@@ -73,16 +73,32 @@ impl ProviderService {
             [one] => p.cached_hit(one, req),
             _ => None,
         };
-        let results = match cached {
+        let mut results = match cached {
             Some(hit) => vec![hit],
             None => p.provide(identifiers, req).await,
         };
+        if rpc != "GetDocument" {
+            results = results.into_iter().map(in_batch).collect();
+        }
         let mut summary = Summary::new(rpc, request_id, started, results.len() > 1);
         for r in &results {
             summary.record(r);
         }
         Ok(results)
     }
+}
+
+/// A batch's result names the failing identifier's position: `identifiers[3]`, not
+/// `identifier`, in `google.rpc.BadRequest`.
+fn in_batch(mut r: DocumentResult) -> DocumentResult {
+    if let Some(e) = r
+        .error
+        .as_mut()
+        .filter(|e| e.field.as_deref() == Some("identifier"))
+    {
+        e.field = Some(format!("identifiers[{}]", r.index));
+    }
+    r
 }
 
 /// The request ID a caller sent in `x-request-id` (up to 64 visible ASCII characters), if any.
@@ -224,7 +240,7 @@ impl DocumentProviderRpc for ProviderService {
             .provide_each(r.identifiers, req)
             .map(move |result| {
                 summary.record(&result);
-                Ok(result.into())
+                Ok(in_batch(result).into())
             })
             .boxed();
         let stream = futures::stream::unfold(Some(results), move |results| async move {
@@ -256,8 +272,8 @@ impl DocumentProviderRpc for ProviderService {
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("no result for the identifier"))?;
-        match &result.error {
-            Some(e) if !result.is_ok() => Err(e.to_status()),
+        match result.error_status() {
+            Some(status) if !result.is_ok() => Err(status),
             _ => Ok(Response::new(result.into())),
         }
     }
@@ -285,11 +301,7 @@ impl DocumentProviderRpc for ProviderService {
         let results = self
             .batch("EnsureDocuments", &id, r.identifiers, &r.kind, r.options)
             .await?;
-        let p = Provisioned::from_results(results);
-        Ok(Response::new(pb::EnsureDocumentsResponse {
-            document_ids: p.document_ids,
-            errors: p.errors.into_iter().map(|(k, v)| (k, v.into())).collect(),
-        }))
+        Ok(Response::new(Provisioned::from_results(results).into()))
     }
 }
 

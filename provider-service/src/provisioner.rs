@@ -30,7 +30,7 @@ use futures::{
     FutureExt, StreamExt,
 };
 use shared::{
-    provider::{DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
+    provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
     storage::{Claim, DocumentHead, DocumentStore, Fence, StorageError},
     DocumentResult, ItemError, Kind, Outcome, Ticker,
 };
@@ -230,20 +230,27 @@ impl Provisioner {
         batch_len: usize,
     ) -> Result<Request, Status> {
         let settings = self.settings();
+        let provided = || {
+            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
+            provided.sort();
+            provided.join(", ")
+        };
         let kind = if kind.trim().is_empty() {
             settings.default_kind
         } else {
-            kind.parse::<Kind>()
-                .map_err(|e| Status::invalid_argument(format!("kind: {e}")))?
+            kind.parse::<Kind>().map_err(|e| {
+                invalid_argument("kind", format!("{e}: expected one of {}", provided()))
+            })?
         };
         if !self.sources.contains_key(&kind) {
-            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
-            provided.sort();
-            return Err(Status::invalid_argument(format!(
-                "kind: {:?} is not provided by this service: expected one of {}",
-                kind.as_str(),
-                provided.join(", ")
-            )));
+            return Err(invalid_argument(
+                "kind",
+                format!(
+                    "{:?} is not provided by this service: expected one of {}",
+                    kind.as_str(),
+                    provided()
+                ),
+            ));
         }
         let default = Default::default();
         let opts = options.unwrap_or(&default);
@@ -253,16 +260,20 @@ impl Provisioner {
             ("options.stale_if_error_hours", opts.stale_if_error_hours),
         ] {
             if let Some(v) = value.filter(|v| *v > MAX_CACHE_HOURS) {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: {v} is more than the maximum of {MAX_CACHE_HOURS}"
-                )));
+                return Err(invalid_argument(
+                    field,
+                    format!("{v} is more than the maximum of {MAX_CACHE_HOURS}"),
+                ));
             }
         }
         if batch_len > settings.max_batch_size {
-            return Err(Status::invalid_argument(format!(
-                "identifiers: {batch_len} identifiers is more than the maximum batch size of {}",
-                settings.max_batch_size
-            )));
+            return Err(invalid_argument(
+                "identifiers",
+                format!(
+                    "{batch_len} identifiers is more than the maximum batch size of {}",
+                    settings.max_batch_size
+                ),
+            ));
         }
         Ok(Request {
             kind,
@@ -330,7 +341,9 @@ impl Provisioner {
                         id,
                         kind,
                         String::new(),
-                        ItemError::new(Code::InvalidArgument, format!("identifier: {e}")),
+                        ItemError::new(Code::InvalidArgument, format!("identifier: {e}"))
+                            .reason("INVALID_IDENTIFIER")
+                            .field("identifier"),
                     )
                 }),
                 Ok(t) => {
@@ -429,7 +442,7 @@ impl Provisioner {
                 l
             }
             Err(e) => {
-                let err = ItemError::new(e.code(), e.to_string());
+                let err = ItemError::from(&e);
                 for (sid, _, indices) in keys {
                     for i in indices {
                         immediate.push(DocumentResult {
@@ -600,7 +613,9 @@ impl Provisioner {
                 return Err(ItemError::new(
                     Code::InvalidArgument,
                     format!("kind: {} has no source", key.0),
-                ));
+                )
+                .reason("KIND_NOT_PROVIDED")
+                .field("kind"));
             };
             ctx.run_fill(&key, &ticker, source, per_source, seen, forced)
                 .await
@@ -618,7 +633,8 @@ impl Provisioner {
                             "it was cancelled"
                         }
                     ),
-                )),
+                )
+                .reason("FILL_FAILED")),
             }
         }
         .boxed()
@@ -702,7 +718,7 @@ impl FillContext {
         if let Some(e) = self.cached_failure(key) {
             return Err(e);
         }
-        let storage = |e: StorageError| ItemError::new(e.code(), e.to_string());
+        let storage = |e: StorageError| ItemError::from(&e);
         // A holder that renews its lease is followed (callers' deadlines bound their own wait),
         // up to FOLLOW_LIMIT; one that stops renewing is taken over by the next claim.
         let started = Instant::now();
@@ -788,7 +804,8 @@ impl FillContext {
                     return Err(ItemError::new(
                         Code::Unavailable,
                         format!("{ticker}: gave up waiting for another provider's fill of {sid}"),
-                    ));
+                    )
+                    .reason("FILL_WAIT_EXHAUSTED"));
                 }
             }
         }
@@ -846,7 +863,7 @@ impl FillContext {
         let content = match fetched {
             Ok(c) => c,
             Err(e) => {
-                let mut err = ItemError::new(e.code(), format!("{ticker}: {e}"));
+                let mut err = ItemError::new(e.code(), format!("{ticker}: {e}")).reason(e.reason());
                 // Until the negative cache lets a new fetch through, trying again only gets
                 // this error back: say when.
                 let ttl = self.settings.negative_cache_ttl;
@@ -879,7 +896,7 @@ impl FillContext {
                 Err(FillError::LeaseLost)
             }
             Err(e) => {
-                let err = ItemError::new(e.code(), e.to_string());
+                let err = ItemError::from(&e);
                 if e.code() == Code::Unavailable {
                     // The database is unreachable: answer now, release when it is back.
                     release_later(self.store.clone(), kind, sid, token, Some(err.clone()));
@@ -910,14 +927,14 @@ impl FillContext {
             Some((until, e)) if *until > Instant::now() => {
                 let wait = until.duration_since(Instant::now());
                 Some(
-                    ItemError::new(
-                        e.code,
-                        format!(
+                    ItemError {
+                        message: format!(
                             "{} (failed moments ago; will retry in {} ms)",
                             e.message,
                             wait.as_millis()
                         ),
-                    )
+                        ..e.clone()
+                    }
                     .retry_after(wait),
                 )
             }
@@ -971,7 +988,7 @@ enum FillError {
 }
 
 fn shutting_down() -> ItemError {
-    ItemError::new(Code::Unavailable, "provider is shutting down")
+    ItemError::new(Code::Unavailable, "provider is shutting down").reason("SHUTTING_DOWN")
 }
 
 /// The results for every position `indices` of the request that asked for document `sid`.
@@ -1027,14 +1044,14 @@ fn answer(
                     identifier,
                     kind,
                     sid.to_string(),
-                    ItemError::new(
-                        e.code,
-                        format!(
-                            "{}; the stored version is {} hours old, older than options.stale_if_error_hours = {max}",
+                    ItemError {
+                        message: format!(
+                            "{}; the stored version is {} old, more than options.stale_if_error_hours ({max} h) accepts",
                             e.message,
-                            (now - h.last_synced).num_hours()
+                            age_text(now - h.last_synced)
                         ),
-                    ),
+                        ..e.clone()
+                    },
                 )
             },
             _ => DocumentResult {
@@ -1042,6 +1059,14 @@ fn answer(
                 ..DocumentResult::failed(identifier, kind, sid.to_string(), e.clone())
             },
         },
+    }
+}
+
+/// An age for messages: minutes under two hours, hours above.
+fn age_text(age: ChronoDuration) -> String {
+    match age.num_minutes() {
+        m if m < 120 => format!("{m} min"),
+        _ => format!("{} h", age.num_hours()),
     }
 }
 

@@ -13,7 +13,7 @@
 //! jitter up to a bound; several comma-separated endpoints are balanced over one lazily
 //! connected channel that is reused by every call.
 
-use std::{collections::BTreeSet, future::Future, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -28,7 +28,7 @@ use crate::{
     proto::documents::v1::document_provider_client::DocumentProviderClient,
     provider::{
         ensure_documents_request, get_document_request, get_documents_request, DocumentOptions,
-        DocumentProvider, DocumentProvisioner, DocumentResult, ItemError, Provisioned,
+        DocumentProvider, DocumentProvisioner, DocumentResult, Provisioned,
     },
 };
 
@@ -88,6 +88,8 @@ type Inner = DocumentProviderClient<InterceptedService<Channel, BearerToken>>;
 pub struct ProviderClient {
     inner: Inner,
     config: ClientConfig,
+    /// The provider URL list as configured, for error messages.
+    urls: Arc<str>,
     request_id: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
@@ -347,6 +349,7 @@ impl ProviderClient {
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         Ok(Self {
             inner,
+            urls: urls.trim().into(),
             config,
             request_id: None,
         })
@@ -386,6 +389,7 @@ impl ProviderClient {
             let result = match tokio::time::timeout(left, call(self.inner.clone(), left)).await {
                 Ok(Err(s)) if is_timeout(&s) => Err(deadline_exceeded(budget)),
                 Ok(Err(s)) if is_broken_connection(&s) => Err(broken_connection(&s)),
+                Ok(Err(s)) if is_connect_failure(&s) => Err(connect_failure(&s, &self.urls)),
                 Ok(r) => r,
                 Err(_) => Err(deadline_exceeded(budget)),
             };
@@ -434,13 +438,39 @@ fn is_broken_connection(s: &Status) -> bool {
 }
 
 fn broken_connection(s: &Status) -> Status {
+    Status::unavailable(format!(
+        "the connection to the provider broke: {}",
+        with_causes(s)
+    ))
+}
+
+/// No connection could be made (refused, unreachable, name not resolved, TLS handshake):
+/// tonic answers UNAVAILABLE with the transport error as the source.
+fn is_connect_failure(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        && std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+}
+
+/// The connect failure naming where the client tried and why it failed.
+fn connect_failure(s: &Status, urls: &str) -> Status {
+    Status::unavailable(format!(
+        "cannot reach the provider at {urls}: {}",
+        with_causes(s)
+    ))
+}
+
+/// The status message followed by each cause in its source chain.
+fn with_causes(s: &Status) -> String {
     let mut detail = s.message().to_string();
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {
-        detail = format!("{detail}: {e}");
+        let text = e.to_string();
+        if !detail.ends_with(&text) {
+            detail = format!("{detail}: {text}");
+        }
         source = e.source();
     }
-    Status::unavailable(format!("the connection to the provider broke: {detail}"))
+    detail
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {
@@ -535,14 +565,7 @@ impl DocumentProvisioner for ProviderClient {
             })
             .await?
             .into_inner();
-        Ok(Provisioned {
-            document_ids: r.document_ids,
-            errors: r
-                .errors
-                .into_iter()
-                .map(|(k, v)| (k, ItemError::from(v)))
-                .collect(),
-        })
+        Ok(r.into())
     }
 }
 

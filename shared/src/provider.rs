@@ -126,14 +126,22 @@ impl Outcome {
     }
 }
 
-/// The error of one identifier: a gRPC code and a message naming what went wrong, and how long
-/// to wait before trying again when the server knows (sent as `google.rpc.RetryInfo`).
+/// `google.rpc.ErrorInfo.domain` of the errors the services answer.
+pub const ERROR_DOMAIN: &str = "documents.v1";
+
+/// The error of one identifier: a gRPC code and a message naming what went wrong, plus what
+/// programs need (sent as `google.rpc` details): a constant reason (`ErrorInfo`), the request
+/// field at fault (`BadRequest`), and how long to wait before trying again (`RetryInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ItemError {
     pub code: Code,
     pub message: String,
     pub retry_after: Option<std::time::Duration>,
+    /// `UPPER_SNAKE_CASE` cause, such as `UPSTREAM_NOT_FOUND` or `INVALID_IDENTIFIER`.
+    pub reason: Option<String>,
+    /// The request field at fault, for INVALID_ARGUMENT (e.g. `identifier`).
+    pub field: Option<String>,
 }
 
 impl ItemError {
@@ -142,6 +150,8 @@ impl ItemError {
             code,
             message: message.into(),
             retry_after: None,
+            reason: None,
+            field: None,
         }
     }
 
@@ -151,9 +161,90 @@ impl ItemError {
         self
     }
 
-    pub fn to_status(&self) -> Status {
-        status_with_retry(self.code, self.message.clone(), self.retry_after)
+    /// The same error with its machine-readable reason.
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.to_string());
+        self
     }
+
+    /// The same error, blaming request field `field`.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The same error with a reason: its code's name when it has none better (every error
+    /// about one document or ticker carries an `ErrorInfo`).
+    pub fn described(mut self) -> Self {
+        if self.reason.is_none() {
+            self.reason = Some(code_reason(self.code).to_string());
+        }
+        self
+    }
+
+    /// The error as a call status, with its details.
+    pub fn to_status(&self) -> Status {
+        self.status_about(&[])
+    }
+
+    /// The error as a call status whose `ErrorInfo` names what it is about (`metadata`, such as
+    /// the identifier and kind).
+    pub fn status_about(&self, metadata: &[(&str, &str)]) -> Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut details = ErrorDetails::new();
+        if let Some(after) = self.retry_after {
+            details.set_retry_info(Some(after));
+        }
+        if let Some(field) = &self.field {
+            details.add_bad_request_violation(field, &self.message);
+        }
+        if let Some(reason) = &self.reason {
+            let metadata: HashMap<String, String> = metadata
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        }
+        if self.retry_after.is_none() && self.field.is_none() && self.reason.is_none() {
+            return Status::new(self.code, self.message.clone());
+        }
+        Status::with_error_details(self.code, self.message.clone(), details)
+    }
+
+    /// The error as a `google.rpc.Status` message, for the `status` fields of results.
+    pub fn to_rpc_status(&self, metadata: &[(&str, &str)]) -> tonic_types::pb::Status {
+        use prost::Message;
+        let status = self.status_about(metadata);
+        tonic_types::pb::Status::decode(status.details()).unwrap_or(tonic_types::pb::Status {
+            code: self.code as i32,
+            message: self.message.clone(),
+            details: Vec::new(),
+        })
+    }
+}
+
+/// The code's name in `UPPER_SNAKE_CASE`, the reason of an error that has no better one.
+fn code_reason(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Cancelled => "CANCELLED",
+        _ => "INTERNAL",
+    }
+}
+
+/// The call status for a request field that breaks a rule: INVALID_ARGUMENT with the message
+/// `"<field>: <rule>"` and a `google.rpc.BadRequest` naming the field.
+pub fn invalid_argument(field: &str, rule: impl std::fmt::Display) -> Status {
+    let rule = rule.to_string();
+    ItemError::new(Code::InvalidArgument, format!("{field}: {rule}"))
+        .field(field)
+        .to_status()
 }
 
 /// A status carrying `google.rpc.RetryInfo` when `retry_after` is known.
@@ -162,13 +253,11 @@ pub fn status_with_retry(
     message: impl Into<String>,
     retry_after: Option<std::time::Duration>,
 ) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    match retry_after {
-        Some(after) => {
-            Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(after)))
-        }
-        None => Status::new(code, message),
+    ItemError {
+        retry_after,
+        ..ItemError::new(code, message)
     }
+    .to_status()
 }
 
 /// The `google.rpc.RetryInfo` delay a status carries, if any.
@@ -179,18 +268,35 @@ pub fn retry_info(s: &Status) -> Option<std::time::Duration> {
 
 impl From<&Status> for ItemError {
     fn from(s: &Status) -> Self {
+        use tonic_types::StatusExt;
+        let details = s.get_error_details();
         ItemError {
-            retry_after: retry_info(s),
+            retry_after: details.retry_info().and_then(|r| r.retry_delay),
+            reason: details.error_info().map(|i| i.reason.clone()),
+            field: details
+                .bad_request()
+                .and_then(|b| b.field_violations.first())
+                .map(|v| v.field.clone()),
             ..ItemError::new(s.code(), s.message())
         }
     }
 }
 
-impl From<ItemError> for pb::ItemError {
-    fn from(e: ItemError) -> Self {
+impl From<tonic_types::pb::Status> for ItemError {
+    fn from(s: tonic_types::pb::Status) -> Self {
+        use prost::Message;
+        let code = Code::from_i32(s.code);
+        let message = s.message.clone();
+        let status = Status::with_details(code, message, s.encode_to_vec().into());
+        ItemError::from(&status)
+    }
+}
+
+impl From<&ItemError> for pb::ItemError {
+    fn from(e: &ItemError) -> Self {
         pb::ItemError {
             code: e.code as i32,
-            message: e.message,
+            message: e.message.clone(),
         }
     }
 }
@@ -249,9 +355,42 @@ impl DocumentResult {
     }
 }
 
+impl DocumentResult {
+    /// The `google.rpc.Status` of this result's error, its `ErrorInfo` naming the identifier,
+    /// kind and source.
+    pub fn rpc_status(&self) -> Option<tonic_types::pb::Status> {
+        self.described_error()
+            .map(|e| e.to_rpc_status(&self.about()))
+    }
+
+    /// The error as a call status (GetDocument answers a failed identifier this way).
+    pub fn error_status(&self) -> Option<Status> {
+        self.described_error()
+            .map(|e| e.status_about(&self.about()))
+    }
+
+    /// The error with a reason (see [`ItemError::described`]): e.g. an error recorded by
+    /// another replica's fill carries none of its own.
+    fn described_error(&self) -> Option<ItemError> {
+        self.error.clone().map(ItemError::described)
+    }
+
+    fn about(&self) -> [(&str, &str); 3] {
+        [
+            ("identifier", &self.identifier),
+            ("kind", &self.kind),
+            ("source_id", &self.source_id),
+        ]
+    }
+}
+
+// The deprecated `error` field is still sent, beside `status`, for older clients.
+#[allow(deprecated)]
 impl From<DocumentResult> for pb::DocumentResult {
     fn from(r: DocumentResult) -> Self {
+        let status = r.rpc_status();
         pb::DocumentResult {
+            status,
             identifier: r.identifier,
             document_id: r.document_id,
             tags: r.tags,
@@ -259,7 +398,7 @@ impl From<DocumentResult> for pb::DocumentResult {
             created: r.created,
             version: r.version,
             last_synced: r.last_synced.map(to_timestamp),
-            error: r.error.map(Into::into),
+            error: r.error.as_ref().map(Into::into),
             outcome: r.outcome.to_proto() as i32,
             source_id: r.source_id,
             kind: r.kind,
@@ -268,9 +407,16 @@ impl From<DocumentResult> for pb::DocumentResult {
     }
 }
 
+#[allow(deprecated)]
 impl From<pb::DocumentResult> for DocumentResult {
     fn from(r: pb::DocumentResult) -> Self {
-        let outcome = Outcome::from_proto(r.outcome(), r.error.is_some(), r.fresh, r.created);
+        let has_error = r.error.is_some() || r.status.is_some();
+        let outcome = Outcome::from_proto(r.outcome(), has_error, r.fresh, r.created);
+        // `status` carries the details; an older server sends only `error`.
+        let error = match r.status {
+            Some(s) => Some(s.into()),
+            None => r.error.map(Into::into),
+        };
         DocumentResult {
             identifier: r.identifier,
             source_id: r.source_id,
@@ -282,7 +428,7 @@ impl From<pb::DocumentResult> for DocumentResult {
             version: r.version,
             last_synced: r.last_synced.and_then(from_timestamp),
             outcome,
-            error: r.error.map(Into::into),
+            error,
             index: r.index,
         }
     }
@@ -311,6 +457,45 @@ impl Provisioned {
             }
         }
         out
+    }
+}
+
+// The deprecated `errors` map is still sent, beside `error_statuses`, for older clients.
+#[allow(deprecated)]
+impl From<Provisioned> for pb::EnsureDocumentsResponse {
+    fn from(p: Provisioned) -> Self {
+        pb::EnsureDocumentsResponse {
+            errors: p
+                .errors
+                .iter()
+                .map(|(k, e)| (k.clone(), e.into()))
+                .collect(),
+            error_statuses: p
+                .errors
+                .iter()
+                .map(|(k, e)| (k.clone(), e.to_rpc_status(&[("identifier", k)])))
+                .collect(),
+            document_ids: p.document_ids,
+        }
+    }
+}
+
+#[allow(deprecated)]
+impl From<pb::EnsureDocumentsResponse> for Provisioned {
+    fn from(r: pb::EnsureDocumentsResponse) -> Self {
+        // `error_statuses` carries the details; an older server sends only `errors`.
+        let errors = if r.error_statuses.is_empty() {
+            r.errors.into_iter().map(|(k, e)| (k, e.into())).collect()
+        } else {
+            r.error_statuses
+                .into_iter()
+                .map(|(k, s)| (k, s.into()))
+                .collect()
+        };
+        Provisioned {
+            document_ids: r.document_ids,
+            errors,
+        }
     }
 }
 
@@ -407,6 +592,47 @@ mod tests {
         };
         let back: DocumentResult = pb::DocumentResult::from(r.clone()).into();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn errors_survive_the_wire_with_their_details() {
+        let r = DocumentResult::failed(
+            "asx:gnp",
+            "announcement",
+            "ASX:GNP:announcement".into(),
+            ItemError::new(Code::Unavailable, "ASX:GNP: upstream answered 503")
+                .reason("UPSTREAM_UNAVAILABLE")
+                .retry_after(std::time::Duration::from_millis(1500)),
+        );
+        let wire = pb::DocumentResult::from(r.clone());
+        // The deprecated field still carries code and message for older clients.
+        let old = wire.error.clone().unwrap();
+        assert_eq!(
+            (old.code, old.message.as_str()),
+            (14, "ASX:GNP: upstream answered 503")
+        );
+        let status = wire.status.clone().unwrap();
+        assert_eq!(status.code, 14);
+        assert_eq!(
+            status.details.len(),
+            2,
+            "RetryInfo and ErrorInfo: {status:?}"
+        );
+        let back: DocumentResult = wire.into();
+        assert_eq!(back.error, r.error);
+        // ErrorInfo names the document.
+        use tonic_types::StatusExt;
+        let info = r.error_status().unwrap().get_details_error_info().unwrap();
+        assert_eq!(info.reason, "UPSTREAM_UNAVAILABLE");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["identifier"], "asx:gnp");
+        assert_eq!(info.metadata["source_id"], "ASX:GNP:announcement");
+        // A bad field is named in BadRequest.
+        let s = invalid_argument("options.cache_hours", "99999999 is more than the maximum");
+        let bad = s.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "options.cache_hours");
+        assert!(s.message().starts_with("options.cache_hours: "));
     }
 
     #[test]

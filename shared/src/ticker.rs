@@ -30,19 +30,20 @@ pub struct Ticker {
     code: String,
 }
 
-/// Why an identifier is not a ticker. The message names the identifier and the rule.
+/// Why an identifier is not a ticker. The message names the identifier and the rule; callers
+/// put the request field in front (`identifier: ...`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TickerError {
-    #[error("identifier is empty: a ticker such as \"ASX:GNP\" is required")]
+    #[error("is empty: a ticker such as \"ASX:GNP\" is required")]
     Empty,
-    #[error("identifier {identifier:?} is too long: {len} characters, at most {max} allowed")]
+    #[error("{identifier:?} is too long: {len} characters, at most {max} allowed")]
     TooLong {
         identifier: String,
         len: usize,
         max: usize,
     },
     #[error(
-        "identifier {identifier:?} has character {ch:?} at position {position}: \
+        "{identifier:?} has character {ch:?} at position {position}: \
          only characters in [A-Z0-9.] are allowed in a ticker code"
     )]
     InvalidCharacter {
@@ -51,21 +52,31 @@ pub enum TickerError {
         position: usize,
     },
     #[error(
-        "identifier {identifier:?} names unknown exchange {exchange:?}: \
+        "{identifier:?} names unknown exchange {exchange:?}: \
          expected one of ASX, NYSE, NASDAQ, LSE, TSX, XETRA"
     )]
     UnknownExchange {
         identifier: String,
         exchange: String,
     },
-    #[error("identifier {identifier:?} has an empty code: expected EXCH:CODE")]
+    #[error(
+        "{identifier:?} has no exchange before the colon: expected EXCH:CODE with EXCH one of \
+         ASX, NYSE, NASDAQ, LSE, TSX, XETRA, or a bare CODE"
+    )]
+    MissingExchange { identifier: String },
+    #[error("{identifier:?} has an empty code: expected EXCH:CODE")]
     EmptyCode { identifier: String },
-    #[error("identifier {identifier:?} has a code of {len} characters: at most {max} allowed")]
+    #[error("{identifier:?} has a code of {len} characters: at most {max} allowed")]
     CodeTooLong {
         identifier: String,
         len: usize,
         max: usize,
     },
+    #[error(
+        "{identifier:?} has a misplaced dot in code {code:?}: a dot may only join two parts of \
+         a code, as in \"BRK.B\" (not first, last, or twice in a row)"
+    )]
+    MisplacedDot { identifier: String, code: String },
 }
 
 impl Ticker {
@@ -93,6 +104,11 @@ impl Ticker {
         }
         let upper = trimmed.to_ascii_uppercase();
         let (exchange, code, code_offset) = match upper.split_once(':') {
+            Some(("", _)) => {
+                return Err(TickerError::MissingExchange {
+                    identifier: trimmed.to_string(),
+                })
+            }
             Some((exchange, code)) => {
                 if !is_known_exchange(exchange) {
                     return Err(TickerError::UnknownExchange {
@@ -135,6 +151,12 @@ impl Ticker {
                 identifier: trimmed.to_string(),
                 len: code_len,
                 max: MAX_CODE_LEN,
+            });
+        }
+        if code.starts_with('.') || code.ends_with('.') || code.contains("..") {
+            return Err(TickerError::MisplacedDot {
+                identifier: trimmed.to_string(),
+                code: code.to_string(),
             });
         }
         Ok(Ticker {
@@ -235,6 +257,22 @@ mod tests {
             Err(TickerError::EmptyCode { .. })
         ));
         assert!(matches!(
+            Ticker::parse(":GNP"),
+            Err(TickerError::MissingExchange { .. })
+        ));
+        assert!(Ticker::parse(":GNP")
+            .unwrap_err()
+            .to_string()
+            .contains("no exchange"));
+        // Dots only join parts of a code: these cost no upstream request.
+        for dotted in ["ASX:...", "ASX..GNP", "GNP.", ".GNP", "ASX:BRK..B", "."] {
+            assert!(
+                matches!(Ticker::parse(dotted), Err(TickerError::MisplacedDot { .. })),
+                "{dotted}: {:?}",
+                Ticker::parse(dotted)
+            );
+        }
+        assert!(matches!(
             Ticker::parse("ASX:A:B"),
             Err(TickerError::InvalidCharacter {
                 ch: ':',
@@ -277,6 +315,7 @@ mod tests {
                 let text = t.to_string();
                 prop_assert!(KNOWN_EXCHANGES.contains(&t.exchange()));
                 prop_assert!(t.code().chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '.'));
+                prop_assert!(!t.code().starts_with('.') && !t.code().ends_with('.') && !t.code().contains(".."));
                 // Canonical form is a fixed point.
                 prop_assert_eq!(Ticker::parse(&text).unwrap(), t);
             }

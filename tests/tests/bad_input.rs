@@ -17,6 +17,7 @@ use shared::proto::{
     CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME,
 };
 use tonic::Code;
+use tonic_types::StatusExt;
 
 #[tokio::test]
 async fn hostile_requests_get_clear_errors_and_change_nothing() {
@@ -25,44 +26,63 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     let p = Provider::start(db.url(), &ex.url, &[]).await;
     let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
     let long = "X".repeat(10_000);
-    let cases: Vec<(&str, GetDocumentRequest, Code, &str)> = vec![
-        ("empty", req(""), Code::InvalidArgument, "empty"),
+    // (case, request, code, words the message must have, field google.rpc.BadRequest names)
+    let cases: Vec<(&str, GetDocumentRequest, Code, &str, &str)> = vec![
+        (
+            "empty",
+            req(""),
+            Code::InvalidArgument,
+            "empty",
+            "identifier",
+        ),
         (
             "10,000 characters",
             req(&long),
             Code::InvalidArgument,
             "too long",
+            "identifier",
         ),
         (
             "21-character code",
             req("ASX:ABCDEFGHIJKLMNOPQRSTU"),
             Code::InvalidArgument,
             "at most 20",
+            "identifier",
         ),
-        ("unicode", req("ÄÖÜ"), Code::InvalidArgument, "[A-Z0-9.]"),
+        (
+            "unicode",
+            req("ÄÖÜ"),
+            Code::InvalidArgument,
+            "[A-Z0-9.]",
+            "identifier",
+        ),
         (
             "control character",
             req("GN\u{0}P"),
             Code::InvalidArgument,
             "[A-Z0-9.]",
+            "identifier",
         ),
         (
             "SQL-looking",
             req("'; DROP TABLE documents; --"),
             Code::InvalidArgument,
             "[A-Z0-9.]",
+            "identifier",
         ),
         (
             "unknown exchange",
             req("MOON:GNP"),
             Code::InvalidArgument,
             "unknown exchange",
+            "identifier",
         ),
         (
             "missing fields",
             GetDocumentRequest::default(),
             Code::InvalidArgument,
             "empty",
+            "identifier",
         ),
         (
             "unknown kind",
@@ -71,7 +91,46 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
                 ..req("GNP")
             },
             Code::InvalidArgument,
-            "kind:",
+            "kind: \"weird\" is not a known kind: expected one of announcement, market_data",
+            "kind",
+        ),
+        (
+            "a kind this service does not provide",
+            GetDocumentRequest {
+                kind: "announcement_download".into(),
+                ..req("GNP")
+            },
+            Code::InvalidArgument,
+            "is not provided by this service: expected one of announcement, market_data",
+            "kind",
+        ),
+        (
+            "only dots",
+            req("ASX:..."),
+            Code::InvalidArgument,
+            "misplaced dot",
+            "identifier",
+        ),
+        (
+            "two dots in a row",
+            req("ASX..GNP"),
+            Code::InvalidArgument,
+            "misplaced dot",
+            "identifier",
+        ),
+        (
+            "trailing dot",
+            req("GNP."),
+            Code::InvalidArgument,
+            "misplaced dot",
+            "identifier",
+        ),
+        (
+            "missing exchange",
+            req(":GNP"),
+            Code::InvalidArgument,
+            "no exchange before the colon",
+            "identifier",
         ),
         (
             "absurd cache hours",
@@ -83,6 +142,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
                 ..req("GNP")
             },
             Code::InvalidArgument,
+            "options.cache_hours",
             "options.cache_hours",
         ),
         (
@@ -96,11 +156,34 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
             },
             Code::InvalidArgument,
             "options.stale_if_error_hours",
+            "options.stale_if_error_hours",
         ),
     ];
     let mut answered: Vec<(String, Code, String)> = Vec::new();
-    for (name, request, code, needle) in cases {
+    for (name, request, code, needle, field) in cases {
         let err = c.get_document(request).await.expect_err(name);
+        // google.rpc.BadRequest names the field; the message starts with it, said once.
+        let bad = err
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("{name}: no BadRequest in {err:?}"));
+        assert_eq!(bad.field_violations[0].field, field, "{name}");
+        assert!(
+            err.message().starts_with(&format!("{field}: ")),
+            "{name}: {:?}",
+            err.message()
+        );
+        assert!(
+            !err.message().contains("identifier: identifier"),
+            "{name}: {:?}",
+            err.message()
+        );
+        if field == "identifier" {
+            let info = err.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(
+                (info.reason.as_str(), info.domain.as_str()),
+                ("INVALID_IDENTIFIER", "documents.v1")
+            );
+        }
         answered.push((
             format!("provider: {name} identifier or field"),
             err.code(),
@@ -126,6 +209,10 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "identifiers"
+    );
     assert!(
         err.message().contains("identifiers: 100000 identifiers"),
         "{}",
@@ -154,6 +241,10 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("tickers:"), "{}", err.message());
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "tickers"
+    );
     answered.push((
         "consumer: no tickers".into(),
         err.code(),
@@ -179,6 +270,10 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("ticker:"), "{}", err.message());
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "ticker"
+    );
     answered.push((
         "consumer: malformed ticker".into(),
         err.code(),
@@ -198,6 +293,27 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .heads
         .is_empty());
     let rows = assert_invariants(&db).await;
+
+    // In a batch, the bad identifier's google.rpc.Status names its position.
+    let batch = c
+        .get_documents(GetDocumentsRequest {
+            identifiers: vec!["GNP".into(), "ASX..GNP".into()],
+            kind: "Announcement".into(),
+            options: None,
+        })
+        .await
+        .expect("kinds are case-insensitive, like identifiers")
+        .into_inner();
+    let status = batch.results[1]
+        .status
+        .clone()
+        .expect("status of the bad one");
+    let item = shared::ItemError::from(status);
+    assert_eq!(item.code, Code::InvalidArgument);
+    assert_eq!(item.field.as_deref(), Some("identifiers[1]"));
+    assert_eq!(item.reason.as_deref(), Some("INVALID_IDENTIFIER"));
+    assert!(batch.results[0].status.is_none(), "{batch:?}");
+    assert_eq!(batch.results[0].kind, "announcement");
     assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
         .await
         .unwrap());

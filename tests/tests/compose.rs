@@ -334,7 +334,7 @@ async fn binaries_run_a_round_with_the_compose_environment() {
         .into_inner()
         .reports
         .remove(0);
-    assert!(report.error.is_none(), "{report:?}\n{}", consumer.logs());
+    assert!(report.status.is_none(), "{report:?}\n{}", consumer.logs());
     assert!(!report.downloaded.is_empty());
     assert!(
         provider.logs().contains("\"outcome\":\"created\""),

@@ -54,7 +54,7 @@ async fn round_trip_downloads_once(db: Db) {
         .unwrap()
         .into_inner();
     let r = &first.reports[0];
-    assert!(r.error.is_none(), "{r:?}");
+    assert!(r.status.is_none(), "{r:?}");
     assert_eq!(outcome(r), docs::Outcome::Created);
     assert_eq!(r.version_read, 1);
     assert!(!r.newer_version_read);
@@ -100,7 +100,7 @@ async fn round_trip_downloads_once(db: Db) {
         .unwrap()
         .into_inner();
     let r2 = &second.reports[0];
-    assert!(r2.error.is_none(), "{r2:?}");
+    assert!(r2.status.is_none(), "{r2:?}");
     assert_eq!(outcome(r2), docs::Outcome::Hit);
     assert!(r2.downloaded.is_empty());
     assert_eq!(keys(&r2.skipped), expected.to_vec());
@@ -137,7 +137,7 @@ async fn one_failure_never_stops_the_others(db: Db) {
     let codes: Vec<Option<i32>> = resp
         .reports
         .iter()
-        .map(|r| r.error.as_ref().map(|e| e.code))
+        .map(|r| r.status.as_ref().map(|e| e.code))
         .collect();
     assert_eq!(
         codes,
@@ -192,7 +192,7 @@ async fn each_pdf_is_fetched_once(db: Db) {
     assert_eq!(answer.reports.len(), 3);
     for (r, asked) in answer.reports.iter().zip(spellings) {
         assert_eq!(r.ticker, asked, "each position answers as it was asked");
-        assert!(r.error.is_none(), "{r:?}");
+        assert!(r.status.is_none(), "{r:?}");
         assert_eq!(keys(&r.downloaded), keys(&answer.reports[0].downloaded));
     }
     let fetched = pdf_requests(&ex).await;
@@ -228,7 +228,7 @@ async fn each_pdf_is_fetched_once(db: Db) {
     });
     let reports = futures::future::join_all(rounds).await;
     for r in &reports {
-        assert!(r.error.is_none(), "{r:?}");
+        assert!(r.status.is_none(), "{r:?}");
     }
     let downloaded: usize = reports.iter().map(|r| r.downloaded.len()).sum();
     let matched = reports[0].matched.len();
@@ -267,7 +267,7 @@ async fn each_pdf_is_fetched_once(db: Db) {
                 .remove(0)
         }
     );
-    assert!(a.error.is_none() && b.error.is_none(), "{a:?} {b:?}");
+    assert!(a.status.is_none() && b.status.is_none(), "{a:?} {b:?}");
     assert_eq!(a.downloaded.len() + b.downloaded.len(), a.matched.len());
     let fetched = pdf_requests(&ex).await;
     assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
@@ -311,7 +311,7 @@ async fn bad_pdfs_fail_alone() {
         .into_inner()
         .reports
         .remove(0);
-    assert!(r.error.is_none(), "{r:?}");
+    assert!(r.status.is_none(), "{r:?}");
     assert_eq!(r.matched.len(), 4);
     assert_eq!(keys(&r.downloaded), vec![good.clone()]);
     let reason = |k: &str| {
@@ -365,8 +365,17 @@ async fn provider_down_then_back_and_failover() {
         .into_inner()
         .reports
         .remove(0);
-    let e = r.error.expect("provider is down");
+    let e = r.status.expect("provider is down");
     assert_eq!(e.code, Code::Unavailable as i32, "{}", e.message);
+    // The message says where the consumer tried and why it failed.
+    assert!(
+        e.message
+            .contains(&format!("cannot reach the provider at http://{addr}"))
+            && e.message.contains("refused"),
+        "{}",
+        e.message
+    );
+    assert!(!e.details.is_empty(), "ErrorInfo rides along: {e:?}");
 
     let provider = Provider::start_at(&addr, db.url(), &ex.url, &[]).await;
     let r = client
@@ -376,7 +385,7 @@ async fn provider_down_then_back_and_failover() {
         .into_inner()
         .reports
         .remove(0);
-    assert!(r.error.is_none(), "{r:?}");
+    assert!(r.status.is_none(), "{r:?}");
     drop(provider);
 
     // Two providers, one stopped: every round still succeeds.
@@ -392,7 +401,7 @@ async fn provider_down_then_back_and_failover() {
             .into_inner()
             .reports
             .remove(0);
-        assert!(r.error.is_none(), "{r:?}");
+        assert!(r.status.is_none(), "{r:?}");
     }
     drop(a);
     for i in 0..6 {
@@ -407,7 +416,10 @@ async fn provider_down_then_back_and_failover() {
             .into_inner()
             .reports
             .remove(0);
-        assert!(r.error.is_none(), "round {i} with one provider down: {r:?}");
+        assert!(
+            r.status.is_none(),
+            "round {i} with one provider down: {r:?}"
+        );
     }
 }
 
@@ -512,14 +524,14 @@ async fn document_moved_on_between_answer_and_read() {
             .remove(0);
         match expect {
             None => {
-                assert!(r.error.is_none(), "{r:?}");
+                assert!(r.status.is_none(), "{r:?}");
                 let answered = r.provider_result.as_ref().unwrap().version;
                 assert!(r.newer_version_read, "{r:?}");
                 assert_eq!(r.version_read, answered + 1);
             }
             Some(code) => {
                 let e = r
-                    .error
+                    .status
                     .as_ref()
                     .unwrap_or_else(|| panic!("{mode}: must fail: {r:?}"));
                 assert_eq!(e.code, code as i32, "{mode}: {}", e.message);
@@ -605,7 +617,7 @@ async fn the_callers_deadline_bounds_the_provider_call() {
         started.elapsed()
     );
     let e = resp.into_inner().reports[0]
-        .error
+        .status
         .clone()
         .expect("the provider call ran out of time");
     assert_eq!(e.code, Code::DeadlineExceeded as i32, "{}", e.message);
@@ -629,7 +641,7 @@ async fn the_consumer_speaks_gzip() {
         .await
         .expect("a gzip request is accepted")
         .into_inner();
-    assert!(r.reports[0].error.is_none(), "{r:?}");
+    assert!(r.reports[0].status.is_none(), "{r:?}");
 }
 
 /// The consumer's own time cap ends a call that set no deadline with DEADLINE_EXCEEDED (not
@@ -663,7 +675,7 @@ async fn request_id_reaches_the_providers_log() {
         .await
         .unwrap()
         .into_inner();
-    assert!(r.reports[0].error.is_none());
+    assert!(r.reports[0].status.is_none());
     // Logs are written by a background thread: give it a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

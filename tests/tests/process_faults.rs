@@ -121,7 +121,7 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
         .unwrap()
         .expect("the consumer answers the round with per-ticker reports")
         .into_inner();
-    let failed: Vec<_> = cut.reports.iter().filter(|t| t.error.is_some()).collect();
+    let failed: Vec<_> = cut.reports.iter().filter(|t| t.status.is_some()).collect();
     let failed_tickers = failed.len();
     assert_eq!(cut.reports.len(), TICKERS.len());
     assert!(
@@ -129,7 +129,7 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
         "the round cannot have fully succeeded: {cut:?}"
     );
     for t in &failed {
-        let e = t.error.as_ref().unwrap();
+        let e = t.status.as_ref().unwrap();
         assert_eq!(e.code, tonic::Code::Unavailable as i32, "{t:?}");
     }
     invariants_within(db.url(), Duration::ZERO).await;
@@ -144,7 +144,7 @@ async fn provider_killed_during_a_consumer_round(db: Db) {
         .into_inner();
     let recovered = restarted_at.elapsed();
     for t in &next.reports {
-        assert!(t.error.is_none(), "{t:?}");
+        assert!(t.status.is_none(), "{t:?}");
         assert!(!t.document_id.is_empty() && t.version_read >= 1, "{t:?}");
     }
     let rows = invariants_within(db.url(), SETTLE).await;
@@ -217,7 +217,7 @@ async fn consumer_killed_during_its_downloads(db: Db) {
         .into_inner();
     let recovered = restarted_at.elapsed();
     let r = &next.reports[0];
-    assert!(r.error.is_none() && r.failed.is_empty(), "{r:?}");
+    assert!(r.status.is_none() && r.failed.is_empty(), "{r:?}");
     let keys = |items: &[shared::proto::consumer::v1::AnnouncementItem]| -> Vec<String> {
         items.iter().map(|i| i.document_key.clone()).collect()
     };

@@ -117,7 +117,7 @@ async fn the_consumer_role_writes_only_its_own_kind() {
         .into_inner()
         .reports
         .remove(0);
-    assert!(report.error.is_none(), "{report:?}");
+    assert!(report.status.is_none(), "{report:?}");
     assert!(!report.downloaded.is_empty());
     let after: String = sqlx::query_scalar("SELECT title FROM documents WHERE id = $1")
         .bind(&gnp.document_id)

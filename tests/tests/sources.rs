@@ -195,8 +195,13 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
         .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(0))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    // The upstream's fault, retryable: UNAVAILABLE with ErrorInfo reason UPSTREAM_MALFORMED.
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("truncated"), "{}", err.message());
+    assert_eq!(
+        shared::ItemError::from(&err).reason.as_deref(),
+        Some("UPSTREAM_MALFORMED")
+    );
     assert_eq!(
         db.store().await.get(&before.document_id).await.unwrap(),
         stored,
@@ -207,6 +212,6 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
         .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::MarketData))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("malformed"), "{}", err.message());
 }

@@ -232,5 +232,44 @@ async fn mutual_tls_requires_a_client_certificate() {
         .into_inner()
         .reports
         .remove(0);
-    assert!(report.error.is_none(), "{report:?}");
+    assert!(report.status.is_none(), "{report:?}");
+}
+
+#[tokio::test]
+async fn without_a_ca_the_client_trusts_the_system_roots() {
+    // The consumer is given no PROVIDER_TLS_CA: it must trust the system's roots, which
+    // SSL_CERT_FILE names (the standard variable the system-root loader reads).
+    let pki = pki();
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let env = [
+        ("PROVIDER_TLS_CERT", pki.server_cert.as_str()),
+        ("PROVIDER_TLS_KEY", pki.server_key.as_str()),
+        ("PROVIDER_TLS_CA", pki.ca.as_str()),
+    ];
+    let p = Provider::spawn(db.url(), &ex.url, &env);
+    wait_healthy(&p, &env).await;
+    let port = p.addr.rsplit(':').next().unwrap();
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &format!("https://localhost:{port}"),
+        &[("SSL_CERT_FILE", pki.ca.as_str())],
+    )
+    .await;
+    let report = consumer
+        .client()
+        .await
+        .process_tickers(shared::proto::consumer::v1::ProcessTickersRequest {
+            tickers: vec!["ASX:GNP".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert!(
+        report.status.is_none(),
+        "a certificate from a root the system trusts must be accepted: {report:?}"
+    );
 }

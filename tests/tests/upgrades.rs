@@ -78,7 +78,7 @@ async fn newer_schemas_compatible_or_refused(db: Db) {
         .into_inner()
         .reports
         .remove(0);
-    assert!(report.error.is_none(), "{report:?}");
+    assert!(report.status.is_none(), "{report:?}");
     drop(consumer);
     drop(provider);
 

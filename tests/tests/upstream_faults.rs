@@ -53,13 +53,13 @@ fn cases() -> Vec<Case> {
             name: "malformed body (truncated HTML and JSON)",
             ticker: "ASX:S0001",
             apply: |c, p| c.malformed.extend(p),
-            code: Code::Internal,
+            code: Code::Unavailable,
         },
         Case {
             name: "huge body (4 MiB against a 1 MiB limit)",
             ticker: "ASX:S0002",
             apply: |c, p| c.oversize.extend(p),
-            code: Code::Internal,
+            code: Code::Unavailable,
         },
         Case {
             name: "connection dropped without an answer",

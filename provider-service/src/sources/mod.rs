@@ -35,8 +35,19 @@ impl SourceError {
         match self {
             SourceError::NotFound(_) => tonic::Code::NotFound,
             SourceError::Unavailable(_) => tonic::Code::Unavailable,
-            SourceError::Malformed(_) => tonic::Code::Internal,
+            // The upstream's fault, not the provider's: a later try may get a good answer.
+            SourceError::Malformed(_) => tonic::Code::Unavailable,
             SourceError::Unsupported(_) => tonic::Code::InvalidArgument,
+        }
+    }
+
+    /// The `google.rpc.ErrorInfo` reason callers see.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::NotFound(_) => "UPSTREAM_NOT_FOUND",
+            SourceError::Unavailable(_) => "UPSTREAM_UNAVAILABLE",
+            SourceError::Malformed(_) => "UPSTREAM_MALFORMED",
+            SourceError::Unsupported(_) => "UNSUPPORTED_IDENTIFIER",
         }
     }
 }

@@ -93,6 +93,16 @@ impl StorageError {
     }
 }
 
+impl From<&StorageError> for crate::ItemError {
+    fn from(e: &StorageError) -> Self {
+        let reason = match e {
+            StorageError::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            _ => "DATABASE_ERROR",
+        };
+        crate::ItemError::new(e.code(), e.to_string()).reason(reason)
+    }
+}
+
 /// What the provider needs to judge freshness of a stored document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentHead {

@@ -625,7 +625,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let first = cc.process_tickers(req.clone()).await?.into_inner();
         anyhow::ensure!(
-            first.reports.iter().all(|r| r.error.is_none()),
+            first.reports.iter().all(|r| r.status.is_none()),
             "consumer warm-up round failed"
         );
         let cc2 = cc.clone();
@@ -635,7 +635,7 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 c.process_tickers(req)
                     .await
-                    .is_ok_and(|r| r.get_ref().reports.iter().all(|x| x.error.is_none()))
+                    .is_ok_and(|r| r.get_ref().reports.iter().all(|x| x.status.is_none()))
             }
         })
         .await;
