@@ -120,6 +120,11 @@ impl Application {
             .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Outermost: it sees every answer, refusals by the layers below included.
+            .layer(shared::observe::ObserveLayer::new(
+                &crate::metrics::METRICS.registry,
+                &[CONSUMER_SERVICE_NAME],
+            ))
             .layer(tower::util::MapResponseLayer::new(
                 shared::server::conventional_status,
             ))

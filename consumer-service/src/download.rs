@@ -54,9 +54,15 @@ impl Downloader {
     }
 
     async fn fetch(&self, url: &str) -> Result<Vec<u8>, DownloadError> {
+        // The PDF's host joins the caller's trace (W3C traceparent).
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(trace) = shared::trace::TraceContext::current() {
+            trace.inject(&mut headers);
+        }
         let mut resp = self
             .client
             .get(url)
+            .headers(headers)
             .send()
             .await
             .map_err(|e| DownloadError(format!("download failed: {e}")))?;

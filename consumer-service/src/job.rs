@@ -429,7 +429,13 @@ impl Processor {
             .provider
             .with_timeout(budget)
             .with_request_id(&req.request_id);
-        let answer: DocumentResult = match provider.get_document(ticker, &opts).await {
+        let call = shared::trace::in_span(
+            "documents.v1.DocumentProvider/GetDocument",
+            shared::trace::SpanKind::Client,
+            || vec![shared::trace::KeyValue::new("rpc.system", "grpc")],
+            provider.get_document(ticker, &opts),
+        );
+        let answer: DocumentResult = match call.await {
             Ok(r) => r,
             Err(s) => {
                 let e = ItemError::from(&s);

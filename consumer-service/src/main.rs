@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);
+            let _traces = shared::trace::init_export("consumer-service")?;
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(server::shutdown_signal()).await
         }

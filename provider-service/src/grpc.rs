@@ -1,5 +1,6 @@
 //! The `documents.v1.DocumentProvider` gRPC service: translates wire messages to the
-//! provisioning core, logs one line per answer, and guards calls with the bearer token.
+//! provisioning core, logs one line per answer (a failed call's line is written by the server's
+//! call log, [`shared::observe`]), and guards calls with the bearer token.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -144,7 +145,10 @@ impl Summary {
             Outcome::Stale => 3,
             Outcome::Error => 4,
         }] += 1;
-        if !self.batch || r.outcome != Outcome::Hit {
+        if !self.batch && r.outcome == Outcome::Error {
+            // The call itself fails with this error: the server's call log has its WARN line.
+            tracing::debug!(identifier = %r.identifier, kind = %r.kind, "answer failed");
+        } else if !self.batch || r.outcome != Outcome::Hit {
             log_answer(self.rpc, &self.request_id, r, self.started);
         }
     }

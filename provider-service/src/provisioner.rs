@@ -29,6 +29,7 @@ use futures::{
     stream::{self, BoxStream, FuturesUnordered},
     FutureExt, StreamExt,
 };
+use shared::trace::{KeyValue, SpanKind, TraceContext};
 use shared::{
     provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
     storage::{Claim, DocumentHead, DocumentStore, Fence, StorageError},
@@ -607,19 +608,25 @@ impl Provisioner {
         let source = self.sources.get(&key.0).cloned();
         let per_source = self.per_source.get(&key.0).cloned();
         let key = key.clone();
-        let handle = tokio::spawn(async move {
-            let _guard = guard;
-            let (Some(source), Some(per_source)) = (source, per_source) else {
-                return Err(ItemError::new(
-                    Code::InvalidArgument,
-                    format!("kind: {} has no source", key.0),
-                )
-                .reason("KIND_NOT_PROVIDED")
-                .field("kind"));
-            };
-            ctx.run_fill(&key, &ticker, source, per_source, seen, forced)
-                .await
-        });
+        // The fill belongs to the trace (and log span) of the call that started it.
+        let trace = shared::trace::TraceContext::current().unwrap_or_else(TraceContext::root);
+        let span = tracing::Span::current();
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            trace.scope_call(async move {
+                let _guard = guard;
+                let (Some(source), Some(per_source)) = (source, per_source) else {
+                    return Err(ItemError::new(
+                        Code::InvalidArgument,
+                        format!("kind: {} has no source", key.0),
+                    )
+                    .reason("KIND_NOT_PROVIDED")
+                    .field("kind"));
+                };
+                ctx.run_fill(&key, &ticker, source, per_source, seen, forced)
+                    .await
+            }),
+            span,
+        ));
         let fut = async move {
             match handle.await {
                 Ok(r) => r,
@@ -684,9 +691,18 @@ impl FillContext {
     ) -> FillResult {
         let stamp = self.hit_cache.as_ref().map(|c| c.stamp(key.0, &key.1));
         let started = Instant::now();
-        let result = self
-            .coordinated_fill(key, ticker, source, per_source, seen, forced)
-            .await;
+        let result = shared::trace::in_span(
+            "fill",
+            SpanKind::Internal,
+            || {
+                vec![
+                    KeyValue::new("documents.kind", key.0.as_str()),
+                    KeyValue::new("documents.source_id", key.1.clone()),
+                ]
+            },
+            self.coordinated_fill(key, ticker, source, per_source, seen, forced),
+        )
+        .await;
         METRICS.fill(
             key.0.as_str(),
             result.is_ok(),
@@ -740,9 +756,13 @@ impl FillContext {
                     .acquire_owned()
                     .await
                     .map_err(|_| shutting_down())?;
-                match self
-                    .store
-                    .claim_fill(kind, sid, &self.settings.holder, self.settings.lease_ttl)
+                let claim = self.store.claim_fill(
+                    kind,
+                    sid,
+                    &self.settings.holder,
+                    self.settings.lease_ttl,
+                );
+                match shared::trace::in_span("lease", SpanKind::Internal, Vec::new, claim)
                     .await
                     .map_err(storage)?
                 {
@@ -875,11 +895,10 @@ impl FillContext {
                 return Err(FillError::Failed(err));
             }
         };
-        match self
+        let write = self
             .store
-            .upsert(kind, sid, &content, &[], Some(Fence { token }))
-            .await
-        {
+            .upsert(kind, sid, &content, &[], Some(Fence { token }));
+        match shared::trace::in_span("store", SpanKind::Internal, Vec::new, write).await {
             Ok(w) => {
                 tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
                 Ok(Filled {

@@ -506,6 +506,10 @@ fn with_deadline<T>(
     if let Some(id) = request_id {
         req.metadata_mut().insert("x-request-id", id.clone());
     }
+    // The provider joins the caller's trace (W3C traceparent).
+    if let Some(trace) = crate::trace::TraceContext::current() {
+        trace.inject(req.metadata_mut().as_mut());
+    }
     req
 }
 

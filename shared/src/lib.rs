@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod kind;
 pub mod metrics;
+pub mod observe;
 pub mod proto;
 pub mod provider;
 pub mod security;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod ticker;
+pub mod trace;
 
 pub use client::{ClientConfig, ProviderClient};
 pub use kind::Kind;

@@ -100,7 +100,19 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             self.limiter.wait(&host, self.limits.rate_per_host).await;
-            let result = self.get_once(url).await;
+            let result = shared::trace::in_span(
+                "upstream GET",
+                shared::trace::SpanKind::Client,
+                || {
+                    vec![
+                        shared::trace::KeyValue::new("http.request.method", "GET"),
+                        shared::trace::KeyValue::new("server.address", host.clone()),
+                        shared::trace::KeyValue::new("url.path", url.path().to_string()),
+                    ]
+                },
+                self.get_once(url),
+            )
+            .await;
             let retryable = matches!(&result, Err(SourceError::Unavailable(_)));
             if retryable && attempt < self.limits.retries {
                 attempt += 1;
@@ -118,7 +130,12 @@ impl HttpClient {
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or(0)
         );
-        let resp = match self.client.get(url.clone()).send().await {
+        // The upstream joins the caller's trace (W3C traceparent), as its child.
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(trace) = shared::trace::TraceContext::current() {
+            trace.inject(&mut headers);
+        }
+        let resp = match self.client.get(url.clone()).headers(headers).send().await {
             Ok(r) => r,
             Err(e) => {
                 METRICS.source_request(&host, if e.is_timeout() { "timeout" } else { "error" });

@@ -301,11 +301,14 @@ impl Default for Shared {
     }
 }
 
-/// One request in the log: when it arrived (ms since the server started) and its path.
+/// One request in the log: when it arrived (ms since the server started), its path, and the
+/// W3C `traceparent` it carried (the trace it belongs to).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Logged {
     pub at_ms: f64,
     pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Requests kept in the log at most.
@@ -349,6 +352,11 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let method = req.method().clone();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
@@ -401,6 +409,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         s.log.push(Logged {
             at_ms,
             path: full.clone(),
+            traceparent,
         });
         s.control.clone()
     };
