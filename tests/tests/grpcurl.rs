@@ -86,6 +86,13 @@ async fn grpcurl_lists_describes_and_calls() {
         err.contains("InvalidArgument") && err.contains("[A-Z0-9.]"),
         "{err}"
     );
+    // The google.rpc details are shown decoded: reflection serves their types too.
+    assert!(
+        err.contains(r#""reason":"INVALID_IDENTIFIER""#)
+            && err.contains(r#""fieldViolations":[{"field":"identifier""#)
+            && !err.contains("not recognized"),
+        "{err}"
+    );
 }
 
 /// Lines of the README that are grpcurl commands (inside fenced blocks).
