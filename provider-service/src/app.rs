@@ -122,10 +122,7 @@ impl Application {
         if let Some(tls) = config.server_tls()? {
             builder = builder.tls_config(tls).context("TLS configuration")?;
         }
-        // Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
         let router = builder
-            .concurrency_limit_per_connection(config.max_concurrent_per_connection.max(1))
-            .load_shed(true)
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .tcp_nodelay(true)
             .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
@@ -139,6 +136,12 @@ impl Application {
             ))
             .layer(tower::util::MapResponseLayer::new(
                 shared::server::conventional_status,
+            ))
+            // Overload is refused at once (RESOURCE_EXHAUSTED with RetryInfo) rather than
+            // queued without bound.
+            .layer(shared::server::ConnectionLimitLayer::new(
+                config.max_concurrent_per_connection,
+                "PROVIDER_MAX_CONCURRENT_PER_CONNECTION",
             ))
             .layer(shared::server::DeadlineLayer::new(Duration::from_millis(
                 config.request_timeout_ms,

@@ -475,13 +475,42 @@ async fn stale_if_error_serves_the_stored_version_within_its_age_only() {
     )
     .await;
     assert_eq!(too_old.outcome, Outcome::Error);
+    let error = too_old.error.unwrap();
     assert!(
-        too_old
-            .error
-            .unwrap()
-            .message
-            .contains("stale_if_error_hours"),
+        error.message.contains("stale_if_error_hours"),
         "the message names the option"
+    );
+    assert_eq!(error.reason.as_deref(), Some("UPSTREAM_UNAVAILABLE"));
+
+    // A young document and a window of 0: the age is said in minutes, not "0 hours old".
+    src.fail_with(None);
+    let refreshed = one(
+        &p,
+        "GNP",
+        Request {
+            cache_hours: 0,
+            ..req()
+        },
+    )
+    .await;
+    assert_eq!(refreshed.version, 2);
+    store.age("announcement", GNP, Duration::from_secs(1800));
+    src.fail_with(Some(SourceError::Unavailable("upstream down".into())));
+    let zero = one(
+        &p,
+        "GNP",
+        Request {
+            stale_if_error_hours: Some(0),
+            cache_hours: 0,
+            ..req()
+        },
+    )
+    .await;
+    let message = zero.error.unwrap().message;
+    assert!(
+        message.contains("the stored version is 30 min old")
+            && message.contains("options.stale_if_error_hours (0 h)"),
+        "{message}"
     );
 }
 

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -205,6 +205,138 @@ where
                 ))
                 .into_http()),
             }
+        })
+    }
+}
+
+/// Calls in flight on one connection: more are refused at once with RESOURCE_EXHAUSTED and a
+/// `google.rpc.RetryInfo` (a call ending soon frees a place), rather than queued without bound.
+/// It sits inside the observing layer, so refusals are counted and logged like any answer.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimitLayer {
+    limit: usize,
+    setting: &'static str,
+    connections: Arc<std::sync::Mutex<Connections>>,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    /// Remote address -> calls in flight on that connection (alive while one is).
+    in_flight: std::collections::HashMap<SocketAddr, std::sync::Weak<AtomicUsize>>,
+    /// Size after the last sweep of finished connections.
+    swept: usize,
+}
+
+/// How long a refused caller is told to wait.
+pub const CONNECTION_LIMIT_RETRY: Duration = Duration::from_millis(50);
+
+impl ConnectionLimitLayer {
+    /// At most `limit` calls in flight per connection; `setting` names the option in messages.
+    pub fn new(limit: usize, setting: &'static str) -> Self {
+        Self {
+            limit: limit.max(1),
+            setting,
+            connections: Arc::default(),
+        }
+    }
+
+    /// The counter of the connection a request came on, if the server knows it.
+    fn counter<B>(&self, req: &tonic::codegen::http::Request<B>) -> Option<Arc<AtomicUsize>> {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let ext = req.extensions();
+        let remote = ext
+            .get::<TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .or_else(|| {
+                ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|i| i.get_ref().remote_addr())
+            })?;
+        let mut c = self.connections.lock().ok()?;
+        if let Some(counter) = c.in_flight.get(&remote).and_then(std::sync::Weak::upgrade) {
+            return Some(counter);
+        }
+        // Forget connections with nothing in flight once the map has doubled since last time.
+        if c.in_flight.len() >= (2 * c.swept).max(1024) {
+            c.in_flight.retain(|_, w| w.strong_count() > 0);
+            c.swept = c.in_flight.len();
+        }
+        let counter = Arc::new(AtomicUsize::new(0));
+        c.in_flight.insert(remote, Arc::downgrade(&counter));
+        Some(counter)
+    }
+}
+
+impl<S> tower::Layer<S> for ConnectionLimitLayer {
+    type Service = ConnectionLimit<S>;
+    fn layer(&self, inner: S) -> ConnectionLimit<S> {
+        ConnectionLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnectionLimit<S> {
+    inner: S,
+    layer: ConnectionLimitLayer,
+}
+
+/// Gives back a connection's place when its call is answered.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<tonic::codegen::http::Request<ReqBody>>
+    for ConnectionLimit<S>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<ReqBody>,
+            Response = tonic::codegen::http::Response<ResBody>,
+        > + Send,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
+        let place = match self.layer.counter(&req) {
+            Some(counter) => {
+                if counter.fetch_add(1, Ordering::AcqRel) >= self.layer.limit {
+                    counter.fetch_sub(1, Ordering::AcqRel);
+                    let refused = crate::provider::status_with_retry(
+                        tonic::Code::ResourceExhausted,
+                        format!(
+                            "too many calls in flight on this connection: at most {} ({}); retry shortly or use another connection",
+                            self.layer.limit, self.layer.setting
+                        ),
+                        Some(CONNECTION_LIMIT_RETRY),
+                    );
+                    return Box::pin(async move { Ok(refused.into_http()) });
+                }
+                Some(InFlight(counter))
+            }
+            None => None,
+        };
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let answer = call.await;
+            drop(place);
+            answer
         })
     }
 }

@@ -43,7 +43,13 @@ async fn a_flood_beyond_the_limit_is_shed() {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|s| s.code())
+                .map_err(|s| {
+                    // The refusal says when trying again can help.
+                    if s.code() == Code::ResourceExhausted {
+                        assert!(shared::provider::retry_info(&s).is_some(), "{s:?}");
+                    }
+                    s.code()
+                })
             })
         })
         .collect();
