@@ -5,7 +5,11 @@ use std::{env, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["documents/v1/documents.proto", "consumer/v1/consumer.proto"];
+const PROTOS: &[&str] = &[
+    "documents/v1/documents.proto",
+    "documents/admin/v1/admin.proto",
+    "consumer/v1/consumer.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");

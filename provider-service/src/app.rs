@@ -12,7 +12,8 @@ use std::{
 use anyhow::Context;
 use shared::{
     proto::{
-        documents::v1::document_provider_server::DocumentProviderServer, PROVIDER_SERVICE_NAME,
+        documents::v1::document_provider_server::DocumentProviderServer, ADMIN_SERVICE_NAME,
+        PROVIDER_SERVICE_NAME,
     },
     server::{health_service, reflection_services, serve_with_drain, set_serving},
     storage,
@@ -74,7 +75,8 @@ impl Application {
         let settings = config.settings()?;
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
-        let (reflection_v1, reflection_v1alpha) = reflection_services(&[PROVIDER_SERVICE_NAME])?;
+        let (reflection_v1, reflection_v1alpha) =
+            reflection_services(&[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME])?;
         let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -109,6 +111,9 @@ impl Application {
             tracing::info!("database ready: serving");
         });
 
+        let admin = shared::proto::documents::admin::v1::admin_server::AdminServer::new(
+            crate::admin::AdminService::new(provisioner.clone()),
+        );
         let service = DocumentProviderServer::new(ProviderService::new(
             provisioner,
             database,
@@ -132,7 +137,7 @@ impl Application {
             // Outermost: it sees every answer, refusals by the layers below included.
             .layer(shared::observe::ObserveLayer::new(
                 &METRICS.registry,
-                &[PROVIDER_SERVICE_NAME],
+                &[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME],
             ))
             .layer(tower::util::MapResponseLayer::new(
                 shared::server::conventional_status,
@@ -151,7 +156,8 @@ impl Application {
             // and grpcurl needs it to call health.
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(service, token));
+            .add_service(InterceptedService::new(service, token.clone()))
+            .add_service(InterceptedService::new(admin, token));
 
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
         // Options on accepted connections: tonic only applies its own when it binds itself.

@@ -296,6 +296,20 @@ impl DocumentProviderRpc for ProviderService {
         }))
     }
 
+    async fn invalidate_documents(
+        &self,
+        request: Request<pb::InvalidateDocumentsRequest>,
+    ) -> Result<Response<pb::InvalidateDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        let invalidated = self
+            .ready()?
+            .invalidate(&r.identifiers, &r.tags, &r.kind)
+            .await?;
+        Ok(Response::new(pb::InvalidateDocumentsResponse {
+            invalidated,
+        }))
+    }
+
     async fn ensure_documents(
         &self,
         request: Request<pb::EnsureDocumentsRequest>,

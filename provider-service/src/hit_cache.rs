@@ -225,6 +225,18 @@ impl HitCache {
         .then(|| head.clone())
     }
 
+    /// Whether memory holds a head for the document (for the admin view; a held head is
+    /// answered only while fresh and within the staleness bounds).
+    pub fn holds(&self, kind: Kind, source_id: &str) -> bool {
+        self.live.load(Ordering::Acquire)
+            && self
+                .entries
+                .read()
+                .expect("hit cache lock")
+                .get(&(kind, source_id.to_string()))
+                .is_some_and(|e| e.head.is_some())
+    }
+
     /// Whether a heartbeat sent less than [`STALENESS_BOUND`] ago has come back.
     fn caught_up(&self) -> bool {
         (self.base.elapsed().as_micros() as u64) < self.caught_up_until.load(Ordering::Acquire)
@@ -249,7 +261,8 @@ impl HitCache {
     /// Remembers a head read from or written to the database, unless the document changed or
     /// the feed restarted since the read began (`stamp`), or a newer version is known.
     pub fn remember(&self, kind: Kind, head: &DocumentHead, stamp: Stamp) {
-        if !self.live.load(Ordering::Acquire) {
+        // An invalidated document is stale for everyone until rewritten: never a hit.
+        if !self.live.load(Ordering::Acquire) || head.invalidated {
             return;
         }
         let mut entries = self.entries.write().expect("hit cache lock");
@@ -291,6 +304,7 @@ mod tests {
             tags: vec![],
             version,
             last_synced: Utc::now(),
+            invalidated: false,
         }
     }
 

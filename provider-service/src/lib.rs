@@ -1,8 +1,9 @@
 //! The document provider: configuration ([`config`]), start-up and shutdown ([`app`]), the gRPC
-//! service ([`grpc`]), the provisioning core ([`provisioner`]) with its
+//! services ([`grpc`], and [`admin`] for operators), the provisioning core ([`provisioner`]) with its
 //! in-memory view of fresh documents ([`hit_cache`]) and the sources it fills
 //! documents from ([`sources`]).
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod grpc;

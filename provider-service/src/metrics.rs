@@ -1,5 +1,6 @@
 //! The provider's Prometheus metrics: answers by rpc and outcome (stale apart from hits), fill
-//! latency, coalesced waiters, upstream requests by host and status, database pool usage.
+//! latency, coalesced waiters, upstream requests by host and status, database pool usage, and
+//! the cache controls (revalidations, invalidations, refresh-ahead fills).
 
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -45,6 +46,9 @@ pub struct ProviderMetrics {
     pub coalesced_waiters: Family<KindLabels, Counter>,
     pub source_requests: Family<SourceLabels, Counter>,
     pub db_connections: Family<PoolLabels, Gauge>,
+    pub revalidations: Family<KindLabels, Counter>,
+    pub invalidated: Family<KindLabels, Counter>,
+    pub refresh_ahead: Family<FillLabels, Counter>,
 }
 
 fn fill_histogram() -> Histogram {
@@ -88,8 +92,29 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         "Database pool connections by state (in_use, idle)",
         db_connections.clone(),
     );
+    let revalidations = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_revalidations",
+        "Stale documents answered at once (stale-while-revalidate) with a background refresh",
+        revalidations.clone(),
+    );
+    let invalidated = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_invalidated",
+        "Documents marked stale by InvalidateDocuments (kind \"any\" for tags across kinds)",
+        invalidated.clone(),
+    );
+    let refresh_ahead = Family::<FillLabels, Counter>::default();
+    registry.register(
+        "documents_refresh_ahead",
+        "Fills started by refresh-ahead (not by a caller), by kind and result",
+        refresh_ahead.clone(),
+    );
     ProviderMetrics {
         registry: Arc::new(Mutex::new(registry)),
+        revalidations,
+        invalidated,
+        refresh_ahead,
         answers,
         fill_seconds,
         coalesced_waiters,
@@ -113,6 +138,27 @@ impl ProviderMetrics {
             .get_or_create(&SourceLabels {
                 host: host.into(),
                 status: status.into(),
+            })
+            .inc();
+    }
+
+    pub fn revalidation(&self, kind: &str) {
+        self.revalidations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn invalidation(&self, kind: &str, n: u64) {
+        self.invalidated
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc_by(n);
+    }
+
+    pub fn refreshed_ahead(&self, kind: &str, ok: bool) {
+        self.refresh_ahead
+            .get_or_create(&FillLabels {
+                kind: kind.into(),
+                result: if ok { "ok" } else { "error" }.into(),
             })
             .inc();
     }

@@ -101,6 +101,22 @@ pub struct Request {
     pub cache_hours: u32,
     pub force_refresh: bool,
     pub stale_if_error_hours: Option<u32>,
+    /// Stale-while-revalidate window past `cache_hours`.
+    pub stale_while_revalidate_hours: Option<u32>,
+}
+
+/// One document as this replica sees it (`Provisioner::describe`).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub kind: Kind,
+    pub source_id: String,
+    pub head: Option<DocumentHead>,
+    /// The live fill lease: its token and holder.
+    pub lease: Option<(i64, shared::storage::Holding)>,
+    /// The failure the negative cache answers, and until when.
+    pub negative: Option<(ItemError, DateTime<Utc>)>,
+    pub in_memory: bool,
+    pub filling_here: bool,
 }
 
 /// What a finished fill hands to its waiters.
@@ -259,6 +275,10 @@ impl Provisioner {
         for (field, value) in [
             ("options.cache_hours", Some(cache_hours)),
             ("options.stale_if_error_hours", opts.stale_if_error_hours),
+            (
+                "options.stale_while_revalidate_hours",
+                opts.stale_while_revalidate_hours,
+            ),
         ] {
             if let Some(v) = value.filter(|v| *v > MAX_CACHE_HOURS) {
                 return Err(invalid_argument(
@@ -281,7 +301,135 @@ impl Provisioner {
             cache_hours,
             force_refresh: opts.force_refresh,
             stale_if_error_hours: opts.stale_if_error_hours,
+            stale_while_revalidate_hours: opts.stale_while_revalidate_hours,
         })
+    }
+
+    /// What this replica knows of a document (the admin view): its stored head, its lease, the
+    /// negative-cache entry, whether memory holds it and whether a fill runs here.
+    pub async fn describe(&self, identifier: &str, kind: &str) -> Result<Described, Status> {
+        let settings = self.settings();
+        let kind = match kind.trim() {
+            "" => settings.default_kind,
+            k => k.parse::<Kind>().map_err(|e| invalid_argument("kind", e))?,
+        };
+        let ticker = Ticker::parse_with_default(identifier, &settings.default_exchange)
+            .map_err(|e| invalid_argument("identifier", e))?;
+        let sid = ticker.source_id(kind.as_str());
+        let storage = |e: StorageError| ItemError::from(&e).to_status();
+        let head = self
+            .store()
+            .lookup(kind.as_str(), std::slice::from_ref(&sid))
+            .await
+            .map_err(storage)?
+            .heads
+            .pop();
+        let lease = self
+            .store()
+            .lease(kind.as_str(), &sid)
+            .await
+            .map_err(storage)?
+            .and_then(|l| l.holding.map(|h| (l.token, h)));
+        let key: FillKey = (kind, sid.clone());
+        let negative = self
+            .ctx
+            .negative
+            .lock()
+            .expect("negative cache lock")
+            .get(&key)
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(until, e)| {
+                let left = until.duration_since(Instant::now());
+                (
+                    e.clone(),
+                    Utc::now() + ChronoDuration::from_std(left).unwrap_or_default(),
+                )
+            });
+        let in_memory = self.hit_cache.as_ref().is_some_and(|c| c.holds(kind, &sid));
+        let filling_here = self
+            .in_flight
+            .lock()
+            .expect("in-flight map poisoned")
+            .contains_key(&key);
+        Ok(Described {
+            kind,
+            source_id: sid,
+            head,
+            lease,
+            negative,
+            in_memory,
+            filling_here,
+        })
+    }
+
+    /// The fills running in this replica: kind, source key, for how long, forced or not.
+    pub fn local_fills(&self) -> Vec<(Kind, String, Duration, bool)> {
+        let map = self.in_flight.lock().expect("in-flight map poisoned");
+        let mut fills: Vec<_> = map
+            .iter()
+            .map(|((kind, sid), f)| (*kind, sid.clone(), f.started.elapsed(), f.forced))
+            .collect();
+        fills.sort_by(|a, b| b.2.cmp(&a.2));
+        fills
+    }
+
+    /// Marks documents stale on every replica (InvalidateDocuments): by identifier (of `kind`,
+    /// or the default kind), by tag (of `kind`, or of every kind), or every document of `kind`
+    /// alone. Answers how many were marked.
+    pub async fn invalidate(
+        &self,
+        identifiers: &[String],
+        tags: &[String],
+        kind: &str,
+    ) -> Result<u64, Status> {
+        let settings = self.settings();
+        if identifiers.is_empty() && tags.is_empty() && kind.trim().is_empty() {
+            return Err(invalid_argument(
+                "identifiers",
+                "nothing to invalidate: give identifiers, tags, or a kind (every document of it)",
+            ));
+        }
+        if identifiers.len() + tags.len() > settings.max_batch_size {
+            return Err(invalid_argument(
+                "identifiers",
+                format!(
+                    "{} identifiers and tags is more than the maximum batch size of {}",
+                    identifiers.len() + tags.len(),
+                    settings.max_batch_size
+                ),
+            ));
+        }
+        let kind = match kind.trim() {
+            "" => None,
+            k => Some(k.parse::<Kind>().map_err(|e| invalid_argument("kind", e))?),
+        };
+        let id_kind = kind.unwrap_or(settings.default_kind);
+        let mut source_ids = Vec::with_capacity(identifiers.len());
+        for (i, id) in identifiers.iter().enumerate() {
+            let t = Ticker::parse_with_default(id, &settings.default_exchange)
+                .map_err(|e| invalid_argument(&format!("identifiers[{i}]"), e))?;
+            source_ids.push(t.source_id(id_kind.as_str()));
+        }
+        // Identifiers name documents of one kind; tags alone may span kinds.
+        let scope = match (kind, identifiers.is_empty()) {
+            (Some(k), _) => Some(k),
+            (None, false) => Some(id_kind),
+            (None, true) => None,
+        };
+        let n = self
+            .store()
+            .invalidate(scope.map(Kind::as_str), &source_ids, tags)
+            .await
+            .map_err(|e| ItemError::from(&e).to_status())?;
+        METRICS.invalidation(scope.map_or("any", Kind::as_str), n);
+        tracing::info!(
+            invalidated = n,
+            identifiers = identifiers.len(),
+            tags = tags.len(),
+            kind = scope.map_or("any", Kind::as_str),
+            "documents invalidated"
+        );
+        Ok(n)
     }
 
     /// The answer for one identifier when this process knows its document is fresh: the hot
@@ -389,7 +537,7 @@ impl Provisioner {
         // A document this process is filling right now: join that fill; the database has
         // nothing fresher to say. (Not with stale-if-error, which needs the stored version.)
         let pending = FuturesUnordered::new();
-        if req.stale_if_error_hours.is_none() {
+        if req.stale_if_error_hours.is_none() && req.stale_while_revalidate_hours.is_none() {
             keys.retain(
                 |(sid, _, indices)| match self.in_flight_fill(req, sid, arrived) {
                     Some(fill) => {
@@ -485,6 +633,34 @@ impl Provisioner {
                         None,
                         now,
                     ));
+                }
+                Some(h) if may_revalidate(&h, now, req) => {
+                    // Stale-while-revalidate: the stored version now, one fill behind it.
+                    let seen = Seen {
+                        at: now,
+                        version: h.version,
+                    };
+                    METRICS.revalidation(req.kind.as_str());
+                    let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
+                    let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
+                    tokio::spawn(trace.scope_call(fill));
+                    for i in indices {
+                        immediate.push(DocumentResult {
+                            refreshing: true,
+                            ..answer(
+                                &identifiers[i],
+                                i,
+                                &sid,
+                                req,
+                                &Ok(Filled {
+                                    head: h.clone(),
+                                    outcome: Outcome::Stale,
+                                }),
+                                None,
+                                now,
+                            )
+                        });
+                    }
                 }
                 _ => {
                     let seen = Seen {
@@ -1050,6 +1226,7 @@ fn answer(
         outcome,
         error,
         index: index as u32,
+        refreshing: false,
     };
     match filled {
         Ok(f) => ok(&f.head, f.outcome, None),
@@ -1089,8 +1266,21 @@ fn age_text(age: ChronoDuration) -> String {
     }
 }
 
+/// Stale-while-revalidate applies: not forced, and the document at most
+/// `stale_while_revalidate_hours` past the caller's window.
+fn may_revalidate(head: &DocumentHead, now: DateTime<Utc>, req: Request) -> bool {
+    let Some(extra) = req.stale_while_revalidate_hours else {
+        return false;
+    };
+    !req.force_refresh
+        && req.cache_hours > 0
+        && now - head.last_synced
+            <= ChronoDuration::hours(i64::from(req.cache_hours) + i64::from(extra))
+}
+
 fn is_fresh(head: &DocumentHead, now: DateTime<Utc>, req: Request) -> bool {
     !req.force_refresh
+        && !head.invalidated
         && req.cache_hours > 0
         && now - head.last_synced < ChronoDuration::hours(i64::from(req.cache_hours))
 }

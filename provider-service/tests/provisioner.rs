@@ -2,7 +2,8 @@
 //! (`shared::storage::memory`) and scripted sources, in paused Tokio time (sleeps, lease expiry
 //! and the negative cache advance only when every task waits, so the tests are exact and fast).
 //! Freshness, batches, coalescing, a filler's caller leaving first, lease takeover and
-//! following, negative caching, stale-if-error, bounds, and a database outage.
+//! following, negative caching, stale-if-error, stale-while-revalidate, invalidation, bounds,
+//! and a database outage.
 
 use std::{
     sync::{
@@ -116,6 +117,7 @@ fn req() -> Request {
         cache_hours: 24,
         force_refresh: false,
         stale_if_error_hours: None,
+        stale_while_revalidate_hours: None,
     }
 }
 
@@ -617,4 +619,77 @@ async fn an_unknown_kind_or_a_bad_option_is_refused_naming_the_field() {
     };
     let e = p.validate("", Some(&opts), 1).unwrap_err();
     assert!(e.message().starts_with("options.cache_hours:"), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_answers_at_once_and_one_fill_follows() {
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::from_secs(10));
+    let p = provisioner(&store, vec![src.clone()], |_| {});
+    one(&p, "GNP", req()).await;
+    assert_eq!(src.calls(), 1);
+    store.age("announcement", GNP, Duration::from_secs(30 * 3600));
+    let swr = Request {
+        stale_while_revalidate_hours: Some(12),
+        ..req()
+    };
+    // Five callers at once, none waits for the ten-second upstream.
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..5).map(|_| one(&p, "GNP", swr))).await;
+    assert_eq!(started.elapsed(), Duration::ZERO, "nobody waited");
+    for a in &answers {
+        assert_eq!(
+            (a.outcome, a.version, a.refreshing),
+            (Outcome::Stale, 1, true)
+        );
+        assert!(a.error.is_none() && a.is_ok(), "{a:?}");
+    }
+    // One fill behind them.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(src.calls(), 2, "exactly one background fill");
+    let after = one(&p, "GNP", swr).await;
+    assert_eq!((after.outcome, after.version), (Outcome::Hit, 2));
+    // Beyond the window plus its grace: an ordinary fill the caller waits for.
+    store.age("announcement", GNP, Duration::from_secs(40 * 3600));
+    let started = Instant::now();
+    let late = one(&p, "GNP", swr).await;
+    assert_eq!((late.outcome, late.refreshing), (Outcome::Refreshed, false));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidated_documents_refresh_on_the_next_call_and_keep_their_id() {
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::ZERO);
+    let p = provisioner(&store, vec![src.clone()], |_| {});
+    let first = one(&p, "GNP", req()).await;
+    one(&p, "BHP", req()).await;
+    assert_eq!(one(&p, "GNP", req()).await.outcome, Outcome::Hit);
+    // By identifier.
+    assert_eq!(p.invalidate(&ids(&["gnp"]), &[], "").await.unwrap(), 1);
+    let again = one(&p, "GNP", req()).await;
+    assert_eq!(
+        (again.outcome, again.version, again.document_id.as_str()),
+        (Outcome::Refreshed, 2, first.document_id.as_str())
+    );
+    assert_eq!(
+        one(&p, "GNP", req()).await.outcome,
+        Outcome::Hit,
+        "the write clears it"
+    );
+    // By tag (the scripted source tags each document with its ticker).
+    assert_eq!(p.invalidate(&[], &ids(&["ASX:BHP"]), "").await.unwrap(), 1);
+    assert_eq!(one(&p, "BHP", req()).await.outcome, Outcome::Refreshed);
+    // A whole kind.
+    assert_eq!(p.invalidate(&[], &[], "announcement").await.unwrap(), 2);
+    let batch = p.provide(ids(&["GNP", "BHP"]), req()).await;
+    assert!(
+        batch.iter().all(|r| r.outcome == Outcome::Refreshed),
+        "{batch:?}"
+    );
+    // Nothing named: refused, nothing marked.
+    let e = p.invalidate(&[], &[], "").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = p.invalidate(&ids(&["ASX..X"]), &[], "").await.unwrap_err();
+    assert!(e.message().starts_with("identifiers[0]: "), "{e:?}");
 }

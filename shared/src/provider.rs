@@ -35,6 +35,9 @@ pub struct DocumentOptions {
     /// Accept the stored document, marked stale, when a refresh fails and it is at most this
     /// many hours old.
     pub stale_if_error_hours: Option<u32>,
+    /// Stale-while-revalidate: a stored document at most this many hours past the window is
+    /// answered at once, marked stale and `refreshing`, while one background fill refreshes it.
+    pub stale_while_revalidate_hours: Option<u32>,
 }
 
 impl DocumentOptions {
@@ -62,12 +65,18 @@ impl DocumentOptions {
         self
     }
 
+    pub fn stale_while_revalidate_hours(mut self, hours: u32) -> Self {
+        self.stale_while_revalidate_hours = Some(hours);
+        self
+    }
+
     /// The wire form of the options (the kind travels beside them in the request).
     pub fn to_proto(&self) -> pb::DocumentOptions {
         pb::DocumentOptions {
             cache_hours: self.cache_hours,
             force_refresh: self.force_refresh,
             stale_if_error_hours: self.stale_if_error_hours,
+            stale_while_revalidate_hours: self.stale_while_revalidate_hours,
         }
     }
 
@@ -328,6 +337,8 @@ pub struct DocumentResult {
     pub error: Option<ItemError>,
     /// Position of the identifier in the request.
     pub index: u32,
+    /// With [`Outcome::Stale`] from stale-while-revalidate: a background refresh runs.
+    pub refreshing: bool,
 }
 
 impl DocumentResult {
@@ -346,6 +357,7 @@ impl DocumentResult {
             outcome: Outcome::Error,
             error: Some(error),
             index: 0,
+            refreshing: false,
         }
     }
 
@@ -403,6 +415,7 @@ impl From<DocumentResult> for pb::DocumentResult {
             source_id: r.source_id,
             kind: r.kind,
             index: r.index,
+            refreshing: r.refreshing,
         }
     }
 }
@@ -430,6 +443,7 @@ impl From<pb::DocumentResult> for DocumentResult {
             outcome,
             error,
             index: r.index,
+            refreshing: r.refreshing,
         }
     }
 }
@@ -589,6 +603,7 @@ mod tests {
             outcome: Outcome::Refreshed,
             error: None,
             index: 3,
+            refreshing: false,
         };
         let back: DocumentResult = pb::DocumentResult::from(r.clone()).into();
         assert_eq!(back, r);
@@ -650,6 +665,7 @@ mod tests {
             outcome: Outcome::Hit,
             error: None,
             index: 0,
+            refreshing: false,
         };
         let bad = DocumentResult::failed(
             "x y",

@@ -457,7 +457,7 @@ impl document_provider_server::DocumentProvider for Meddler {
                     options: Some(docs::DocumentOptions {
                         cache_hours: Some(0),
                         force_refresh: true,
-                        stale_if_error_hours: None,
+                        ..Default::default()
                     }),
                     ..req
                 };
@@ -481,6 +481,13 @@ impl document_provider_server::DocumentProvider for Meddler {
         &self,
         _: tonic::Request<docs::EnsureDocumentsRequest>,
     ) -> Result<tonic::Response<docs::EnsureDocumentsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+
+    async fn invalidate_documents(
+        &self,
+        _: tonic::Request<docs::InvalidateDocumentsRequest>,
+    ) -> Result<tonic::Response<docs::InvalidateDocumentsResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("not used"))
     }
 }

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Claim, DocumentStore, Fence, Lease, Lookup,
-    NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Claim, DocumentStore, Fence, HeldLease, Holding,
+    Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 type Key = (String, String);
@@ -25,6 +25,7 @@ type Key = (String, String);
 struct LeaseRow {
     holder: Option<String>,
     token: i64,
+    claimed_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     last_error: Option<(i32, String)>,
     finished_at: Option<DateTime<Utc>>,
@@ -36,6 +37,17 @@ struct State {
     leases: HashMap<Key, LeaseRow>,
     attachments: HashMap<String, (String, Vec<u8>)>,
     links: HashMap<String, HashMap<String, String>>,
+    /// Documents invalidated since their last write.
+    invalidated: std::collections::HashSet<Key>,
+}
+
+impl State {
+    fn head(&self, key: &Key) -> Option<super::DocumentHead> {
+        self.documents.get(key).map(|d| super::DocumentHead {
+            invalidated: self.invalidated.contains(key),
+            ..d.head()
+        })
+    }
 }
 
 pub struct MemoryStore {
@@ -145,8 +157,7 @@ impl DocumentStore for MemoryStore {
             now: self.now(),
             heads: source_ids
                 .iter()
-                .filter_map(|sid| state.documents.get(&Self::key(source_type, sid)))
-                .map(StoredDocument::head)
+                .filter_map(|sid| state.head(&Self::key(source_type, sid)))
                 .collect(),
         })
     }
@@ -174,6 +185,7 @@ impl DocumentStore for MemoryStore {
                 _ => return Err(StorageError::LeaseLost(fence.token)),
             }
         }
+        state.invalidated.remove(&key);
         let (head, inserted) = match state.documents.get_mut(&key) {
             Some(d) => {
                 d.title = content.title.clone();
@@ -236,6 +248,7 @@ impl DocumentStore for MemoryStore {
         let lease = state.leases.entry(key.clone()).or_insert(LeaseRow {
             holder: None,
             token: 0,
+            claimed_at: now,
             expires_at: now,
             last_error: None,
             finished_at: None,
@@ -249,11 +262,12 @@ impl DocumentStore for MemoryStore {
         }
         lease.token += 1;
         lease.holder = Some(holder.to_string());
+        lease.claimed_at = now;
         lease.expires_at = now + chrono::Duration::from_std(ttl).expect("ttl");
         let token = lease.token;
         Ok(Claim {
             token: Some(token),
-            head: state.documents.get(&key).map(StoredDocument::head),
+            head: state.head(&key),
         })
     }
 
@@ -329,12 +343,66 @@ impl DocumentStore for MemoryStore {
         Ok(state
             .leases
             .get(&Self::key(source_type, source_id))
-            .map(|l| Lease {
-                token: l.token,
-                held: l.holder.is_some() && l.expires_at > now,
-                last_error: l.last_error.clone(),
-                finished_at: l.finished_at,
+            .map(|l| {
+                let held = l.holder.is_some() && l.expires_at > now;
+                Lease {
+                    token: l.token,
+                    held,
+                    last_error: l.last_error.clone(),
+                    finished_at: l.finished_at,
+                    holding: l.holder.clone().filter(|_| held).map(|holder| Holding {
+                        holder,
+                        claimed_at: l.claimed_at,
+                        expires_at: l.expires_at,
+                    }),
+                }
             }))
+    }
+
+    async fn invalidate(
+        &self,
+        source_type: Option<&str>,
+        source_ids: &[String],
+        tags: &[String],
+    ) -> Result<u64, StorageError> {
+        self.up()?;
+        let mut state = self.state.lock().expect("memory store lock");
+        let everything = source_ids.is_empty() && tags.is_empty();
+        let matched: Vec<Key> = state
+            .documents
+            .iter()
+            .filter(|((kind, sid), d)| {
+                source_type.is_none_or(|k| k == kind)
+                    && (everything
+                        || source_ids.contains(sid)
+                        || d.tags.iter().any(|t| tags.contains(t)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let n = matched.len() as u64;
+        state.invalidated.extend(matched);
+        Ok(n)
+    }
+
+    async fn held_leases(&self) -> Result<Vec<HeldLease>, StorageError> {
+        self.up()?;
+        let now = self.now();
+        let state = self.state.lock().expect("memory store lock");
+        Ok(state
+            .leases
+            .iter()
+            .filter(|(_, l)| l.holder.is_some() && l.expires_at > now)
+            .map(|((kind, sid), l)| HeldLease {
+                source_type: kind.clone(),
+                source_id: sid.clone(),
+                token: l.token,
+                holding: Holding {
+                    holder: l.holder.clone().unwrap_or_default(),
+                    claimed_at: l.claimed_at,
+                    expires_at: l.expires_at,
+                },
+            })
+            .collect())
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {

@@ -111,6 +111,8 @@ pub struct DocumentHead {
     pub tags: Vec<String>,
     pub version: i64,
     pub last_synced: DateTime<Utc>,
+    /// Marked stale by an invalidation since it was last written: stale whatever its age.
+    pub invalidated: bool,
 }
 
 /// The heads found by one lookup, and the database's clock at the time of the lookup.
@@ -145,6 +147,7 @@ impl StoredDocument {
             tags: self.tags.clone(),
             version: self.version,
             last_synced: self.last_synced,
+            invalidated: false,
         }
     }
 }
@@ -215,6 +218,25 @@ pub struct Lease {
     /// The outcome of the last fill that released it with an error, and when (database clock).
     pub last_error: Option<(i32, String)>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Who holds it and until when, while it is held.
+    pub holding: Option<Holding>,
+}
+
+/// The holder of a live fill lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub holder: String,
+    pub claimed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A fill lease held now, by any process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub source_type: String,
+    pub source_id: String,
+    pub token: i64,
+    pub holding: Holding,
 }
 
 /// The outcome of a lease claim.
@@ -356,6 +378,20 @@ pub trait DocumentStore: Send + Sync + 'static {
         source_type: &str,
         source_id: &str,
     ) -> Result<Option<Lease>, StorageError>;
+
+    /// Marks documents stale without touching them otherwise: those of `source_type` (every
+    /// kind when `None`) whose source key is in `source_ids` or that carry one of `tags`; with
+    /// neither, every document of `source_type`. Answers how many were marked. Their next
+    /// write clears the mark.
+    async fn invalidate(
+        &self,
+        source_type: Option<&str>,
+        source_ids: &[String],
+        tags: &[String],
+    ) -> Result<u64, StorageError>;
+
+    /// The fill leases held now (unexpired), by any process.
+    async fn held_leases(&self) -> Result<Vec<HeldLease>, StorageError>;
 
     /// A whole document by ID.
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError>;

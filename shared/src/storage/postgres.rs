@@ -18,7 +18,8 @@ use tokio::sync::broadcast;
 
 use super::{
     new_document_id, AttachmentRef, Backend, Change, Claim, DocumentHead, DocumentStore, Fence,
-    Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    HeldLease, Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument,
+    Written,
 };
 
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -32,7 +33,7 @@ macro_rules! document_upsert_tail {
              title = EXCLUDED.title, content_markdown = EXCLUDED.content_markdown, \
              content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
              content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
-             last_synced = now(), updated_at = now() \
+             last_synced = now(), updated_at = now(), invalidated_at = NULL \
          RETURNING id, source_id, tags, version, last_synced"
     };
 }
@@ -312,6 +313,12 @@ fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
         tags: row.try_get("tags")?,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
+        // Written heads (RETURNING) do not select it: a write clears it.
+        invalidated: row
+            .try_get::<Option<bool>, _>("invalidated")
+            .ok()
+            .flatten()
+            .unwrap_or(false),
     })
 }
 
@@ -381,7 +388,8 @@ impl DocumentStore for PostgresStore {
     ) -> Result<Lookup, StorageError> {
         // The LEFT JOIN always yields one row, so the database clock comes back even on a miss.
         let rows = sqlx::query(
-            "SELECT n.db_now, d.id, d.source_id, d.tags, d.version, d.last_synced \
+            "SELECT n.db_now, d.id, d.source_id, d.tags, d.version, d.last_synced, \
+                    d.invalidated_at IS NOT NULL AS invalidated \
              FROM (SELECT now() AS db_now) n \
              LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
         )
@@ -508,7 +516,8 @@ impl DocumentStore for PostgresStore {
                  WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
                      OR fill_leases.holder = EXCLUDED.holder \
                  RETURNING token) \
-             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced \
+             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced, \
+                    d.invalidated_at IS NOT NULL AS invalidated \
              FROM (SELECT 1) one \
              LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
         )
@@ -533,7 +542,8 @@ impl DocumentStore for PostgresStore {
         // show: read the document again. A first claim (token 1) waited for nobody.
         if token > 1 {
             head = sqlx::query(
-                "SELECT id, source_id, tags, version, last_synced FROM documents \
+                "SELECT id, source_id, tags, version, last_synced, \
+                        invalidated_at IS NOT NULL AS invalidated FROM documents \
                  WHERE source_type = $1 AND source_id = $2",
             )
             .bind(source_type)
@@ -609,8 +619,8 @@ impl DocumentStore for PostgresStore {
         source_id: &str,
     ) -> Result<Option<Lease>, StorageError> {
         let row = sqlx::query(
-            "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, \
-                    last_error_code, last_error, finished_at \
+            "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, holder, \
+                    claimed_at, expires_at, last_error_code, last_error, finished_at \
              FROM fill_leases WHERE source_type = $1 AND source_id = $2",
         )
         .bind(source_type)
@@ -620,14 +630,71 @@ impl DocumentStore for PostgresStore {
         row.map(|r| {
             let code: Option<i32> = r.try_get("last_error_code")?;
             let message: Option<String> = r.try_get("last_error")?;
+            let held: bool = r.try_get("held")?;
             Ok(Lease {
                 token: r.try_get("token")?,
-                held: r.try_get("held")?,
+                held,
                 last_error: code.zip(message),
                 finished_at: r.try_get("finished_at")?,
+                holding: if held {
+                    Some(Holding {
+                        holder: r
+                            .try_get::<Option<String>, _>("holder")?
+                            .unwrap_or_default(),
+                        claimed_at: r.try_get("claimed_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                    })
+                } else {
+                    None
+                },
             })
         })
         .transpose()
+    }
+
+    async fn invalidate(
+        &self,
+        source_type: Option<&str>,
+        source_ids: &[String],
+        tags: &[String],
+    ) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "UPDATE documents SET invalidated_at = now() \
+             WHERE ($1::text IS NULL OR source_type = $1) \
+               AND (source_id = ANY($2) OR tags && $3 \
+                    OR (cardinality($2) = 0 AND cardinality($3) = 0))",
+        )
+        .bind(source_type)
+        .bind(source_ids)
+        .bind(tags)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn held_leases(&self) -> Result<Vec<HeldLease>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT source_type, source_id, token, holder, claimed_at, expires_at FROM fill_leases \
+             WHERE holder IS NOT NULL AND expires_at > now() ORDER BY claimed_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HeldLease {
+                    source_type: r.try_get("source_type")?,
+                    source_id: r.try_get("source_id")?,
+                    token: r.try_get("token")?,
+                    holding: Holding {
+                        holder: r
+                            .try_get::<Option<String>, _>("holder")?
+                            .unwrap_or_default(),
+                        claimed_at: r.try_get("claimed_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {

@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, Lease,
-    Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, HeldLease,
+    Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
 };
 
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -111,6 +111,12 @@ fn head_from_row(row: &SqliteRow) -> Result<DocumentHead, StorageError> {
         tags: tags.0,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
+        // Written heads (RETURNING) do not select it: a write clears it.
+        invalidated: row
+            .try_get::<Option<String>, _>("invalidated_at")
+            .ok()
+            .flatten()
+            .is_some(),
     })
 }
 
@@ -176,7 +182,7 @@ impl DocumentStore for SqliteStore {
             serde_json::to_string(source_ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let now = Utc::now();
         let rows = sqlx::query(
-            "SELECT id, source_id, tags, version, last_synced FROM documents \
+            "SELECT id, source_id, tags, version, last_synced, invalidated_at FROM documents \
              WHERE source_type = ?1 AND source_id IN (SELECT value FROM json_each(?2))",
         )
         .bind(source_type)
@@ -232,7 +238,8 @@ impl DocumentStore for SqliteStore {
                      title = excluded.title, content_markdown = excluded.content_markdown, \
                      content_json = excluded.content_json, tags = excluded.tags, \
                      content_hash = excluded.content_hash, version = documents.version + 1, \
-                     last_synced = excluded.last_synced, updated_at = excluded.updated_at \
+                     last_synced = excluded.last_synced, updated_at = excluded.updated_at, \
+                     invalidated_at = NULL \
                  RETURNING id, source_id, tags, version, last_synced",
             )
             .bind(new_document_id())
@@ -312,7 +319,7 @@ impl DocumentStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         let head = sqlx::query(
-            "SELECT id, source_id, tags, version, last_synced FROM documents \
+            "SELECT id, source_id, tags, version, last_synced, invalidated_at FROM documents \
              WHERE source_type = ?1 AND source_id = ?2",
         )
         .bind(source_type)
@@ -384,7 +391,8 @@ impl DocumentStore for SqliteStore {
         source_id: &str,
     ) -> Result<Option<Lease>, StorageError> {
         let row = sqlx::query(
-            "SELECT token, holder, expires_at_ms, last_error_code, last_error, finished_at_ms \
+            "SELECT token, holder, claimed_at_ms, expires_at_ms, last_error_code, last_error, \
+                    finished_at_ms \
              FROM fill_leases WHERE source_type = ?1 AND source_id = ?2",
         )
         .bind(source_type)
@@ -398,14 +406,80 @@ impl DocumentStore for SqliteStore {
             let code: Option<i32> = r.try_get("last_error_code")?;
             let message: Option<String> = r.try_get("last_error")?;
             let finished: Option<i64> = r.try_get("finished_at_ms")?;
+            let claimed: i64 = r.try_get("claimed_at_ms")?;
+            let held = holder.is_some() && expires > now;
             Ok(Lease {
                 token: r.try_get("token")?,
-                held: holder.is_some() && expires > now,
+                held,
                 last_error: code.zip(message),
                 finished_at: finished.and_then(DateTime::from_timestamp_millis),
+                holding: match (held, holder) {
+                    (true, Some(holder)) => Some(Holding {
+                        holder,
+                        claimed_at: DateTime::from_timestamp_millis(claimed).unwrap_or_default(),
+                        expires_at: DateTime::from_timestamp_millis(expires).unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
             })
         })
         .transpose()
+    }
+
+    async fn invalidate(
+        &self,
+        source_type: Option<&str>,
+        source_ids: &[String],
+        tags: &[String],
+    ) -> Result<u64, StorageError> {
+        let json = |v: &[String]| {
+            serde_json::to_string(v).map_err(|e| StorageError::Corrupt(e.to_string()))
+        };
+        let done = sqlx::query(
+            "UPDATE documents SET invalidated_at = ?4 \
+             WHERE (?1 IS NULL OR source_type = ?1) \
+               AND (source_id IN (SELECT value FROM json_each(?2)) \
+                    OR EXISTS (SELECT 1 FROM json_each(documents.tags) t \
+                               JOIN json_each(?3) q ON t.value = q.value) \
+                    OR (json_array_length(?2) = 0 AND json_array_length(?3) = 0))",
+        )
+        .bind(source_type)
+        .bind(json(source_ids)?)
+        .bind(json(tags)?)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn held_leases(&self) -> Result<Vec<HeldLease>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT source_type, source_id, token, holder, claimed_at_ms, expires_at_ms \
+             FROM fill_leases WHERE holder IS NOT NULL AND expires_at_ms > ?1 \
+             ORDER BY claimed_at_ms",
+        )
+        .bind(Utc::now().timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ms = |c: &str| -> Result<DateTime<Utc>, StorageError> {
+                    Ok(DateTime::from_timestamp_millis(r.try_get(c)?).unwrap_or_default())
+                };
+                Ok(HeldLease {
+                    source_type: r.try_get("source_type")?,
+                    source_id: r.try_get("source_id")?,
+                    token: r.try_get("token")?,
+                    holding: Holding {
+                        holder: r
+                            .try_get::<Option<String>, _>("holder")?
+                            .unwrap_or_default(),
+                        claimed_at: ms("claimed_at_ms")?,
+                        expires_at: ms("expires_at_ms")?,
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {

@@ -188,7 +188,7 @@ fn options() -> Option<DocumentOptions> {
     Some(DocumentOptions {
         cache_hours: Some(24),
         force_refresh: false,
-        stale_if_error_hours: None,
+        ..Default::default()
     })
 }
 

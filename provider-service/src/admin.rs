@@ -1,0 +1,99 @@
+//! The `documents.admin.v1.Admin` gRPC service: operators' read-only view of what the provider
+//! holds and does (a document's stored state, lease, negative-cache entry and memory; the fills
+//! in flight here and the leases held in the database). Behind the same token as the rest.
+
+use std::sync::{Arc, OnceLock};
+
+use shared::{
+    proto::documents::admin::v1::{self as pb, admin_server::Admin},
+    provider::to_timestamp,
+};
+use tonic::{Request, Response, Status};
+
+use crate::provisioner::Provisioner;
+
+#[derive(Clone)]
+pub struct AdminService {
+    provisioner: Arc<OnceLock<Arc<Provisioner>>>,
+}
+
+impl AdminService {
+    pub fn new(provisioner: Arc<OnceLock<Arc<Provisioner>>>) -> Self {
+        Self { provisioner }
+    }
+
+    fn ready(&self) -> Result<&Arc<Provisioner>, Status> {
+        self.provisioner.get().ok_or_else(|| {
+            Status::unavailable("provider is starting: the database is not ready yet")
+        })
+    }
+}
+
+fn lease(token: i64, h: shared::storage::Holding) -> pb::Lease {
+    pb::Lease {
+        holder: h.holder,
+        expires_at: Some(to_timestamp(h.expires_at)),
+        claimed_at: Some(to_timestamp(h.claimed_at)),
+        token,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn describe_document(
+        &self,
+        request: Request<pb::DescribeDocumentRequest>,
+    ) -> Result<Response<pb::DocumentState>, Status> {
+        let r = request.into_inner();
+        let d = self.ready()?.describe(&r.identifier, &r.kind).await?;
+        let head = d.head.as_ref();
+        Ok(Response::new(pb::DocumentState {
+            source_id: d.source_id,
+            kind: d.kind.as_str().to_string(),
+            stored: head.is_some(),
+            document_id: head.map(|h| h.id.clone()).unwrap_or_default(),
+            version: head.map_or(0, |h| h.version),
+            last_synced: head.map(|h| to_timestamp(h.last_synced)),
+            invalidated: head.is_some_and(|h| h.invalidated),
+            lease: d.lease.map(|(token, h)| lease(token, h)),
+            negative_cache: d.negative.map(|(e, until)| pb::NegativeCacheEntry {
+                code: e.code as i32,
+                message: e.message,
+                until: Some(to_timestamp(until)),
+            }),
+            in_memory: d.in_memory,
+            filling_here: d.filling_here,
+        }))
+    }
+
+    async fn list_fills(
+        &self,
+        _request: Request<pb::ListFillsRequest>,
+    ) -> Result<Response<pb::ListFillsResponse>, Status> {
+        let p = self.ready()?;
+        let local = p
+            .local_fills()
+            .into_iter()
+            .map(|(kind, source_id, running, forced)| pb::LocalFill {
+                source_id,
+                kind: kind.as_str().to_string(),
+                running_ms: running.as_millis() as u64,
+                forced,
+                refresh_ahead: false,
+            })
+            .collect();
+        let leases = p
+            .store()
+            .held_leases()
+            .await
+            .map_err(|e| shared::ItemError::from(&e).to_status())?
+            .into_iter()
+            .map(|l| pb::HeldLease {
+                source_id: l.source_id,
+                kind: l.source_type,
+                lease: Some(lease(l.token, l.holding)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListFillsResponse { local, leases }))
+    }
+}

@@ -1,0 +1,319 @@
+//! Cache controls end to end, on both databases with real processes: stale-while-revalidate
+//! answers the stored version without waiting for a slow upstream and exactly one fill follows;
+//! an invalidation through one replica makes the next call on another refresh (by identifier,
+//! tag or kind; the ID stays); the admin view shows a running fill's lease holder, the fills in
+//! flight and a negative-cache entry, behind the token.
+
+use std::time::Duration;
+
+use e2e::{
+    harness::{
+        age_document, delayed, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH,
+    },
+    on_both_databases,
+};
+use shared::proto::documents::{
+    admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
+    v1::{
+        document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
+        InvalidateDocumentsRequest, Outcome,
+    },
+};
+use tonic::{transport::Channel, Code};
+
+fn get(identifier: &str, options: DocumentOptions) -> GetDocumentRequest {
+    GetDocumentRequest {
+        identifier: identifier.into(),
+        kind: String::new(),
+        options: Some(options),
+    }
+}
+
+async fn stored_version(db: &Db, source_id: &str) -> i64 {
+    db.store()
+        .await
+        .lookup("announcement", &[source_id.to_string()])
+        .await
+        .unwrap()
+        .heads
+        .first()
+        .map_or(0, |h| h.version)
+}
+
+async fn stale_while_revalidate(db: Db) {
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
+    let first = c
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    age_document(&db, "ASX:GNP:announcement", 30).await;
+    // The upstream now takes 3 s.
+    ex.control(&delayed(LISTING_PATH, 3_000)).await;
+    ex.reset().await;
+    let swr = DocumentOptions {
+        stale_while_revalidate_hours: Some(12),
+        ..Default::default()
+    };
+    let answers = futures::future::join_all((0..3).map(|_| {
+        let mut c = c.clone();
+        let swr = swr.clone();
+        async move { c.get_document(get("ASX:GNP", swr)).await }
+    }))
+    .await;
+    // Every caller has the stored version while its refresh is still at the upstream.
+    assert_eq!(
+        stored_version(&db, "ASX:GNP:announcement").await,
+        1,
+        "no caller waited for the fill"
+    );
+    for a in answers {
+        let a = a.unwrap().into_inner();
+        assert_eq!(
+            (a.outcome(), a.version, a.refreshing, a.document_id.as_str()),
+            (Outcome::Stale, 1, true, first.document_id.as_str())
+        );
+        assert!(a.status.is_none(), "{a:?}");
+    }
+    // One fill follows.
+    for _ in 0..200 {
+        if stored_version(&db, "ASX:GNP:announcement").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_version(&db, "ASX:GNP:announcement").await, 2);
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        1,
+        "exactly one fill for three callers"
+    );
+    let after = c
+        .get_document(get("ASX:GNP", swr.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((after.outcome(), after.version), (Outcome::Hit, 2));
+}
+
+async fn invalidation_reaches_every_replica(db: Db) {
+    let ex = Exchange::start();
+    let a = Provider::start(db.url(), &ex.url, &[]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let mut ca = DocumentProviderClient::connect(a.url()).await.unwrap();
+    let mut cb = DocumentProviderClient::connect(b.url()).await.unwrap();
+    let created = ca
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    // Replica B answers it from a fresh read (and, on PostgreSQL, keeps it in memory).
+    for _ in 0..2 {
+        let hit = cb
+            .get_document(get("ASX:GNP", DocumentOptions::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hit.outcome(), Outcome::Hit);
+    }
+    // An empty request is refused.
+    let e = ca
+        .invalidate_documents(InvalidateDocumentsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Purged through A by identifier: B's next call (after the stated staleness bound, 1 s)
+    // refreshes, keeping the ID.
+    let n = ca
+        .invalidate_documents(InvalidateDocumentsRequest {
+            identifiers: vec!["asx:gnp".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated;
+    assert_eq!(n, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = cb
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            refreshed.outcome(),
+            refreshed.version,
+            refreshed.document_id.as_str()
+        ),
+        (Outcome::Refreshed, 2, created.document_id.as_str())
+    );
+    // By tag: the announcement documents carry their ticker's tags.
+    let tag = refreshed.tags.first().cloned().expect("a tag");
+    let n = cb
+        .invalidate_documents(InvalidateDocumentsRequest {
+            tags: vec![tag],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated;
+    assert!(n >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = ca
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.outcome(), again.version), (Outcome::Refreshed, 3));
+    // A whole kind.
+    let n = ca
+        .invalidate_documents(InvalidateDocumentsRequest {
+            kind: "announcement".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated;
+    assert_eq!(n, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let third = cb
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((third.outcome(), third.version), (Outcome::Refreshed, 4));
+    e2e::harness::assert_invariants(&db).await;
+}
+
+async fn the_admin_view_shows_fills_leases_and_failures(db: Db) {
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[("PROVIDER_AUTH_TOKEN", "s3cret")]).await;
+    let channel = Channel::from_shared(p.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", "Bearer s3cret".parse().unwrap());
+        Ok(r)
+    };
+    let mut admin = AdminClient::with_interceptor(channel.clone(), token);
+    let mut docs = DocumentProviderClient::with_interceptor(channel.clone(), token);
+    // Behind the token.
+    let e = AdminClient::new(channel.clone())
+        .list_fills(ListFillsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // A fill held up by a slow upstream: its lease holder is shown, and the fill is listed.
+    ex.control(&delayed(LISTING_PATH, 2_000)).await;
+    let filling = tokio::spawn({
+        let mut docs = docs.clone();
+        async move {
+            docs.get_document(get("ASX:GNP", DocumentOptions::default()))
+                .await
+        }
+    });
+    ex.wait_for_requests(LISTING_PATH, 1).await;
+    let describe = DescribeDocumentRequest {
+        identifier: "gnp".into(),
+        kind: String::new(),
+    };
+    let state = admin
+        .describe_document(describe.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.source_id, "ASX:GNP:announcement");
+    assert!(!state.stored && state.filling_here, "{state:?}");
+    let lease = state.lease.expect("the running fill's lease");
+    assert!(
+        lease.holder.starts_with("provider-") && lease.token >= 1,
+        "{lease:?}"
+    );
+    assert!(lease.expires_at.is_some() && lease.claimed_at.is_some());
+    let fills = admin
+        .list_fills(ListFillsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        fills
+            .local
+            .iter()
+            .any(|f| f.source_id == "ASX:GNP:announcement"),
+        "{fills:?}"
+    );
+    assert!(
+        fills
+            .leases
+            .iter()
+            .any(|l| l.source_id == "ASX:GNP:announcement"
+                && l.lease.as_ref().is_some_and(|x| x.holder == lease.holder)),
+        "{fills:?}"
+    );
+    filling.await.unwrap().unwrap();
+    let state = admin
+        .describe_document(describe.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        state.stored && state.version == 1 && state.lease.is_none(),
+        "{state:?}"
+    );
+    assert!(!state.filling_here && !state.invalidated);
+
+    // A failure answered from the negative cache is shown with its expiry.
+    let mut down = forced_status(LISTING_PATH, 503);
+    down.status.insert(MARKIT_PATH.into(), 503);
+    ex.control(&down).await;
+    let e = docs
+        .get_document(get(
+            "ASX:BHP",
+            DocumentOptions {
+                cache_hours: Some(0),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let state = admin
+        .describe_document(DescribeDocumentRequest {
+            identifier: "ASX:BHP".into(),
+            kind: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let negative = state.negative_cache.expect("the negative-cache entry");
+    assert_eq!(negative.code, Code::Unavailable as i32);
+    assert!(negative.until.is_some());
+    // An invalidated document says so.
+    docs.invalidate_documents(InvalidateDocumentsRequest {
+        identifiers: vec!["GNP".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let state = admin
+        .describe_document(describe)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(state.invalidated, "{state:?}");
+}
+
+on_both_databases!(
+    stale_while_revalidate,
+    invalidation_reaches_every_replica,
+    the_admin_view_shows_fills_leases_and_failures
+);
