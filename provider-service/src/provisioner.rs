@@ -369,7 +369,7 @@ impl Provisioner {
             .iter()
             .map(|((kind, sid), f)| (*kind, sid.clone(), f.started.elapsed(), f.forced))
             .collect();
-        fills.sort_by(|a, b| b.2.cmp(&a.2));
+        fills.sort_by_key(|f| std::cmp::Reverse(f.2));
         fills
     }
 
