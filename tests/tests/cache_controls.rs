@@ -59,7 +59,6 @@ async fn stale_while_revalidate(db: Db) {
     };
     let answers = futures::future::join_all((0..3).map(|_| {
         let mut c = c.clone();
-        let swr = swr.clone();
         async move { c.get_document(get("ASX:GNP", swr)).await }
     }))
     .await;
@@ -91,7 +90,7 @@ async fn stale_while_revalidate(db: Db) {
         "exactly one fill for three callers"
     );
     let after = c
-        .get_document(get("ASX:GNP", swr.clone()))
+        .get_document(get("ASX:GNP", swr))
         .await
         .unwrap()
         .into_inner();
