@@ -74,12 +74,12 @@ impl Admin for AdminService {
         let local = p
             .local_fills()
             .into_iter()
-            .map(|(kind, source_id, running, forced)| pb::LocalFill {
+            .map(|(kind, source_id, running, forced, ahead)| pb::LocalFill {
                 source_id,
                 kind: kind.as_str().to_string(),
                 running_ms: running.as_millis() as u64,
                 forced,
-                refresh_ahead: false,
+                refresh_ahead: ahead,
             })
             .collect();
         let leases = p

@@ -105,6 +105,7 @@ impl Application {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
             let provisioner = Arc::new(Provisioner::new(store.clone(), sources, settings));
             provisioner.sweep_abandoned_leases();
+            provisioner.start_refresh_ahead();
             let _ = cell.set(provisioner);
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
             shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched);

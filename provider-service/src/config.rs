@@ -123,6 +123,15 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_HIT_CACHE_MAX_AGE_MS", default_value_t = 1_000)]
     pub hit_cache_max_age_ms: u64,
 
+    /// Refresh-ahead: documents asked for often are refreshed this many seconds before they go
+    /// stale for the window they are asked with; 0: off.
+    #[arg(long, env = "PROVIDER_REFRESH_AHEAD_SECS", default_value_t = 0)]
+    pub refresh_ahead_secs: u64,
+
+    /// Refresh-ahead: calls since its last refresh-ahead that make a document popular.
+    #[arg(long, env = "PROVIDER_REFRESH_AHEAD_MIN_CALLS", default_value_t = 2)]
+    pub refresh_ahead_min_calls: u32,
+
     /// Replaces scheme and host of every upstream (listing, JSON API, PDFs, market data).
     #[arg(long, env = "UPSTREAM_BASE_URL")]
     pub upstream_base_url: Option<String>,
@@ -258,6 +267,12 @@ impl Config {
             negative_cache_ttl: Duration::from_millis(self.negative_cache_ms),
             hit_cache: self.hit_cache,
             hit_cache_max_age: Duration::from_millis(self.hit_cache_max_age_ms),
+            refresh_ahead: (self.refresh_ahead_secs > 0).then(|| {
+                crate::refresh_ahead::RefreshAhead {
+                    margin: Duration::from_secs(self.refresh_ahead_secs),
+                    min_calls: self.refresh_ahead_min_calls.max(1),
+                }
+            }),
             ..Settings::default()
         })
     }

@@ -1,7 +1,7 @@
 //! The document provider: configuration ([`config`]), start-up and shutdown ([`app`]), the gRPC
 //! services ([`grpc`], and [`admin`] for operators), the provisioning core ([`provisioner`]) with its
-//! in-memory view of fresh documents ([`hit_cache`]) and the sources it fills
-//! documents from ([`sources`]).
+//! in-memory view of fresh documents ([`hit_cache`]), refresh-ahead of popular documents
+//! ([`refresh_ahead`]) and the sources it fills documents from ([`sources`]).
 
 pub mod admin;
 pub mod app;
@@ -10,4 +10,5 @@ pub mod grpc;
 pub mod hit_cache;
 pub mod metrics;
 pub mod provisioner;
+pub mod refresh_ahead;
 pub mod sources;

@@ -41,6 +41,7 @@ use tonic::{Code, Status};
 use crate::{
     hit_cache::{HitCache, Stamp},
     metrics::METRICS,
+    refresh_ahead::{Popularity, RefreshAhead},
     sources::{Source, Sources},
 };
 
@@ -65,6 +66,8 @@ pub struct Settings {
     pub hit_cache: bool,
     /// Longest time a document is answered from memory without reading the database again.
     pub hit_cache_max_age: Duration,
+    /// Refresh popular documents before they go stale; `None`: off.
+    pub refresh_ahead: Option<RefreshAhead>,
 }
 
 impl Default for Settings {
@@ -81,6 +84,7 @@ impl Default for Settings {
             holder: format!("provider-{}-{:08x}", std::process::id(), rand_u32()),
             hit_cache: true,
             hit_cache_max_age: Duration::from_secs(1),
+            refresh_ahead: None,
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct Request {
     pub stale_if_error_hours: Option<u32>,
     /// Stale-while-revalidate window past `cache_hours`.
     pub stale_while_revalidate_hours: Option<u32>,
+    /// Made by refresh-ahead, not by a caller.
+    pub refresh_ahead: bool,
 }
 
 /// One document as this replica sees it (`Provisioner::describe`).
@@ -135,6 +141,8 @@ struct InFlight {
     started: Instant,
     /// A forced refresh: it fetches even when a newer version appeared since its lookup.
     forced: bool,
+    /// Started by refresh-ahead.
+    ahead: bool,
     fut: FillFuture,
 }
 
@@ -174,10 +182,13 @@ pub struct Provisioner {
     ctx: FillContext,
     in_flight: Arc<Mutex<HashMap<FillKey, InFlight>>>,
     next_fill_id: AtomicU64,
+    /// What callers ask for, when refresh-ahead is on.
+    popularity: Option<Arc<Popularity>>,
 }
 
 impl Provisioner {
     pub fn new(store: Arc<dyn DocumentStore>, sources: Sources, settings: Settings) -> Self {
+        let settings_refresh_ahead = settings.refresh_ahead;
         let per_source = sources
             .keys()
             .map(|k| {
@@ -207,6 +218,7 @@ impl Provisioner {
             },
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             next_fill_id: AtomicU64::new(0),
+            popularity: settings_refresh_ahead.map(|_| Arc::new(Popularity::default())),
         }
     }
 
@@ -302,6 +314,7 @@ impl Provisioner {
             force_refresh: opts.force_refresh,
             stale_if_error_hours: opts.stale_if_error_hours,
             stale_while_revalidate_hours: opts.stale_while_revalidate_hours,
+            refresh_ahead: false,
         })
     }
 
@@ -362,15 +375,56 @@ impl Provisioner {
         })
     }
 
-    /// The fills running in this replica: kind, source key, for how long, forced or not.
-    pub fn local_fills(&self) -> Vec<(Kind, String, Duration, bool)> {
+    /// The fills running in this replica: kind, source key, for how long, forced or not, and
+    /// whether refresh-ahead started it.
+    pub fn local_fills(&self) -> Vec<(Kind, String, Duration, bool, bool)> {
         let map = self.in_flight.lock().expect("in-flight map poisoned");
         let mut fills: Vec<_> = map
             .iter()
-            .map(|((kind, sid), f)| (*kind, sid.clone(), f.started.elapsed(), f.forced))
+            .map(|((kind, sid), f)| (*kind, sid.clone(), f.started.elapsed(), f.forced, f.ahead))
             .collect();
         fills.sort_by_key(|f| std::cmp::Reverse(f.2));
         fills
+    }
+
+    /// Starts refresh-ahead when the settings ask for it (it stops when the provisioner is
+    /// dropped).
+    pub fn start_refresh_ahead(self: &Arc<Self>) {
+        if let (Some(popularity), Some(tuning)) = (&self.popularity, self.settings().refresh_ahead)
+        {
+            crate::refresh_ahead::spawn(self, popularity.clone(), tuning);
+        }
+    }
+
+    /// Whether a fill of the document runs in this process.
+    pub fn filling(&self, kind: Kind, source_id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .expect("in-flight map poisoned")
+            .contains_key(&(kind, source_id.to_string()))
+    }
+
+    /// A refresh of a document that is still fresh (refresh-ahead): an ordinary fill, as if a
+    /// caller had seen `version` at `at`. Resolves to whether it succeeded.
+    pub fn refresh_ahead(
+        self: &Arc<Self>,
+        kind: Kind,
+        ticker: Ticker,
+        source_id: String,
+        window_hours: u32,
+        at: DateTime<Utc>,
+        version: i64,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let req = Request {
+            kind,
+            cache_hours: window_hours,
+            force_refresh: false,
+            stale_if_error_hours: None,
+            stale_while_revalidate_hours: None,
+            refresh_ahead: true,
+        };
+        let fill = self.fill(req, ticker, source_id, Instant::now(), Seen { at, version });
+        async move { fill.await.is_ok() }
     }
 
     /// Marks documents stale on every replica (InvalidateDocuments): by identifier (of `kind`,
@@ -440,6 +494,9 @@ impl Provisioner {
             Ticker::parse_with_default(identifier, &self.settings().default_exchange).ok()?;
         let sid = ticker.source_id(req.kind.as_str());
         let head = cache.fresh(req.kind, &sid, req.cache_hours)?;
+        if let Some(p) = &self.popularity {
+            p.asked(req.kind, &ticker, &sid, req.cache_hours);
+        }
         let filled = Ok(Filled {
             head,
             outcome: Outcome::Hit,
@@ -497,6 +554,9 @@ impl Provisioner {
                 }),
                 Ok(t) => {
                     let sid = t.source_id(kind);
+                    if let Some(p) = &self.popularity {
+                        p.asked(req.kind, &t, &sid, req.cache_hours);
+                    }
                     match position.get(&sid) {
                         Some(p) => keys[*p].2.push(i),
                         None => {
@@ -751,6 +811,7 @@ impl Provisioner {
                                 id,
                                 started: Instant::now(),
                                 forced: req.force_refresh,
+                                ahead: req.refresh_ahead,
                                 fut: fut.clone(),
                             },
                         );

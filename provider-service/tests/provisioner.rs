@@ -118,6 +118,7 @@ fn req() -> Request {
         force_refresh: false,
         stale_if_error_hours: None,
         stale_while_revalidate_hours: None,
+        refresh_ahead: false,
     }
 }
 
@@ -692,4 +693,32 @@ async fn invalidated_documents_refresh_on_the_next_call_and_keep_their_id() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = p.invalidate(&ids(&["ASX..X"]), &[], "").await.unwrap_err();
     assert!(e.message().starts_with("identifiers[0]: "), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_refreshes_popular_documents_before_they_go_stale() {
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));
+    let p = provisioner(&store, vec![src.clone()], |s| {
+        s.refresh_ahead = Some(provider_service::refresh_ahead::RefreshAhead {
+            margin: Duration::from_secs(60),
+            min_calls: 2,
+        })
+    });
+    p.start_refresh_ahead();
+    one(&p, "GNP", req()).await; // created: asked once
+    one(&p, "GNP", req()).await; // a hit: asked twice, popular
+    one(&p, "BHP", req()).await; // asked once: not popular
+    assert_eq!(src.calls(), 2);
+    // Both are 30 s from going stale for the 24 h window.
+    let almost = Duration::from_secs(24 * 3600 - 30);
+    store.age("announcement", GNP, almost);
+    store.age("announcement", "ASX:BHP:announcement", almost);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(src.calls(), 3, "only the popular one was refreshed ahead");
+    let gnp = one(&p, "GNP", req()).await;
+    assert_eq!((gnp.outcome, gnp.version), (Outcome::Hit, 2));
+    // Past the window the unpopular one is a miss, as without refresh-ahead.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(one(&p, "BHP", req()).await.outcome, Outcome::Refreshed);
 }

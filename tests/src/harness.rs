@@ -524,7 +524,12 @@ pub fn consumer_command(db_url: &str, provider_urls: &str, extra_env: &[(&str, &
 
 /// Moves a document's `last_synced` `hours` into the past, as if it had aged.
 pub async fn age_document(db: &Db, source_id: &str, hours: i64) {
-    let when = chrono::Utc::now() - chrono::Duration::hours(hours);
+    age_document_by(db, source_id, chrono::Duration::hours(hours)).await
+}
+
+/// Moves a document's `last_synced` `by` into the past.
+pub async fn age_document_by(db: &Db, source_id: &str, by: chrono::Duration) {
+    let when = chrono::Utc::now() - by;
     if db.is_postgres() {
         let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
         sqlx::query("UPDATE documents SET last_synced = $1 WHERE source_id = $2")

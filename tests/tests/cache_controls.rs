@@ -2,13 +2,16 @@
 //! answers the stored version without waiting for a slow upstream and exactly one fill follows;
 //! an invalidation through one replica makes the next call on another refresh (by identifier,
 //! tag or kind; the ID stays); the admin view shows a running fill's lease holder, the fills in
-//! flight and a negative-cache entry, behind the token.
+//! flight and a negative-cache entry, behind the token; refresh-ahead keeps a document asked for
+//! several times a second from ever answering a miss across its window's end, where the same
+//! load without it gets one.
 
 use std::time::Duration;
 
 use e2e::{
     harness::{
-        age_document, delayed, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH,
+        age_document, age_document_by, delayed, forced_status, free_addr, metric_value,
+        scrape_metrics, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH,
     },
     on_both_databases,
 };
@@ -311,7 +314,59 @@ async fn the_admin_view_shows_fills_leases_and_failures(db: Db) {
     assert!(state.invalidated, "{state:?}");
 }
 
+async fn refresh_ahead_keeps_a_popular_document_from_missing(db: Db) {
+    let ex = Exchange::start();
+    // The same load, without and with refresh-ahead, on a document 6 s from going stale.
+    for (ticker, ahead) in [("ASX:BHP", false), ("ASX:GNP", true)] {
+        let metrics = free_addr();
+        let mut env = vec![("PROVIDER_METRICS_ADDR", metrics.as_str())];
+        if ahead {
+            env.push(("PROVIDER_REFRESH_AHEAD_SECS", "30"));
+        }
+        let p = Provider::start(db.url(), &ex.url, &env).await;
+        let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
+        c.get_document(get(ticker, DocumentOptions::default()))
+            .await
+            .unwrap();
+        let sid = format!("{ticker}:announcement");
+        age_document_by(&db, &sid, chrono::Duration::seconds(24 * 3600 - 6)).await;
+        // Four calls a second for 10 s: the 24 h window ends 6 s in.
+        let mut outcomes = Vec::new();
+        for _ in 0..40 {
+            let r = c
+                .get_document(get(ticker, DocumentOptions::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            outcomes.push((r.outcome(), r.version));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let misses = outcomes.iter().filter(|(o, _)| *o != Outcome::Hit).count();
+        let text = scrape_metrics(&metrics).await;
+        let refreshed_ahead = metric_value(
+            &text,
+            "documents_refresh_ahead_total{kind=\"announcement\",result=\"ok\"}",
+        );
+        if ahead {
+            assert_eq!(misses, 0, "every call a hit: {outcomes:?}");
+            assert_eq!(
+                outcomes.last().unwrap().1,
+                2,
+                "refreshed ahead: {outcomes:?}"
+            );
+            assert_eq!(refreshed_ahead, Some(1.0), "{text}");
+        } else {
+            assert_eq!(
+                misses, 1,
+                "without refresh-ahead one caller waits: {outcomes:?}"
+            );
+            assert_eq!(refreshed_ahead, None);
+        }
+    }
+}
+
 on_both_databases!(
+    refresh_ahead_keeps_a_popular_document_from_missing,
     stale_while_revalidate,
     invalidation_reaches_every_replica,
     the_admin_view_shows_fills_leases_and_failures

@@ -1,0 +1,159 @@
+//! Refresh-ahead: documents callers ask for often are refreshed shortly before they go stale
+//! for the window they are asked with, so a popular document is never a miss. Off unless
+//! `PROVIDER_REFRESH_AHEAD_SECS` is set. A document qualifies once asked for
+//! `PROVIDER_REFRESH_AHEAD_MIN_CALLS` times since it was last refreshed ahead; its refresh is an
+//! ordinary fill (coalesced in the process and across replicas, under the fill limits and the
+//! sources' rate limits), and at most half the global fill limit runs ahead at once, so
+//! callers' own fills always have room.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use chrono::Duration as ChronoDuration;
+use shared::{Kind, Ticker};
+use tokio::sync::Semaphore;
+
+use crate::{metrics::METRICS, provisioner::Provisioner};
+
+/// How refresh-ahead is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshAhead {
+    /// How long before a document goes stale it is refreshed.
+    pub margin: Duration,
+    /// Calls since its last refresh-ahead that make a document popular.
+    pub min_calls: u32,
+}
+
+/// Documents remembered at most (the most asked for first come first served; a full table
+/// takes no new ones until entries are refreshed and forgotten).
+const MAX_TRACKED: usize = 10_000;
+
+/// How often the popular documents are checked.
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+struct Asked {
+    ticker: Ticker,
+    calls: u32,
+    /// The shortest non-zero window the document was asked with.
+    window_hours: u32,
+}
+
+/// What callers ask for, per document.
+#[derive(Debug, Default)]
+pub struct Popularity {
+    asked: Mutex<HashMap<(Kind, String), Asked>>,
+}
+
+impl Popularity {
+    /// Counts a call for the document (`cache_hours` 0 asks for no window: not counted).
+    pub fn asked(&self, kind: Kind, ticker: &Ticker, source_id: &str, cache_hours: u32) {
+        if cache_hours == 0 {
+            return;
+        }
+        let mut asked = self.asked.lock().expect("popularity lock");
+        let full = asked.len() >= MAX_TRACKED;
+        match asked.get_mut(&(kind, source_id.to_string())) {
+            Some(a) => {
+                a.calls = a.calls.saturating_add(1);
+                a.window_hours = a.window_hours.min(cache_hours);
+            }
+            None if !full => {
+                asked.insert(
+                    (kind, source_id.to_string()),
+                    Asked {
+                        ticker: ticker.clone(),
+                        calls: 1,
+                        window_hours: cache_hours,
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn popular(&self, min_calls: u32) -> Vec<((Kind, String), Asked)> {
+        let asked = self.asked.lock().expect("popularity lock");
+        asked
+            .iter()
+            .filter(|(_, a)| a.calls >= min_calls)
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect()
+    }
+
+    fn forget(&self, key: &(Kind, String)) {
+        self.asked.lock().expect("popularity lock").remove(key);
+    }
+}
+
+/// Runs refresh-ahead for `provisioner` until it is dropped.
+pub fn spawn(provisioner: &Arc<Provisioner>, popularity: Arc<Popularity>, tuning: RefreshAhead) {
+    let weak: Weak<Provisioner> = Arc::downgrade(provisioner);
+    let ahead = Arc::new(Semaphore::new(
+        (provisioner.settings().fill_concurrency / 2).max(1),
+    ));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(p) = weak.upgrade() else { return };
+            round(&p, &popularity, tuning, &ahead).await;
+        }
+    });
+}
+
+/// Starts a refresh for every popular document within `margin` of going stale.
+async fn round(
+    p: &Arc<Provisioner>,
+    popularity: &Arc<Popularity>,
+    tuning: RefreshAhead,
+    ahead: &Arc<Semaphore>,
+) {
+    let mut by_kind: HashMap<Kind, Vec<(String, Asked)>> = HashMap::new();
+    for ((kind, sid), a) in popularity.popular(tuning.min_calls) {
+        by_kind.entry(kind).or_default().push((sid, a));
+    }
+    let margin = ChronoDuration::from_std(tuning.margin).unwrap_or_default();
+    for (kind, docs) in by_kind {
+        let sids: Vec<String> = docs.iter().map(|(s, _)| s.clone()).collect();
+        let Ok(lookup) = p.store().lookup(kind.as_str(), &sids).await else {
+            return; // The database is away: try again next tick.
+        };
+        let heads: HashMap<&str, _> = lookup
+            .heads
+            .iter()
+            .map(|h| (h.source_id.as_str(), h))
+            .collect();
+        for (sid, a) in docs {
+            let Some(head) = heads.get(sid.as_str()) else {
+                continue;
+            };
+            let window = ChronoDuration::hours(i64::from(a.window_hours));
+            let due = head.invalidated || lookup.now - head.last_synced >= window - margin;
+            if !due || p.filling(kind, &sid) {
+                continue;
+            }
+            let Ok(permit) = ahead.clone().try_acquire_owned() else {
+                return; // As many ahead as allowed: the rest next tick.
+            };
+            popularity.forget(&(kind, sid.clone()));
+            let refresh = p.refresh_ahead(
+                kind,
+                a.ticker,
+                sid,
+                a.window_hours,
+                lookup.now,
+                head.version,
+            );
+            tokio::spawn(async move {
+                let ok = refresh.await;
+                METRICS.refreshed_ahead(kind.as_str(), ok);
+                drop(permit);
+            });
+        }
+    }
+}
