@@ -15,6 +15,7 @@ async fn grpcurl_lists_describes_and_calls() {
     assert!(ok, "{err}");
     for svc in [
         "documents.v1.DocumentProvider",
+        "documents.admin.v1.Admin",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
@@ -34,7 +35,7 @@ async fn grpcurl_lists_describes_and_calls() {
         "{listed}"
     );
     assert!(
-        !listed.contains("documents.v1.DocumentProvider"),
+        !listed.contains("documents.v1.DocumentProvider") && !listed.contains("Admin"),
         "{listed}"
     );
 
