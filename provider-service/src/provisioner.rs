@@ -700,10 +700,14 @@ impl Provisioner {
                         at: now,
                         version: h.version,
                     };
-                    METRICS.revalidation(req.kind.as_str());
-                    let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
-                    let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
-                    tokio::spawn(trace.scope_call(fill));
+                    // One background task per document: a refresh already running here is
+                    // left to finish (callers keep getting the stored version meanwhile).
+                    if !self.filling(req.kind, &sid) {
+                        METRICS.revalidation(req.kind.as_str());
+                        let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
+                        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
+                        tokio::spawn(trace.scope_call(fill));
+                    }
                     for i in indices {
                         immediate.push(DocumentResult {
                             refreshing: true,

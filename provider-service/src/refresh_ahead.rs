@@ -141,6 +141,7 @@ async fn round(
                 return; // As many ahead as allowed: the rest next tick.
             };
             popularity.forget(&(kind, sid.clone()));
+            tracing::info!(%sid, version = head.version, window_hours = a.window_hours, "refreshing ahead");
             let refresh = p.refresh_ahead(
                 kind,
                 a.ticker,

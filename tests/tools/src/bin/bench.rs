@@ -22,7 +22,7 @@ use shared::{
         consumer::v1::ProcessTickersRequest,
         documents::v1::{
             document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
-            GetDocumentsRequest,
+            GetDocumentsRequest, Outcome,
         },
     },
     DocumentProvider,
@@ -51,8 +51,8 @@ struct Args {
     /// Connections of the raw sqlx baseline's pool.
     #[arg(long, default_value_t = 16)]
     db_pool: u32,
-    /// Scenarios to run, comma-separated: hit, batch, fanout, coalesce, consumer.
-    #[arg(long, default_value = "hit,batch,fanout,coalesce,consumer")]
+    /// Scenarios to run, comma-separated: hit, swr, batch, fanout, coalesce, consumer.
+    #[arg(long, default_value = "hit,swr,batch,fanout,coalesce,consumer")]
     scenarios: String,
     /// Alternating slices the hit path and its health-check baseline are measured in.
     #[arg(long, default_value_t = 5)]
@@ -350,6 +350,86 @@ async fn main() -> anyhow::Result<()> {
             note: format!("pool of {}", args.db_pool),
         });
         pool.close().await;
+    }
+
+    if wanted.contains(&"swr") {
+        // Stale-while-revalidate: 100 documents 30 h old asked for with a 24 h window and 48 h
+        // of grace, while the upstream takes ten minutes (so every answer is the stale one and
+        // its refresh never lands during the run), against hits on 100 fresh documents,
+        // alternated in slices.
+        let chans = channels(&url, args.channels).await;
+        let pool = sqlx::PgPool::connect(db.url()).await?;
+        let aged: Arc<Vec<String>> = Arc::new(fresh[100..200].to_vec());
+        let sids: Vec<String> = aged.iter().map(|i| format!("{i}:announcement")).collect();
+        sqlx::query("UPDATE documents SET last_synced = now() - interval '30 hours' WHERE source_id = ANY($1)")
+            .bind(&sids)
+            .execute(&pool)
+            .await?;
+        let mut slow = Control::default();
+        slow.delay_ms.insert(LISTING_PATH.into(), 600_000);
+        ex.control(&slow).await;
+        let hot: Arc<Vec<String>> = Arc::new(fresh[..100].to_vec());
+        let call = |ids: Arc<Vec<String>>, swr: bool, want: i32| {
+            let chans = chans.clone();
+            Arc::new(move |t: usize, i: usize| {
+                let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
+                let identifier = ids[i % ids.len()].clone();
+                let mut options = options();
+                if let (true, Some(o)) = (swr, options.as_mut()) {
+                    o.stale_while_revalidate_hours = Some(48);
+                }
+                async move {
+                    c.get_document(GetDocumentRequest {
+                        identifier,
+                        kind: String::new(),
+                        options,
+                    })
+                    .await
+                    .is_ok_and(|r| r.get_ref().outcome == want)
+                }
+            })
+        };
+        let stale = call(aged.clone(), true, Outcome::Stale as i32);
+        let hits = call(hot, false, Outcome::Hit as i32);
+        let (st, h) = (stale.clone(), hits.clone());
+        load(args.concurrency, warmup, move |t, i| st(t, i)).await;
+        load(args.concurrency, warmup, move |t, i| h(t, i)).await;
+        let slice = duration / args.rounds.max(1) as u32;
+        let (mut answered, mut hit) = (Load::empty(), Load::empty());
+        for _ in 0..args.rounds.max(1) {
+            let st = stale.clone();
+            answered.merge(load(args.concurrency, slice, move |t, i| st(t, i)).await);
+            let h = hits.clone();
+            hit.merge(load(args.concurrency, slice, move |t, i| h(t, i)).await);
+        }
+        ex.control(&Control::default()).await;
+        rows.push(Row {
+            scenario: "6 stale-while-revalidate answer".into(),
+            rate: answered.rate(),
+            unit: "calls/s",
+            p50_ms: answered.pct(0.5),
+            p99_ms: answered.pct(0.99),
+            cpu: None,
+            rss_mb: None,
+            baseline: "hit GetDocument".into(),
+            baseline_rate: hit.rate(),
+            note: format!(
+                "{} errors (a non-stale answer counts as one); upstream held 10 min, so no refresh lands",
+                answered.errors
+            ),
+        });
+        rows.push(Row {
+            scenario: "  baseline hit GetDocument".into(),
+            rate: hit.rate(),
+            unit: "calls/s",
+            p50_ms: hit.pct(0.5),
+            p99_ms: hit.pct(0.99),
+            cpu: None,
+            rss_mb: None,
+            baseline: "itself".into(),
+            baseline_rate: hit.rate(),
+            note: format!("{} errors", hit.errors),
+        });
     }
 
     if wanted.contains(&"batch") {
