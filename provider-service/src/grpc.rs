@@ -52,7 +52,10 @@ impl ProviderService {
             // The health watcher pings every second: try again after that.
             return Err(shared::provider::status_with_retry(
                 tonic::Code::Unavailable,
-                "database unavailable: the provider's database does not answer (health is NOT_SERVING); retry later or another replica",
+                format!(
+                    "database unavailable: the provider's database does not answer or refuses writes ({}; health is NOT_SERVING); retry later or another replica",
+                    self.database.cause()
+                ),
                 Some(std::time::Duration::from_secs(1)),
             ));
         }

@@ -54,22 +54,28 @@ pub async fn set_serving(reporter: &HealthReporter, service_name: &str, serving:
 /// Whether the database answered the last health ping. The watcher sets it; a service refuses
 /// work at once with UNAVAILABLE while it is down, instead of every call waiting on the pool.
 #[derive(Clone, Debug)]
-pub struct DatabaseStatus(Arc<AtomicBool>);
+pub struct DatabaseStatus(Arc<AtomicBool>, Arc<std::sync::Mutex<String>>);
 
 impl DatabaseStatus {
     /// A status that says "up" until the watcher finds otherwise.
     pub fn up() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+        Self(Arc::new(AtomicBool::new(true)), Arc::default())
     }
 
     pub fn is_up(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
+
+    /// Why the database is down, as the last ping found it.
+    pub fn cause(&self) -> String {
+        self.1.lock().map(|c| c.clone()).unwrap_or_default()
+    }
 }
 
 /// Keeps health in step with the database after start-up: pings it every second and reports
-/// NOT_SERVING while it does not answer (calls then fail with UNAVAILABLE), SERVING again once
-/// it does; `status` follows. Runs until the process ends.
+/// NOT_SERVING while it does not answer or refuses writes (calls then fail with UNAVAILABLE,
+/// naming the cause), SERVING again once it takes writes; `status` follows. Runs until the
+/// process ends.
 pub fn watch_database(
     reporter: HealthReporter,
     service_name: &'static str,
@@ -80,18 +86,22 @@ pub fn watch_database(
         let mut serving = true;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let ok = matches!(
-                tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
-                Ok(Ok(()))
-            );
+            let cause = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the database did not answer its ping within 2 s".to_string()),
+            };
+            let ok = cause.is_none();
+            if let (Some(c), Ok(mut slot)) = (&cause, status.1.lock()) {
+                slot.clone_from(c);
+            }
             if ok != serving {
                 serving = ok;
                 status.0.store(ok, Ordering::Release);
                 set_serving(&reporter, service_name, ok).await;
-                if ok {
-                    tracing::info!("database answers again: serving");
-                } else {
-                    tracing::warn!("database does not answer: not serving");
+                match cause {
+                    None => tracing::info!("database takes writes again: serving"),
+                    Some(cause) => tracing::warn!(%cause, "database unusable: not serving"),
                 }
             }
         }

@@ -341,6 +341,18 @@ impl Provider {
         upstream: &str,
         extra_env: &[(&str, &str)],
     ) -> Provider {
+        Self::spawn_with(addr, db_url, upstream, extra_env, |_| {})
+    }
+
+    /// Starts the provider on `addr`, letting `tweak` change the command first (e.g. the user
+    /// it runs as).
+    pub fn spawn_with(
+        addr: &str,
+        db_url: &str,
+        upstream: &str,
+        extra_env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Provider {
         let addr = addr.to_string();
         let mut cmd = Command::new(bin("provider-service"));
         cmd.env_clear()
@@ -355,6 +367,7 @@ impl Provider {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        tweak(&mut cmd);
         Provider {
             proc: Proc::spawn("provider-service", cmd),
             addr,

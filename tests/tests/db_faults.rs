@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     harness::{
-        age_document, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster, Provider,
+        age_document, free_addr, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster,
+        Provider,
     },
     load::{Call, Calls, Load, Mix},
     record::Record,
@@ -441,4 +442,146 @@ async fn pooled_connections_have_a_statement_timeout() {
         .await
         .unwrap();
     assert_eq!(timeout, shared::storage::STATEMENT_TIMEOUT);
+}
+
+/// The provider's process runs as this user when the tests run as root (root writes any file,
+/// whatever its mode).
+const NOBODY: u32 = 65534;
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A read-only database: health NOT_SERVING naming the cause, calls UNAVAILABLE (retryable),
+/// and once writes are possible again, SERVING and every write succeeding within seconds,
+/// without a restart (connections opened during the fault are renewed).
+async fn read_only_storage_recovers_without_restart(engine: &str) {
+    let ex = Exchange::start();
+    // SQLite: a file in a folder the provider's user can write, made read-only by its mode.
+    let dir = tempfile::tempdir().unwrap();
+    let db = if engine == "sqlite" {
+        None
+    } else {
+        Some(Db::postgres())
+    };
+    let file = dir.path().join("documents.db");
+    let url = match &db {
+        Some(db) => db.url().to_string(),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            format!("sqlite://{}", file.display())
+        }
+    };
+    let p = Provider::spawn_with(&free_addr(), &url, &ex.url, &LEASE, |cmd| {
+        use std::os::unix::process::CommandExt;
+        if db.is_none() && running_as_root() {
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+    });
+    wait_health(&p.addr, true, Duration::from_secs(30)).await;
+    let c = p.client();
+    c.get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+
+    // The fault.
+    let set_mode = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    match &db {
+        None => set_mode(0o444),
+        Some(db) => {
+            let name = db.url().rsplit('/').next().unwrap().to_string();
+            db.execute(&format!(
+                "ALTER DATABASE {name} SET default_transaction_read_only = on"
+            ))
+            .await
+            .unwrap();
+            // The provider's sessions start again, read-only.
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let noticed = wait_health(&p.addr, false, Duration::from_secs(15)).await;
+    let refused = c
+        .get_document("ASX:BHP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("read-only") || refused.message().contains("cannot be written"),
+        "the message names the cause: {}",
+        refused.message()
+    );
+    assert!(
+        p.proc.logs().contains("database unusable: not serving"),
+        "{}",
+        p.proc.logs()
+    );
+
+    // The fault ends; the provider mends itself.
+    let ended = Instant::now();
+    match &db {
+        None => set_mode(0o644),
+        Some(db) => {
+            let name = db.url().rsplit('/').next().unwrap().to_string();
+            // From the server's maintenance database: sessions on this one are read-only.
+            let admin = sqlx::PgPool::connect(&e2e::harness::postgres_admin_url())
+                .await
+                .unwrap();
+            sqlx::query(&format!(
+                "ALTER DATABASE {name} RESET default_transaction_read_only"
+            ))
+            .execute(&admin)
+            .await
+            .unwrap();
+        }
+    }
+    wait_health(&p.addr, true, Duration::from_secs(15)).await;
+    let ids: Vec<String> = (1..=12).map(|i| format!("ASX:S{i:04}")).collect();
+    let results = c
+        .get_documents(&ids, &DocumentOptions::new())
+        .await
+        .unwrap();
+    let written = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(written, 12, "every write after the fault: {results:#?}");
+    let recovery = ended.elapsed();
+    let rows = e2e::harness::invariants_within(&url, SETTLE).await;
+    Record {
+        class: "database fault".into(),
+        case: format!("{engine}: the database turns read-only, then writable again"),
+        observed: format!(
+            "NOT_SERVING {} ms after the fault, calls UNAVAILABLE naming it; SERVING and 12 of 12 new documents written {} ms after it ended, no restart",
+            noticed.as_millis(),
+            recovery.as_millis()
+        ),
+        sent: 14,
+        outcomes: [
+            ("OK".to_string(), 13),
+            ("Unavailable".to_string(), 1),
+        ]
+        .into(),
+        recovery_ms: Some(recovery.as_millis() as u64),
+        rows_checked: Some(rows),
+        test: format!("db_faults::read_only_{engine}_storage_recovers_without_restart"),
+        ..Default::default()
+    }
+    .save();
+}
+
+#[tokio::test]
+async fn read_only_sqlite_storage_recovers_without_restart() {
+    read_only_storage_recovers_without_restart("sqlite").await
+}
+
+#[tokio::test]
+async fn read_only_postgres_storage_recovers_without_restart() {
+    read_only_storage_recovers_without_restart("postgres").await
 }

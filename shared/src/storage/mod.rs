@@ -22,6 +22,10 @@ pub enum StorageError {
     UnsupportedUrl(String),
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database refuses writes (a read-only file or file system, a read-only PostgreSQL
+    /// session or replica): retryable, and health says NOT_SERVING until it takes writes again.
+    #[error("database is read-only: {0}")]
+    ReadOnly(String),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     #[error("migrating the database failed: {0}")]
@@ -70,6 +74,17 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => StorageError::Unavailable(e),
+            // SQLITE_READONLY and its extended codes; PostgreSQL read_only_sql_transaction.
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    matches!(
+                        &*c,
+                        "8" | "264" | "520" | "776" | "1032" | "1288" | "1544" | "25006"
+                    )
+                }) =>
+            {
+                StorageError::ReadOnly(db.message().to_string())
+            }
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
                     // SQLITE_BUSY / SQLITE_LOCKED, PostgreSQL admin shutdown / cannot connect now.
@@ -87,7 +102,7 @@ impl StorageError {
     /// The gRPC code a caller should see for this failure.
     pub fn code(&self) -> tonic::Code {
         match self {
-            StorageError::Unavailable(_) => tonic::Code::Unavailable,
+            StorageError::Unavailable(_) | StorageError::ReadOnly(_) => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         }
     }
@@ -97,6 +112,7 @@ impl From<&StorageError> for crate::ItemError {
     fn from(e: &StorageError) -> Self {
         let reason = match e {
             StorageError::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            StorageError::ReadOnly(_) => "DATABASE_READ_ONLY",
             _ => "DATABASE_ERROR",
         };
         crate::ItemError::new(e.code(), e.to_string()).reason(reason)
@@ -465,6 +481,65 @@ pub async fn connect_until_ready(
 
 /// A migrator that accepts a database migrated further than it knows (a newer release's
 /// expand migrations): whether this binary may run on it is [`check_compatible`]'s question.
+/// Connections opened while the database refused writes are read-only for life (SQLite opens a
+/// file it cannot write read-only; a PostgreSQL session keeps its `transaction_read_only`). The
+/// health ping marks the moment a read-only fault was seen, and again when it ends; a pool
+/// connection opened before the latest mark is closed when it is next released, so the pool
+/// renews itself once the fault is gone, without a restart.
+#[derive(Debug, Clone)]
+pub(crate) struct Recycler {
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the latest mark (0: none).
+    mark_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the last ping found the database read-only.
+    read_only: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recycler {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            mark_ms: Arc::default(),
+            read_only: Arc::default(),
+        }
+    }
+
+    fn mark(&self) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.mark_ms
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether a connection of `age` may go back to the pool.
+    pub(crate) fn keep(&self, age: std::time::Duration) -> bool {
+        let mark = self.mark_ms.load(std::sync::atomic::Ordering::Acquire);
+        if mark == 0 {
+            return true;
+        }
+        let opened = self.started.elapsed().saturating_sub(age).as_millis() as u64;
+        opened > mark
+    }
+
+    /// Records what the ping found: `Err` with the cause while writes are refused.
+    pub(crate) fn observe(&self, writable: Result<(), String>) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        match writable {
+            Ok(()) => {
+                if self.read_only.swap(false, Ordering::AcqRel) {
+                    // The fault ended: renew every connection opened during it.
+                    self.mark();
+                }
+                Ok(())
+            }
+            Err(cause) => {
+                self.read_only.store(true, Ordering::Release);
+                self.mark();
+                Err(StorageError::ReadOnly(cause))
+            }
+        }
+    }
+}
+
 pub(crate) fn tolerant(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
     migrator.set_ignore_missing(true);
     migrator

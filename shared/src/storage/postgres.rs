@@ -65,6 +65,7 @@ fn heartbeat_base() -> tokio::time::Instant {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    recycler: super::Recycler,
     changes: broadcast::Sender<Change>,
     listening: Arc<OnceLock<()>>,
 }
@@ -75,15 +76,22 @@ impl PostgresStore {
         // query): the server cancels it.
         let options = sqlx::postgres::PgConnectOptions::from_str(url)?
             .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+        let recycler = super::Recycler::new();
+        let keep = recycler.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // Short, so a call never waits long on a database that is gone (connects are
             // retried until this timeout); the health watcher then refuses calls at once.
             .acquire_timeout(Duration::from_secs(2))
+            .after_release(move |_, meta| {
+                let keep = keep.keep(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
             .connect_with(options)
             .await?;
         Ok(Self {
             pool,
+            recycler,
             changes: broadcast::channel(4096).0,
             listening: Arc::new(OnceLock::new()),
         })
@@ -377,8 +385,17 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // A read-only session (default_transaction_read_only) or a hot standby refuses writes.
+        let read_only: bool = sqlx::query_scalar(
+            "SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        self.recycler.observe(if read_only {
+            Err("the session is read-only (default_transaction_read_only, or a standby)".into())
+        } else {
+            Ok(())
+        })
     }
 
     async fn lookup(

@@ -29,6 +29,9 @@ const DOCUMENT_COLUMNS: &str =
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file, which the health ping checks can be written.
+    path: std::path::PathBuf,
+    recycler: super::Recycler,
 }
 
 impl SqliteStore {
@@ -71,12 +74,23 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(|e| StorageError::Unavailable(e.into()))?;
             }
         }
+        let path = options.get_filename().to_path_buf();
+        let recycler = super::Recycler::new();
+        let keep = recycler.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(move |_, meta| {
+                let keep = keep.keep(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            path,
+            recycler,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -170,7 +184,14 @@ impl DocumentStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // Writable? Opening the file for writing asks the same question SQLite asks when it
+        // opens a connection, without taking the database's write lock.
+        let writable = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map(|_| ())
+            .map_err(|e| format!("{} cannot be written: {e}", self.path.display()));
+        self.recycler.observe(writable)
     }
 
     async fn lookup(
