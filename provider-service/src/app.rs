@@ -20,9 +20,7 @@ use shared::{
 };
 use tokio::net::TcpListener;
 use tonic::{
-    codec::CompressionEncoding,
-    service::interceptor::InterceptedService,
-    transport::{server::TcpIncoming, Server},
+    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
 };
 
 use crate::{
@@ -124,6 +122,8 @@ impl Application {
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
         let token = RequireToken(config.auth_token()?.map(Arc::from));
+        // Open connections, shared by the accept loop and the per-connection call limit.
+        let connections = shared::listener::ConnTable::default();
         let mut builder = Server::builder();
         if let Some(tls) = config.server_tls()? {
             builder = builder.tls_config(tls).context("TLS configuration")?;
@@ -148,6 +148,7 @@ impl Application {
             .layer(shared::server::ConnectionLimitLayer::new(
                 config.max_concurrent_per_connection,
                 "PROVIDER_MAX_CONCURRENT_PER_CONNECTION",
+                connections.clone(),
             ))
             .layer(shared::server::DeadlineLayer::new(Duration::from_millis(
                 config.request_timeout_ms,
@@ -161,10 +162,18 @@ impl Application {
             .add_service(InterceptedService::new(admin, token));
 
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
-        // Options on accepted connections: tonic only applies its own when it binds itself.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        // Our accept loop: a connection limit, an idle timeout, TCP_NODELAY, and a pause when
+        // out of descriptors (dead peers are found by the HTTP/2 keepalive pings).
+        let incoming = shared::listener::incoming(
+            listener,
+            shared::listener::Limits {
+                max_connections: config.max_client_connections.max(1),
+                idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+                setting: "PROVIDER_MAX_CONNECTIONS",
+            },
+            connections,
+            &METRICS.registry,
+        );
         let result = serve_with_drain(
             move |stop| router.serve_with_incoming_shutdown(incoming, stop),
             shutdown,

@@ -188,6 +188,16 @@ pub struct Config {
     )]
     pub max_concurrent_per_connection: usize,
 
+    /// Client connections open at once; more are refused (an HTTP/2 GOAWAY naming this
+    /// setting) until some close.
+    #[arg(long, env = "PROVIDER_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_client_connections: usize,
+
+    /// A connection with no call in flight for this many seconds is closed (clients reconnect
+    /// when they next call).
+    #[arg(long, env = "PROVIDER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+
     /// Largest request message accepted, in bytes (larger ones are refused with RESOURCE_EXHAUSTED).
     #[arg(long, env = "PROVIDER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod kind;
+pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod proto;

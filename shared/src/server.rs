@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::Duration,
@@ -226,32 +226,33 @@ where
 pub struct ConnectionLimitLayer {
     limit: usize,
     setting: &'static str,
-    connections: Arc<std::sync::Mutex<Connections>>,
-}
-
-#[derive(Debug, Default)]
-struct Connections {
-    /// Remote address -> calls in flight on that connection (alive while one is).
-    in_flight: std::collections::HashMap<SocketAddr, std::sync::Weak<AtomicUsize>>,
-    /// Size after the last sweep of finished connections.
-    swept: usize,
+    connections: crate::listener::ConnTable,
 }
 
 /// How long a refused caller is told to wait.
 pub const CONNECTION_LIMIT_RETRY: Duration = Duration::from_millis(50);
 
 impl ConnectionLimitLayer {
-    /// At most `limit` calls in flight per connection; `setting` names the option in messages.
-    pub fn new(limit: usize, setting: &'static str) -> Self {
+    /// At most `limit` calls in flight per connection of `connections`; `setting` names the
+    /// option in messages. The calls' start and end also tell the accept loop which
+    /// connections are idle.
+    pub fn new(
+        limit: usize,
+        setting: &'static str,
+        connections: crate::listener::ConnTable,
+    ) -> Self {
         Self {
             limit: limit.max(1),
             setting,
-            connections: Arc::default(),
+            connections,
         }
     }
 
-    /// The counter of the connection a request came on, if the server knows it.
-    fn counter<B>(&self, req: &tonic::codegen::http::Request<B>) -> Option<Arc<AtomicUsize>> {
+    /// The state of the connection a request came on, if the server knows it.
+    fn counter<B>(
+        &self,
+        req: &tonic::codegen::http::Request<B>,
+    ) -> Option<Arc<crate::listener::ConnState>> {
         use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
         let ext = req.extensions();
         let remote = ext
@@ -261,18 +262,7 @@ impl ConnectionLimitLayer {
                 ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                     .and_then(|i| i.get_ref().remote_addr())
             })?;
-        let mut c = self.connections.lock().ok()?;
-        if let Some(counter) = c.in_flight.get(&remote).and_then(std::sync::Weak::upgrade) {
-            return Some(counter);
-        }
-        // Forget connections with nothing in flight once the map has doubled since last time.
-        if c.in_flight.len() >= (2 * c.swept).max(1024) {
-            c.in_flight.retain(|_, w| w.strong_count() > 0);
-            c.swept = c.in_flight.len();
-        }
-        let counter = Arc::new(AtomicUsize::new(0));
-        c.in_flight.insert(remote, Arc::downgrade(&counter));
-        Some(counter)
+        Some(self.connections.state(remote))
     }
 }
 
@@ -293,11 +283,12 @@ pub struct ConnectionLimit<S> {
 }
 
 /// Gives back a connection's place when its call is answered.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<crate::listener::ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
     }
 }
 
@@ -326,8 +317,9 @@ where
     fn call(&mut self, req: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
         let place = match self.layer.counter(&req) {
             Some(counter) => {
-                if counter.fetch_add(1, Ordering::AcqRel) >= self.layer.limit {
-                    counter.fetch_sub(1, Ordering::AcqRel);
+                counter.touch();
+                if counter.in_flight.fetch_add(1, Ordering::AcqRel) >= self.layer.limit {
+                    counter.in_flight.fetch_sub(1, Ordering::AcqRel);
                     let refused = crate::provider::status_with_retry(
                         tonic::Code::ResourceExhausted,
                         format!(
