@@ -93,6 +93,9 @@ pub fn watch_database(
             };
             let ok = cause.is_none();
             if let (Some(c), Ok(mut slot)) = (&cause, status.1.lock()) {
+                if !serving && *slot != *c {
+                    tracing::warn!(cause = %c, "database still unusable, for another reason");
+                }
                 slot.clone_from(c);
             }
             if ok != serving {

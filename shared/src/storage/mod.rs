@@ -83,6 +83,8 @@ impl From<sqlx::Error> for StorageError {
                     )
                 }) =>
             {
+                // Every pooled connection may be read-only now: renew them all.
+                READ_ONLY_SEEN.store(true, std::sync::atomic::Ordering::Release);
                 StorageError::ReadOnly(db.message().to_string())
             }
             sqlx::Error::Database(ref db)
@@ -481,11 +483,15 @@ pub async fn connect_until_ready(
 
 /// A migrator that accepts a database migrated further than it knows (a newer release's
 /// expand migrations): whether this binary may run on it is [`check_compatible`]'s question.
+/// A write was refused as read-only somewhere in this process since the pools last looked.
+static READ_ONLY_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Connections opened while the database refused writes are read-only for life (SQLite opens a
-/// file it cannot write read-only; a PostgreSQL session keeps its `transaction_read_only`). The
-/// health ping marks the moment a read-only fault was seen, and again when it ends; a pool
-/// connection opened before the latest mark is closed when it is next released, so the pool
-/// renews itself once the fault is gone, without a restart.
+/// file it cannot write read-only; a PostgreSQL session keeps its `transaction_read_only`). A
+/// write refused as read-only, or the health ping finding the database read-only, marks the
+/// moment, and the ping marks it again when the fault ends; a pool connection opened before the
+/// latest mark is closed when it is next taken from the pool or released, so the pool renews
+/// itself (and finds the fault, or its end) without a restart.
 #[derive(Debug, Clone)]
 pub(crate) struct Recycler {
     started: std::time::Instant,
@@ -512,6 +518,9 @@ impl Recycler {
 
     /// Whether a connection of `age` may go back to the pool.
     pub(crate) fn keep(&self, age: std::time::Duration) -> bool {
+        if READ_ONLY_SEEN.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.mark();
+        }
         let mark = self.mark_ms.load(std::sync::atomic::Ordering::Acquire);
         if mark == 0 {
             return true;

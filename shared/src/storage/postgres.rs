@@ -78,6 +78,7 @@ impl PostgresStore {
             .options([("statement_timeout", STATEMENT_TIMEOUT)]);
         let recycler = super::Recycler::new();
         let keep = recycler.clone();
+        let fresh = recycler.clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // Short, so a call never waits long on a database that is gone (connects are
@@ -85,6 +86,10 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(2))
             .after_release(move |_, meta| {
                 let keep = keep.keep(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
+            .before_acquire(move |_, meta| {
+                let keep = fresh.keep(meta.age);
                 Box::pin(async move { Ok(keep) })
             })
             .connect_with(options)

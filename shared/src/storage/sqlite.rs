@@ -77,11 +77,16 @@ impl SqliteStore {
         let path = options.get_filename().to_path_buf();
         let recycler = super::Recycler::new();
         let keep = recycler.clone();
+        let fresh = recycler.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .after_release(move |_, meta| {
                 let keep = keep.keep(meta.age);
+                Box::pin(async move { Ok(keep) })
+            })
+            .before_acquire(move |_, meta| {
+                let keep = fresh.keep(meta.age);
                 Box::pin(async move { Ok(keep) })
             })
             .connect_with(options)
@@ -183,14 +188,50 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        // Writable? Opening the file for writing asks the same question SQLite asks when it
-        // opens a connection, without taking the database's write lock.
-        let writable = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .map(|_| ())
-            .map_err(|e| format!("{} cannot be written: {e}", self.path.display()));
+        // Writable? Ask SQLite with a write that is rolled back: a read-only connection (a file
+        // or file system it cannot write) refuses it with SQLITE_READONLY. Not waiting for the
+        // write lock: a busy database is being written, so it is writable. (Opening the file
+        // here instead would be wrong: closing any descriptor of it drops SQLite's locks.)
+        let mut conn = self.pool.acquire().await?;
+        let _ = sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *conn)
+            .await;
+        let wrote = match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            Ok(_) => {
+                let wrote = sqlx::query(
+                    "UPDATE schema_compatibility SET oldest_compatible = oldest_compatible WHERE id = 1",
+                )
+                .execute(&mut *conn)
+                .await;
+                // SQLite may have ended the transaction itself after the error.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                wrote.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let _ = sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut *conn)
+            .await;
+        let writable = match wrote {
+            Ok(()) => Ok(()),
+            Err(e) => match StorageError::from(e) {
+                StorageError::ReadOnly(cause) => Err(format!(
+                    "{} cannot be written: {cause}",
+                    self.path.display()
+                )),
+                // Busy: another connection holds the write lock, so writes are possible.
+                StorageError::Unavailable(_) => Ok(()),
+                other => return Err(other),
+            },
+        };
+        drop(conn);
+        if writable.is_err() {
+            // Close every idle connection now: a read-only one keeps the WAL index (shared by
+            // the process's connections to the file) read-only for the new ones too.
+            while let Some(idle) = self.pool.try_acquire() {
+                let _ = idle.close().await;
+            }
+        }
         self.recycler.observe(writable)
     }
 
