@@ -95,7 +95,7 @@ async fn connections_over_the_limit_are_refused_and_idle_ones_closed() {
         .await
         .unwrap();
     Record {
-        class: "hostile connections".into(),
+        class: "connections".into(),
         case: "21 silent connections against a limit of 20, idle timeout 2 s".into(),
         observed: format!(
             "the 21st refused with a GOAWAY naming PROVIDER_MAX_CONNECTIONS; the 20 idle ones closed {} ms after the refusal; a new client served",
@@ -180,7 +180,7 @@ async fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
         "logged once (a minute at most): {logs}"
     );
     Record {
-        class: "hostile connections".into(),
+        class: "connections".into(),
         case: "300 silent connections against a 128-descriptor limit (prlimit)".into(),
         observed: format!(
             "accept paused: {attempts} failed accepts and {cpu_during:.2} CPU seconds over 2 s of pressure, one WARN line; served again once the connections closed"

@@ -584,7 +584,7 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
     let recovery = ended.elapsed();
     let rows = e2e::harness::invariants_within(&url, SETTLE).await;
     Record {
-        class: "database fault".into(),
+        class: "database".into(),
         case: format!("{engine}: the database turns read-only, then writable again"),
         observed: format!(
             "NOT_SERVING {} ms after the fault, calls UNAVAILABLE naming it; SERVING and 12 of 12 new documents written {} ms after it ended, no restart",

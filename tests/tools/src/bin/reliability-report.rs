@@ -58,9 +58,10 @@ fn junit_cases(xml: &str) -> Vec<Case> {
         .collect()
 }
 
-const CLASSES: [(&str, &str); 6] = [
+const CLASSES: [(&str, &str); 7] = [
     ("consistency", "Consistency (history checker)"),
     ("database", "Database faults"),
+    ("connections", "Hostile connections"),
     ("process", "Process faults"),
     ("upstream", "Upstream faults"),
     ("bad input", "Bad input"),
