@@ -50,13 +50,11 @@ impl pb::consumer_server::Consumer for ConsumerService {
     ) -> Result<Response<pb::ProcessTickersResponse>, Status> {
         let deadline = deadline_of(request.metadata());
         // The caller's request ID travels on to the provider; a round without one gets one.
-        let request_id = request
-            .metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(String::from)
-            .unwrap_or_else(new_request_id);
+        let request_id = Some(shared::observe::request_id_text(
+            request.metadata().as_ref(),
+        ))
+        .filter(|id| !id.is_empty())
+        .map_or_else(new_request_id, String::from);
         let r = request.into_inner();
         let p = self.ready()?;
         let job = JobRequest {

@@ -105,15 +105,9 @@ fn in_batch(mut r: DocumentResult) -> DocumentResult {
     r
 }
 
-/// The request ID a caller sent in `x-request-id` (up to 64 visible ASCII characters), if any.
+/// The request ID a caller sent (see [`shared::observe::request_id`]), or empty.
 fn request_id<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or_default()
-        .to_string()
+    shared::observe::request_id_text(request.metadata().as_ref()).to_string()
 }
 
 /// Answer logging. A single-identifier answer gets its own line. In a batch every identifier

@@ -259,28 +259,7 @@ impl Provisioner {
         batch_len: usize,
     ) -> Result<Request, Status> {
         let settings = self.settings();
-        let provided = || {
-            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
-            provided.sort();
-            provided.join(", ")
-        };
-        let kind = if kind.trim().is_empty() {
-            settings.default_kind
-        } else {
-            kind.parse::<Kind>().map_err(|e| {
-                invalid_argument("kind", format!("{e}: expected one of {}", provided()))
-            })?
-        };
-        if !self.sources.contains_key(&kind) {
-            return Err(invalid_argument(
-                "kind",
-                format!(
-                    "{:?} is not provided by this service: expected one of {}",
-                    kind.as_str(),
-                    provided()
-                ),
-            ));
-        }
+        let kind = self.requested_kind(kind)?.unwrap_or(settings.default_kind);
         let default = Default::default();
         let opts = options.unwrap_or(&default);
         let cache_hours = opts.cache_hours.unwrap_or(settings.default_cache_hours);
@@ -318,14 +297,38 @@ impl Provisioner {
         })
     }
 
+    /// The `kind` field of a request: `None` when empty, else a kind this service provides
+    /// (INVALID_ARGUMENT naming the ones it does otherwise).
+    fn requested_kind(&self, kind: &str) -> Result<Option<Kind>, Status> {
+        if kind.trim().is_empty() {
+            return Ok(None);
+        }
+        let provided = || {
+            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
+            provided.sort();
+            provided.join(", ")
+        };
+        let kind = kind.parse::<Kind>().map_err(|e| {
+            invalid_argument("kind", format!("{e}: expected one of {}", provided()))
+        })?;
+        if !self.sources.contains_key(&kind) {
+            return Err(invalid_argument(
+                "kind",
+                format!(
+                    "{:?} is not provided by this service: expected one of {}",
+                    kind.as_str(),
+                    provided()
+                ),
+            ));
+        }
+        Ok(Some(kind))
+    }
+
     /// What this replica knows of a document (the admin view): its stored head, its lease, the
     /// negative-cache entry, whether memory holds it and whether a fill runs here.
     pub async fn describe(&self, identifier: &str, kind: &str) -> Result<Described, Status> {
         let settings = self.settings();
-        let kind = match kind.trim() {
-            "" => settings.default_kind,
-            k => k.parse::<Kind>().map_err(|e| invalid_argument("kind", e))?,
-        };
+        let kind = self.requested_kind(kind)?.unwrap_or(settings.default_kind);
         let ticker = Ticker::parse_with_default(identifier, &settings.default_exchange)
             .map_err(|e| invalid_argument("identifier", e))?;
         let sid = ticker.source_id(kind.as_str());
@@ -359,11 +362,7 @@ impl Provisioner {
                 )
             });
         let in_memory = self.hit_cache.as_ref().is_some_and(|c| c.holds(kind, &sid));
-        let filling_here = self
-            .in_flight
-            .lock()
-            .expect("in-flight map poisoned")
-            .contains_key(&key);
+        let filling_here = self.filling(kind, &sid);
         Ok(Described {
             kind,
             source_id: sid,
@@ -453,10 +452,7 @@ impl Provisioner {
                 ),
             ));
         }
-        let kind = match kind.trim() {
-            "" => None,
-            k => Some(k.parse::<Kind>().map_err(|e| invalid_argument("kind", e))?),
-        };
+        let kind = self.requested_kind(kind)?;
         let id_kind = kind.unwrap_or(settings.default_kind);
         let mut source_ids = Vec::with_capacity(identifiers.len());
         for (i, id) in identifiers.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, Weak,
     },
     task::{Context, Poll},
@@ -147,68 +147,86 @@ pub fn incoming(
     table: ConnTable,
     registry: &SharedRegistry,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    let metrics = metrics(registry).clone();
-    let open = Arc::new(AtomicUsize::new(0));
-    // (pause before the next accept, when the last WARN was written and whether accepting
-    // again has been said since)
-    let state = (
+    let acceptor = Acceptor {
         listener,
         limits,
         table,
-        metrics,
-        open,
-        Duration::ZERO,
-        None::<Instant>,
-        true,
-    );
-    futures::stream::unfold(state, |mut st| async move {
-        let (listener, limits, table, metrics, open, backoff, warned, said_again) = &mut st;
+        metrics: metrics(registry).clone(),
+        open: Arc::new(AtomicUsize::new(0)),
+        pause: Duration::ZERO,
+        warned: None,
+        said_again: true,
+    };
+    futures::stream::unfold(acceptor, |mut a| async move {
+        let conn = a.next().await;
+        Some((Ok(conn), a))
+    })
+}
+
+/// The accept loop's state.
+struct Acceptor {
+    listener: TcpListener,
+    limits: Limits,
+    table: ConnTable,
+    metrics: ListenerMetrics,
+    open: Arc<AtomicUsize>,
+    /// Pause before the next accept while out of descriptors (zero otherwise).
+    pause: Duration,
+    /// When the last out-of-descriptors WARN was written.
+    warned: Option<Instant>,
+    /// Whether "accepting connections again" has been said since that WARN.
+    said_again: bool,
+}
+
+impl Acceptor {
+    /// The next connection within the limits (refusing, pausing and retrying as needed).
+    async fn next(&mut self) -> Conn {
         loop {
-            match listener.accept().await {
+            match self.listener.accept().await {
                 Ok((stream, peer)) => {
-                    *backoff = Duration::ZERO;
-                    if !*said_again {
+                    self.pause = Duration::ZERO;
+                    if !self.said_again {
                         tracing::info!("accepting connections again");
-                        *said_again = true;
+                        self.said_again = true;
                     }
-                    if open.load(Ordering::Acquire) >= limits.max_connections {
-                        metrics.refused.inc();
-                        refuse(stream, limits);
+                    if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+                        self.metrics.refused.inc();
+                        refuse(stream, &self.limits);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let conn = Conn::new(
+                    return Conn::new(
                         stream,
                         peer,
-                        limits,
-                        table.clone(),
-                        open.clone(),
-                        metrics.clone(),
+                        &self.limits,
+                        self.table.clone(),
+                        self.open.clone(),
+                        self.metrics.clone(),
                     );
-                    return Some((Ok(conn), st));
                 }
                 Err(e) if out_of_descriptors(&e) => {
-                    metrics
+                    self.metrics
                         .accept_errors
                         .get_or_create(&[("kind", "descriptors")])
                         .inc();
                     // One WARN a minute at most, however the pressure comes and goes.
-                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                        tracing::warn!(error = %e, open = open.load(Ordering::Acquire), "out of file descriptors: accepting again after a pause (raise the descriptor limit or lower the connection limit)");
-                        *warned = Some(Instant::now());
-                        *said_again = false;
+                    if self
+                        .warned
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                    {
+                        tracing::warn!(error = %e, open = self.open.load(Ordering::Acquire), "out of file descriptors: accepting again after a pause (raise the descriptor limit or lower the connection limit)");
+                        self.warned = Some(Instant::now());
+                        self.said_again = false;
                     }
-                    if backoff.is_zero() {
-                        *backoff = Duration::from_millis(10);
-                    }
-                    tracing::debug!(pause_ms = backoff.as_millis() as u64, "accept paused");
-                    tokio::time::sleep(*backoff).await;
-                    *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                    self.pause = self.pause.max(Duration::from_millis(10));
+                    tracing::debug!(pause_ms = self.pause.as_millis() as u64, "accept paused");
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
                     // A connection that failed before it was accepted (reset, aborted): only
                     // that one is lost.
-                    metrics
+                    self.metrics
                         .accept_errors
                         .get_or_create(&[("kind", "other")])
                         .inc();
@@ -216,7 +234,7 @@ pub fn incoming(
                 }
             }
         }
-    })
+    }
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {
@@ -261,7 +279,8 @@ pub struct Conn {
     metrics: ListenerMetrics,
     idle_timeout: Duration,
     check: Pin<Box<tokio::time::Sleep>>,
-    closed_idle: AtomicBool,
+    /// Counted as closed for idleness (reads fail from then on).
+    closed_idle: bool,
 }
 
 impl Conn {
@@ -284,7 +303,7 @@ impl Conn {
             metrics,
             idle_timeout: limits.idle_timeout,
             check: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-            closed_idle: AtomicBool::new(false),
+            closed_idle: false,
         }
     }
 
@@ -293,7 +312,8 @@ impl Conn {
         while self.check.as_mut().poll(cx).is_ready() {
             match self.state.idle_for() {
                 Some(idle) if idle >= self.idle_timeout => {
-                    if !self.closed_idle.swap(true, Ordering::AcqRel) {
+                    if !self.closed_idle {
+                        self.closed_idle = true;
                         self.metrics.idle_closed.inc();
                     }
                     return true;

@@ -214,11 +214,18 @@ pub struct Observe<S> {
     layer: ObserveLayer,
 }
 
-/// The request ID a caller sent in `x-request-id` (up to 64 visible ASCII characters), if any.
+/// The request ID a caller sent in `x-request-id` (1 to 64 visible ASCII characters), if any.
 pub fn request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
-    headers
-        .get("x-request-id")
-        .filter(|v| v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+    headers.get("x-request-id").filter(|v| {
+        !v.is_empty() && v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    })
+}
+
+/// [`request_id`] as text (empty when there is none).
+pub fn request_id_text(headers: &HeaderMap) -> &str {
+    request_id(headers)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Observe<S>
@@ -236,7 +243,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let metrics = self
             .layer
             .methods
@@ -250,11 +257,10 @@ where
         let span = tracing::info_span!(
             "rpc",
             rpc = metrics.method,
-            trace_id = %trace.trace_id_hex(),
+            trace_id = %trace.trace_id(),
             request_id = echo.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
         );
         let exported = crate::trace::server_span(&trace, metrics.service, metrics.method);
-        req.extensions_mut().insert(trace.clone());
         let call = Call {
             metrics,
             started: Instant::now(),

@@ -30,6 +30,16 @@ pub struct TraceContext {
     state: Option<HeaderValue>,
 }
 
+/// A trace id as W3C writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceId32(u128);
+
+impl std::fmt::Display for TraceId32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 tokio::task_local! {
     static CURRENT: TraceContext;
 }
@@ -82,8 +92,10 @@ impl TraceContext {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id, shown as 32 lower-case hex digits (no allocation: it is on every call's
+    /// log span).
+    pub fn trace_id(&self) -> TraceId32 {
+        TraceId32(self.trace_id)
     }
 
     /// `traceparent` naming this span as the parent of what it calls.
@@ -162,15 +174,7 @@ impl ExportedSpan {
 
 /// The server span of a call, when export is on.
 pub fn server_span(ctx: &TraceContext, service: &str, method: &str) -> Option<ExportedSpan> {
-    let mut span = start(
-        ctx,
-        if method.is_empty() {
-            "rpc"
-        } else {
-            "rpc.server"
-        },
-        SpanKind::Server,
-    )?;
+    let mut span = start(ctx, "rpc", SpanKind::Server)?;
     span.update_name(format!("{service}/{method}"));
     span.set_attributes([
         KeyValue::new("rpc.system", "grpc"),
@@ -301,6 +305,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn export_follows_the_standard_variables() {
+        // The only test that touches these variables (nextest runs each test in its own process).
+        std::env::remove_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        std::env::remove_var("OTEL_SDK_DISABLED");
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "");
+        assert!(!export_configured(), "off by default");
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert!(export_configured());
+        std::env::set_var("OTEL_SDK_DISABLED", "TRUE");
+        assert!(!export_configured(), "OTEL_SDK_DISABLED wins");
+        std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        std::env::remove_var("OTEL_SDK_DISABLED");
+    }
+
+    #[test]
     fn traceparent_is_read_as_the_standard_writes_it() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -309,7 +328,7 @@ mod tests {
         );
         h.insert("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
         let c = TraceContext::for_call(&h);
-        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(c.parent_id, 0x00f067aa0ba902b7);
         assert!(c.sampled);
         let mut out = HeaderMap::new();
