@@ -11,12 +11,13 @@ use std::{
 
 use anyhow::Context;
 use shared::{
+    grpc_server::GrpcServer,
     proto::{consumer::v1::consumer_server::ConsumerServer, CONSUMER_SERVICE_NAME},
-    server::{health_service, reflection_services, serve_with_drain, set_serving},
+    server::{health_service, set_serving},
     storage, ProviderClient,
 };
 use tokio::net::TcpListener;
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::service::RoutesBuilder;
 
 use crate::{config::Config, download::Downloader, grpc::ConsumerService, job::Processor};
 
@@ -61,6 +62,7 @@ impl Application {
         // Validate what can be validated before listening.
         shared::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
+        config.server.limits()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -74,7 +76,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application { config, listener } = self;
         let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
-        let (reflection_v1, reflection_v1alpha) = reflection_services(&[CONSUMER_SERVICE_NAME])?;
+        let limits = config.server.limits()?;
         let cell = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -112,41 +114,21 @@ impl Application {
             }
         });
 
-        let cap = Duration::from_millis(config.request_timeout_ms);
-        let router = Server::builder()
-            .timeout(cap)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // Outermost: it sees every answer, refusals by the layers below included.
-            .layer(shared::observe::ObserveLayer::new(
-                &crate::metrics::METRICS.registry,
-                &[CONSUMER_SERVICE_NAME],
-            ))
-            .layer(tower::util::MapResponseLayer::new(
-                shared::server::conventional_status,
-            ))
-            .layer(shared::server::DeadlineLayer::new(cap))
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                ConsumerServer::new(ConsumerService::new(cell, database))
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                    .send_compressed(tonic::codec::CompressionEncoding::Gzip),
-            );
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_svc).add_service(
+            ConsumerServer::new(ConsumerService::new(cell, database))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+        );
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
-        // Options on accepted connections: tonic only applies its own when it binds itself.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let result = serve_with_drain(
-            move |stop| router.serve_with_incoming_shutdown(incoming, stop),
-            shutdown,
-            Duration::from_millis(config.drain_timeout_ms),
-        )
+        let result = GrpcServer {
+            limits,
+            tls: None,
+            registry: &crate::metrics::METRICS.registry,
+            services: &[CONSUMER_SERVICE_NAME],
+        }
+        .serve(routes.routes(), listener, shutdown)
         .await;
         ready.abort();
         result

@@ -44,6 +44,8 @@ pub enum Command {
     },
 }
 
+shared::server_args!(ServerArgs, "CONSUMER", request_timeout_ms = 600_000);
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address the gRPC server listens on.
@@ -118,14 +120,9 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_MAX_TICKERS", default_value_t = 1000)]
     pub max_tickers: usize,
 
-    /// Server-side deadline of a call when the client sets none, in milliseconds; also the
-    /// longest deadline a client can ask for.
-    #[arg(long, env = "CONSUMER_REQUEST_TIMEOUT_MS", default_value_t = 600_000)]
-    pub request_timeout_ms: u64,
-
-    /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
-    #[arg(long, env = "CONSUMER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
+    /// Connections, calls and their limits.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); unset: no endpoint.
     #[arg(long, env = "CONSUMER_METRICS_ADDR")]
@@ -184,4 +181,15 @@ pub fn split_filters(s: &str) -> Vec<String> {
         .filter(|f| !f.is_empty())
         .map(String::from)
         .collect()
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    /// Every flag and variable is declared once (clap's own consistency checks).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -6,21 +6,22 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use anyhow::Context;
 use shared::{
+    grpc_server::GrpcServer,
     proto::{
         documents::v1::document_provider_server::DocumentProviderServer, ADMIN_SERVICE_NAME,
         PROVIDER_SERVICE_NAME,
     },
-    server::{health_service, reflection_services, serve_with_drain, set_serving},
+    server::{health_service, set_serving},
     storage,
 };
 use tokio::net::TcpListener;
 use tonic::{
-    codec::CompressionEncoding, service::interceptor::InterceptedService, transport::Server,
+    codec::CompressionEncoding,
+    service::{interceptor::InterceptedService, RoutesBuilder},
 };
 
 use crate::{
@@ -44,6 +45,7 @@ impl Application {
         config.source_settings()?;
         config.auth_token()?;
         config.server_tls()?;
+        config.server.limits()?;
         let url = config.database.url()?;
         // The change feed holds one pooled connection for as long as it listens.
         if config.hit_cache
@@ -73,8 +75,7 @@ impl Application {
         let settings = config.settings()?;
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
-        let (reflection_v1, reflection_v1alpha) =
-            reflection_services(&[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME])?;
+        let limits = config.server.limits()?;
         let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -116,69 +117,26 @@ impl Application {
         let service = DocumentProviderServer::new(ProviderService::new(
             provisioner,
             database,
-            Duration::from_millis(config.request_timeout_ms),
+            limits.request_timeout,
         ))
-        .max_decoding_message_size(config.max_message_bytes)
+        .max_decoding_message_size(limits.max_message_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
         let token = RequireToken(config.auth_token()?.map(Arc::from));
-        // Open connections, shared by the accept loop and the per-connection call limit.
-        let connections = shared::listener::ConnTable::default();
-        let mut builder = Server::builder();
-        if let Some(tls) = config.server_tls()? {
-            builder = builder.tls_config(tls).context("TLS configuration")?;
-        }
-        let router = builder
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(shared::client::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(shared::client::HTTP2_CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // Outermost: it sees every answer, refusals by the layers below included.
-            .layer(shared::observe::ObserveLayer::new(
-                &METRICS.registry,
-                &[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME],
-            ))
-            .layer(tower::util::MapResponseLayer::new(
-                shared::server::conventional_status,
-            ))
-            // Overload is refused at once (RESOURCE_EXHAUSTED with RetryInfo) rather than
-            // queued without bound.
-            .layer(shared::server::ConnectionLimitLayer::new(
-                config.max_concurrent_per_connection,
-                "PROVIDER_MAX_CONCURRENT_PER_CONNECTION",
-                connections.clone(),
-            ))
-            .layer(shared::server::DeadlineLayer::new(Duration::from_millis(
-                config.request_timeout_ms,
-            )))
+        let mut routes = RoutesBuilder::default();
+        // Health needs no token.
+        routes
             .add_service(health_svc)
-            // Health and reflection need no token: reflection describes the schema (no data),
-            // and grpcurl needs it to call health.
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(service, token.clone()))
             .add_service(InterceptedService::new(admin, token));
-
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
-        // Our accept loop: a connection limit, an idle timeout, TCP_NODELAY, and a pause when
-        // out of descriptors (dead peers are found by the HTTP/2 keepalive pings).
-        let incoming = shared::listener::incoming(
-            listener,
-            shared::listener::Limits {
-                max_connections: config.max_client_connections.max(1),
-                idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
-                setting: "PROVIDER_MAX_CONNECTIONS",
-            },
-            connections,
-            &METRICS.registry,
-        );
-        let result = serve_with_drain(
-            move |stop| router.serve_with_incoming_shutdown(incoming, stop),
-            shutdown,
-            Duration::from_millis(config.drain_timeout_ms),
-        )
+        let result = GrpcServer {
+            limits,
+            tls: config.server_tls()?,
+            registry: &METRICS.registry,
+            services: &[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME],
+        }
+        .serve(routes.routes(), listener, shutdown)
         .await;
         ready.abort();
         result

@@ -42,6 +42,8 @@ pub enum Command {
     CheckInvariants,
 }
 
+shared::server_args!(ServerArgs, "PROVIDER", request_timeout_ms = 60_000);
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address the gRPC server listens on.
@@ -180,36 +182,9 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_RETRIES", default_value_t = 2)]
     pub upstream_retries: u32,
 
-    /// Calls in flight per connection; more are refused at once with RESOURCE_EXHAUSTED.
-    #[arg(
-        long,
-        env = "PROVIDER_MAX_CONCURRENT_PER_CONNECTION",
-        default_value_t = 256
-    )]
-    pub max_concurrent_per_connection: usize,
-
-    /// Client connections open at once; more are refused (an HTTP/2 GOAWAY naming this
-    /// setting) until some close.
-    #[arg(long, env = "PROVIDER_MAX_CONNECTIONS", default_value_t = 1000)]
-    pub max_client_connections: usize,
-
-    /// A connection with no call in flight for this many seconds is closed (clients reconnect
-    /// when they next call).
-    #[arg(long, env = "PROVIDER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
-    pub idle_timeout_secs: u64,
-
-    /// Largest request message accepted, in bytes (larger ones are refused with RESOURCE_EXHAUSTED).
-    #[arg(long, env = "PROVIDER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub max_message_bytes: usize,
-
-    /// Server-side deadline of a call when the client sets none, in milliseconds; also the
-    /// longest deadline a client can ask for.
-    #[arg(long, env = "PROVIDER_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
-    pub request_timeout_ms: u64,
-
-    /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
-    #[arg(long, env = "PROVIDER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
+    /// Connections, calls and their limits.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); unset: no endpoint.
     #[arg(long, env = "PROVIDER_METRICS_ADDR")]
@@ -309,5 +284,16 @@ impl Config {
                 "MARKET_DATA_API_TOKEN",
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    /// Every flag and variable is declared once (clap's own consistency checks).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -4,12 +4,14 @@
 
 pub mod client;
 pub mod config;
+pub mod grpc_server;
 pub mod kind;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod proto;
 pub mod provider;
+pub mod request_budget;
 pub mod security;
 pub mod server;
 pub mod storage;

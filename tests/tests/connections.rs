@@ -2,7 +2,9 @@
 //! beyond `PROVIDER_MAX_CONNECTIONS` are refused with an HTTP/2 GOAWAY that names the limit;
 //! connections with no call for `PROVIDER_IDLE_TIMEOUT_SECS` are closed; and out of file
 //! descriptors (a lowered limit, with `prlimit`) the accept loop pauses instead of spinning,
-//! logs it once, counts it, and serves again once descriptors are free.
+//! logs it once, counts it, and serves again once descriptors are free. Calls that declare a
+//! large request message and never finish sending it cannot pin memory: a budget over all calls
+//! refuses the excess and a read timeout ends the slow (on both servers, built by one kit).
 
 use std::time::{Duration, Instant};
 
@@ -197,4 +199,189 @@ async fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
 /// the metrics endpoint cannot be scraped while the process has no descriptor to spare.
 async fn metric_during_pressure(p: &Provider) -> u64 {
     p.proc.logs().matches("accept paused").count() as u64
+}
+
+/// Resident memory of a process, sampled until `until` resolves: the highest value seen.
+async fn peak_rss_while(pid: u32, until: impl std::future::Future<Output = ()>) -> f64 {
+    tokio::pin!(until);
+    let mut peak = e2e::procfs::rss_mb(pid);
+    loop {
+        tokio::select! {
+            _ = &mut until => return peak.max(e2e::procfs::rss_mb(pid)),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                peak = peak.max(e2e::procfs::rss_mb(pid));
+            }
+        }
+    }
+}
+
+const ENSURE: &str = "/documents.v1.DocumentProvider/EnsureDocuments";
+
+/// One hostile connection: `streams` calls, each declaring a 4 MiB request message and sending
+/// `sent` bytes of it, never the rest. Answers how the server ended the streams (by gRPC status,
+/// or "reset" / "open" when it sent none within `hold`), then closes the connection.
+async fn half_sent_streams(
+    addr: &str,
+    path: &str,
+    streams: usize,
+    sent: usize,
+    hold: Duration,
+) -> std::collections::BTreeMap<String, usize> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(4u32 << 20).to_be_bytes());
+    let mut body = prefix;
+    body.resize(5 + sent, b'x');
+    let body = bytes::Bytes::from(body);
+    let mut answers = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let Ok((answer, mut send)) = client.send_request(request, false) else {
+            break;
+        };
+        // Buffered by the client and sent as the server's flow-control windows allow.
+        let _ = send.send_data(body.clone(), false);
+        senders.push(send);
+        answers.push(answer);
+    }
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    let ended = futures::future::join_all(answers.into_iter().map(|a| async move {
+        match tokio::time::timeout(hold, a).await {
+            Ok(Ok(r)) => r
+                .headers()
+                .get("grpc-status")
+                .and_then(|s| s.to_str().ok())
+                .and_then(|s| s.parse::<i32>().ok())
+                .map_or("answered".to_string(), |c| {
+                    format!("{:?}", tonic::Code::from(c))
+                }),
+            Ok(Err(_)) => "reset".to_string(),
+            Err(_) => "open".to_string(),
+        }
+    }))
+    .await;
+    for e in ended {
+        *outcomes.entry(e).or_default() += 1;
+    }
+    drop(senders);
+    drop(client);
+    driver.abort();
+    outcomes
+}
+
+#[tokio::test]
+async fn half_sent_requests_cannot_pin_memory() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let pid = p.proc.pid();
+    let c = p.client();
+    c.get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let baseline = e2e::procfs::rss_mb(pid);
+    // 4 connections x 256 streams, each having sent 1 MB of a declared 4 MiB message, held for
+    // 5 s: a gigabyte if the server kept it all.
+    let attack = futures::future::join_all(
+        (0..4).map(|_| half_sent_streams(&p.addr, ENSURE, 256, 1 << 20, Duration::from_secs(5))),
+    );
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    let peak = peak_rss_while(pid, async {
+        for o in attack.await {
+            for (k, v) in o {
+                *outcomes.entry(k).or_default() += v;
+            }
+        }
+    })
+    .await;
+    // After the connections close, memory goes back near its baseline (the allocator returns
+    // freed memory to the system in its own time: measured 10 s after, waited for up to 30 s).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = e2e::procfs::rss_mb(pid);
+    let started = Instant::now();
+    let mut settled = after;
+    while settled > baseline + 64.0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settled = e2e::procfs::rss_mb(pid);
+    }
+    let refused = outcomes.get("ResourceExhausted").copied().unwrap_or(0);
+    assert!(refused > 0, "the budget refused calls: {outcomes:?}");
+    eprintln!("baseline {baseline:.0} MB, peak {peak:.0} MB, after {after:.0} MB; {outcomes:?}");
+    assert!(peak < 256.0, "resident memory reached {peak:.0} MB");
+    assert!(
+        settled <= baseline + 64.0,
+        "resident memory stayed at {settled:.0} MB after the attack (baseline {baseline:.0} MB)"
+    );
+    // And the provider serves.
+    c.get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    Record {
+        class: "connections".into(),
+        case: "4 connections x 256 streams, each sending 1 MB of a declared 4 MiB message and no more".into(),
+        observed: format!(
+            "resident memory {baseline:.0} MB before, {peak:.0} MB at most during, {after:.0} MB 10 s after the connections closed; {refused} calls refused for want of budget (RESOURCE_EXHAUSTED, PROVIDER_REQUEST_BUFFER_BYTES), the provider served on"
+        ),
+        sent: 1024,
+        outcomes,
+        figures: [
+            ("RSS before (MB)".to_string(), format!("{baseline:.0}")),
+            ("RSS peak (MB)".to_string(), format!("{peak:.0}")),
+            ("RSS 10 s after (MB)".to_string(), format!("{after:.0}")),
+        ]
+        .into(),
+        test: "connections::half_sent_requests_cannot_pin_memory".into(),
+        ..Default::default()
+    }
+    .save();
+}
+
+/// The consumer's server comes from the same kit: its own budget and read timeout, named by
+/// its own settings.
+#[tokio::test]
+async fn the_consumer_bounds_half_sent_requests_too() {
+    let db = Db::sqlite();
+    let consumer = e2e::harness::ConsumerProc::start(
+        db.url(),
+        "http://127.0.0.1:9",
+        &[
+            ("CONSUMER_REQUEST_BUFFER_BYTES", &(8u32 << 20).to_string()),
+            ("CONSUMER_REQUEST_READ_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    // 16 streams of 1 MB each against an 8 MiB budget: the first ones are held until the read
+    // timeout ends them, the others are refused.
+    let outcomes = half_sent_streams(
+        &consumer.addr,
+        "/consumer.v1.Consumer/ProcessTickers",
+        16,
+        1 << 20,
+        Duration::from_secs(10),
+    )
+    .await;
+    let refused = outcomes.get("ResourceExhausted").copied().unwrap_or(0);
+    let timed_out = outcomes.get("DeadlineExceeded").copied().unwrap_or(0);
+    assert!(refused >= 8, "{outcomes:?}");
+    assert!(timed_out >= 1, "{outcomes:?}");
+    assert_eq!(refused + timed_out, 16, "{outcomes:?}");
+    let logs = consumer.proc.logs();
+    assert!(
+        logs.contains("CONSUMER_REQUEST_BUFFER_BYTES")
+            && logs.contains("CONSUMER_REQUEST_READ_TIMEOUT_MS"),
+        "the refusals name the consumer's settings: {logs}"
+    );
 }

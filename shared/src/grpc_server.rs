@@ -1,0 +1,230 @@
+//! The one way both services serve gRPC: their common settings ([`server_args!`]), the layers
+//! every call passes through, in order, our accept loop, reflection, and the bounded drain on
+//! shutdown. A service brings its routes (its own services and health) and a listener.
+//!
+//! Layers, outermost first: observe (metrics, the `call failed` line, `x-request-id`) →
+//! conventional status codes → calls per connection → the request-bytes budget → the deadline.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::{service::Routes, transport::Server};
+
+use crate::{
+    listener::{self, ConnTable},
+    metrics::SharedRegistry,
+    observe::ObserveLayer,
+    request_budget::RequestBudgetLayer,
+    server::{
+        conventional_status, reflection_services, serve_with_drain, ConnectionLimitLayer,
+        DeadlineLayer,
+    },
+};
+
+/// Declares a service's server settings as flags with `PREFIX_*` environment variables behind
+/// them, and their conversion to [`Limits`] (which names each variable in its messages).
+/// `request_timeout_ms` is the service's default time cap.
+#[macro_export]
+macro_rules! server_args {
+    ($name:ident, $prefix:literal, request_timeout_ms = $timeout:expr) => {
+        /// How the gRPC server treats connections and calls.
+        #[derive(Debug, Clone, clap::Args)]
+        pub struct $name {
+            /// Calls in flight per connection; more are refused at once with RESOURCE_EXHAUSTED.
+            #[arg(long, env = concat!($prefix, "_MAX_CONCURRENT_PER_CONNECTION"), default_value_t = 256)]
+            pub max_concurrent_per_connection: usize,
+
+            /// Client connections open at once; more are refused (an HTTP/2 GOAWAY naming this
+            /// setting) until some close.
+            #[arg(long, env = concat!($prefix, "_MAX_CONNECTIONS"), default_value_t = 1000)]
+            pub max_client_connections: usize,
+
+            /// A connection with no call in flight for this many seconds is closed (clients
+            /// reconnect when they next call).
+            #[arg(long, env = concat!($prefix, "_IDLE_TIMEOUT_SECS"), default_value_t = 300)]
+            pub idle_timeout_secs: u64,
+
+            /// Largest request message accepted, in bytes (larger ones are refused with
+            /// RESOURCE_EXHAUSTED).
+            #[arg(long, env = concat!($prefix, "_MAX_MESSAGE_BYTES"), default_value_t = 4 * 1024 * 1024)]
+            pub max_message_bytes: usize,
+
+            /// Bytes of request messages still arriving that the server holds at once, over all
+            /// calls; a call whose message would pass it is refused with RESOURCE_EXHAUSTED.
+            #[arg(long, env = concat!($prefix, "_REQUEST_BUFFER_BYTES"), default_value_t = 64 * 1024 * 1024)]
+            pub request_buffer_bytes: usize,
+
+            /// Time for a call's request message to arrive whole, in milliseconds; a call still
+            /// sending it then is ended with DEADLINE_EXCEEDED.
+            #[arg(long, env = concat!($prefix, "_REQUEST_READ_TIMEOUT_MS"), default_value_t = 10_000)]
+            pub request_read_timeout_ms: u64,
+
+            /// Server-side deadline of a call when the client sets none, in milliseconds; also
+            /// the longest deadline a client can ask for.
+            #[arg(long, env = concat!($prefix, "_REQUEST_TIMEOUT_MS"), default_value_t = $timeout)]
+            pub request_timeout_ms: u64,
+
+            /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
+            #[arg(long, env = concat!($prefix, "_DRAIN_TIMEOUT_MS"), default_value_t = 10_000)]
+            pub drain_timeout_ms: u64,
+        }
+
+        impl $name {
+            /// The settings as the server kit takes them; fails on settings that cannot work.
+            pub fn limits(&self) -> anyhow::Result<$crate::grpc_server::Limits> {
+                let limits = $crate::grpc_server::Limits {
+                    max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
+                    max_connections: self.max_client_connections.max(1),
+                    idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs.max(1)),
+                    max_message_bytes: self.max_message_bytes,
+                    request_buffer_bytes: self.request_buffer_bytes,
+                    request_read_timeout: std::time::Duration::from_millis(
+                        self.request_read_timeout_ms.max(1),
+                    ),
+                    request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+                    drain_timeout: std::time::Duration::from_millis(self.drain_timeout_ms),
+                    names: $crate::grpc_server::SettingNames {
+                        max_concurrent_per_connection: concat!(
+                            $prefix,
+                            "_MAX_CONCURRENT_PER_CONNECTION"
+                        ),
+                        max_connections: concat!($prefix, "_MAX_CONNECTIONS"),
+                        max_message_bytes: concat!($prefix, "_MAX_MESSAGE_BYTES"),
+                        request_buffer_bytes: concat!($prefix, "_REQUEST_BUFFER_BYTES"),
+                        request_read_timeout: concat!($prefix, "_REQUEST_READ_TIMEOUT_MS"),
+                    },
+                };
+                limits.check()?;
+                Ok(limits)
+            }
+        }
+    };
+}
+
+/// A server's limits, from its [`server_args!`] settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_concurrent_per_connection: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub request_buffer_bytes: usize,
+    pub request_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub names: SettingNames,
+}
+
+/// The environment variables behind [`Limits`], named in refusals and errors.
+#[derive(Debug, Clone)]
+pub struct SettingNames {
+    pub max_concurrent_per_connection: &'static str,
+    pub max_connections: &'static str,
+    pub max_message_bytes: &'static str,
+    pub request_buffer_bytes: &'static str,
+    pub request_read_timeout: &'static str,
+}
+
+impl Limits {
+    /// Refuses settings that cannot work together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.request_buffer_bytes < self.max_message_bytes {
+            anyhow::bail!(
+                "{}: {} is less than {} ({}): a message of the largest size accepted could never \
+                 be received",
+                self.names.request_buffer_bytes,
+                self.request_buffer_bytes,
+                self.names.max_message_bytes,
+                self.max_message_bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a service tells the kit besides its limits.
+pub struct GrpcServer {
+    pub limits: Limits,
+    /// Serve TLS (and require client certificates if the config says so).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The service's metrics registry: per-RPC and connection metrics go there.
+    pub registry: &'static SharedRegistry,
+    /// The service's own gRPC services (full names): observed by name and listed by reflection.
+    pub services: &'static [&'static str],
+}
+
+impl GrpcServer {
+    /// Serves `routes` (plus reflection) on `listener` until `shutdown` resolves, then drains
+    /// in-flight calls for at most the drain timeout.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let GrpcServer {
+            limits,
+            tls,
+            registry,
+            services,
+        } = self;
+        let (reflection_v1, reflection_v1alpha) = reflection_services(services)?;
+        // Open connections, shared by the accept loop and the per-connection call limit.
+        let connections = ConnTable::default();
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("TLS configuration")?;
+        }
+        let router = builder
+            .timeout(limits.request_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::client::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::client::HTTP2_CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Outermost: it sees every answer, refusals by the layers below included.
+            .layer(ObserveLayer::new(registry, services))
+            .layer(tower::util::MapResponseLayer::new(conventional_status))
+            // Overload is refused at once (RESOURCE_EXHAUSTED with RetryInfo) rather than
+            // queued without bound.
+            .layer(ConnectionLimitLayer::new(
+                limits.max_concurrent_per_connection,
+                limits.names.max_concurrent_per_connection,
+                connections.clone(),
+            ))
+            // Memory held for request messages still arriving is bounded over all connections.
+            .layer(RequestBudgetLayer::new(
+                limits.request_buffer_bytes,
+                limits.request_read_timeout,
+                (
+                    limits.names.request_buffer_bytes,
+                    limits.names.request_read_timeout,
+                ),
+            ))
+            .layer(DeadlineLayer::new(limits.request_timeout))
+            .add_routes(routes)
+            // Reflection needs no token: it describes the schema (no data), and grpcurl needs
+            // it to call health.
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        // Our accept loop: a connection limit, an idle timeout, TCP_NODELAY, and a pause when
+        // out of descriptors (dead peers are found by the HTTP/2 keepalive pings).
+        let incoming = listener::incoming(
+            listener,
+            listener::Limits {
+                max_connections: limits.max_connections,
+                idle_timeout: limits.idle_timeout,
+                setting: limits.names.max_connections,
+            },
+            connections,
+            registry,
+        );
+        serve_with_drain(
+            move |stop| router.serve_with_incoming_shutdown(incoming, stop),
+            shutdown,
+            limits.drain_timeout,
+        )
+        .await
+    }
+}
