@@ -76,6 +76,7 @@ impl Application {
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
         let limits = config.server.limits()?;
+        crate::hit_log::start(std::time::Duration::from_secs(config.hit_log_secs.max(1)));
         let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr

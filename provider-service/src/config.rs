@@ -130,6 +130,11 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_REFRESH_AHEAD_SECS", default_value_t = 0)]
     pub refresh_ahead_secs: u64,
 
+    /// Single-identifier cache hits are logged at DEBUG each, and summed up in one INFO line per
+    /// kind (`hits answered`) every this many seconds.
+    #[arg(long, env = "PROVIDER_HIT_LOG_SECS", default_value_t = 60)]
+    pub hit_log_secs: u64,
+
     /// Refresh-ahead: calls since its last refresh-ahead that make a document popular.
     #[arg(long, env = "PROVIDER_REFRESH_AHEAD_MIN_CALLS", default_value_t = 2)]
     pub refresh_ahead_min_calls: u32,

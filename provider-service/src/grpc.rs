@@ -110,10 +110,11 @@ fn request_id<T>(request: &Request<T>) -> String {
     shared::observe::request_id_text(request.metadata().as_ref()).to_string()
 }
 
-/// Answer logging. A single-identifier answer gets its own line. In a batch every identifier
-/// that was not a plain hit (created, refreshed, stale, error) gets its own line, and the batch
-/// one summary line with the count of each outcome when it is done, so a batch of a thousand
-/// hits costs one line, not a thousand.
+/// Answer logging. Every answer that was not a plain hit (created, refreshed, stale, error) gets
+/// its own line. A single-identifier hit gets a DEBUG line, and is counted for the periodic
+/// `hits answered` line ([`crate::hit_log`]); a batch gets one summary line with the count of
+/// each outcome when it is done. So hits stay visible (in that line, in the batch lines and in
+/// `documents_answers_total`) without a line each on the hot path.
 struct Summary {
     rpc: &'static str,
     request_id: String,
@@ -145,8 +146,21 @@ impl Summary {
         if !self.batch && r.outcome == Outcome::Error {
             // The call itself fails with this error: the server's call log has its WARN line.
             tracing::debug!(identifier = %r.identifier, kind = %r.kind, "answer failed");
-        } else if !self.batch || r.outcome != Outcome::Hit {
+        } else if r.outcome != Outcome::Hit {
             log_answer(self.rpc, &self.request_id, r, self.started);
+        } else if !self.batch {
+            crate::hit_log::HITS.count(&r.kind);
+            tracing::debug!(
+                rpc = self.rpc,
+                request_id = %self.request_id,
+                identifier = %r.identifier,
+                kind = %r.kind,
+                outcome = "hit",
+                document_id = %r.document_id,
+                version = r.version,
+                latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "answer"
+            );
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The document provider: configuration ([`config`]), start-up and shutdown ([`app`]), the gRPC
-//! services ([`grpc`], and [`admin`] for operators), the provisioning core ([`provisioner`]) with its
+//! services ([`grpc`], with [`hit_log`] summing up its hits, and [`admin`] for operators), the provisioning core ([`provisioner`]) with its
 //! in-memory view of fresh documents ([`hit_cache`]), refresh-ahead of popular documents
 //! ([`refresh_ahead`]) and the sources it fills documents from ([`sources`]).
 
@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod grpc;
 pub mod hit_cache;
+pub mod hit_log;
 pub mod metrics;
 pub mod provisioner;
 pub mod refresh_ahead;

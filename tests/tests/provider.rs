@@ -489,6 +489,78 @@ async fn services_starting_at_once_migrate_once(db: Db) {
 
 on_both_databases!(services_starting_at_once_migrate_once);
 
+/// Single-identifier hits are not logged one by one at INFO: the fill's answer has its line,
+/// the hits are summed up in one `hits answered` line per kind, and each is a DEBUG line.
+#[tokio::test]
+async fn single_hits_are_summed_up_in_a_periodic_line() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_LOG_SECS", "1")]).await;
+    let client = provider.client();
+    for _ in 0..5 {
+        client
+            .get_document("GNP", &DocumentOptions::new())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let summed: u64 = loop {
+        let log = provider.proc.logs();
+        let summed: u64 = log
+            .lines()
+            .filter(|l| l.contains("hits answered") && l.contains("kind=\"announcement\""))
+            .filter_map(|l| {
+                l.split("hits=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        if summed >= 4 {
+            let answers: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" INFO ") && l.contains("grpc: answer "))
+                .collect();
+            assert_eq!(
+                answers.len(),
+                1,
+                "only the fill has an INFO answer line: {log}"
+            );
+            assert!(answers[0].contains("outcome=\"created\""), "{log}");
+            break summed;
+        }
+        assert!(std::time::Instant::now() < deadline, "no hits line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(summed, 4, "the four hits, each counted once");
+    // At DEBUG each hit has its line too.
+    let db = Db::sqlite();
+    let verbose = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("RUST_LOG", "info,provider_service::grpc=debug")],
+    )
+    .await;
+    for _ in 0..2 {
+        verbose
+            .client()
+            .get_document("GNP", &DocumentOptions::new())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !verbose.proc.logs().contains("outcome=\"hit\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            verbose.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn batches_log_a_summary_and_every_non_hit() {
     let db = Db::sqlite();
