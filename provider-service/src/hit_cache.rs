@@ -1,8 +1,9 @@
 //! The in-memory view of fresh documents that lets a hit skip the database round trip.
 //!
-//! It is only used where the database announces every change (PostgreSQL LISTEN/NOTIFY through
-//! a trigger on `documents`), so an entry is dropped within milliseconds of any write by any
-//! process. While the change feed is down the cache is empty and unused.
+//! It is only used where the database announces changes: PostgreSQL each document's (LISTEN/NOTIFY
+//! through a trigger on `documents`), so an entry is dropped within milliseconds of any write by
+//! any process; SQLite only that something was committed (`PRAGMA data_version`, read every
+//! 100 ms), which empties the view. While the change feed is down the cache is empty and unused.
 //!
 //! Its staleness is bounded whatever the feed does. The feed sends itself a heartbeat through
 //! the database every 250 ms; notifications arrive in commit order, so a heartbeat sent at `s`

@@ -561,6 +561,8 @@ pub async fn age_document_by(db: &Db, source_id: &str, by: chrono::Duration) {
             .execute(&pool)
             .await
             .expect("age document");
+        // Providers see the commit through `PRAGMA data_version`, read every 100 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -619,10 +621,16 @@ pub struct PrivateCluster {
     dir: PathBuf,
     pub port: u16,
     bin: PathBuf,
+    options: String,
 }
 
 impl PrivateCluster {
     pub fn start() -> PrivateCluster {
+        Self::start_with("")
+    }
+
+    /// [`PrivateCluster::start`] with more server options (`-c name=value ...`).
+    pub fn start_with(options: &str) -> PrivateCluster {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL binaries under /usr/lib/postgresql")
             .filter_map(|e| e.ok())
@@ -632,7 +640,12 @@ impl PrivateCluster {
         let dir = std::env::temp_dir().join(format!("e2e-pg-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("cluster folder");
         let port = free_addr().rsplit(':').next().unwrap().parse().unwrap();
-        let c = PrivateCluster { dir, port, bin };
+        let c = PrivateCluster {
+            dir,
+            port,
+            bin,
+            options: options.to_string(),
+        };
         if Self::is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -708,9 +721,10 @@ impl PrivateCluster {
     fn try_start(&self) -> Result<(), String> {
         let data = self.dir.join("data");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         let log = self.dir.join("log");
         self.try_run(

@@ -206,8 +206,11 @@ impl Calls {
     }
 
     /// Answers that contradict each other: two document IDs for one source, or a version lower
-    /// than one already answered by a call that had finished before this one started.
-    pub fn wrong_answers(&self) -> Vec<String> {
+    /// than one already answered by a call that had finished more than `bound` before this one
+    /// started. Calls to one replica: a zero bound (versions never go backwards within a
+    /// replica); calls spread over replicas: the cross-replica staleness bound (README,
+    /// "Guarantees": 1 s).
+    pub fn wrong_answers(&self, bound: Duration) -> Vec<String> {
         let mut by_source: HashMap<&str, Vec<(&Call, &Answer)>> = HashMap::new();
         for c in &self.calls {
             if let Ok(a) = &c.answer {
@@ -226,7 +229,7 @@ impl Calls {
             for (c, a) in &answers {
                 let seen_before = answers
                     .iter()
-                    .filter(|(p, _)| p.started + p.took < c.started)
+                    .filter(|(p, _)| p.started + p.took + bound < c.started)
                     .map(|(_, p)| p.version)
                     .max()
                     .unwrap_or(0);

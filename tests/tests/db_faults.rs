@@ -96,7 +96,8 @@ async fn assert_answers_sound(calls: &Calls, url: &str, allowed: &[Code]) {
         "a call hung: {}",
         calls.describe()
     );
-    let wrong = calls.wrong_answers();
+    // One replica: versions never go backwards.
+    let wrong = calls.wrong_answers(Duration::ZERO);
     assert!(wrong.is_empty(), "{wrong:#?}");
     let store = storage::connect(url, 2).await.unwrap();
     let disagree = calls.disagreements_with(&*store).await;
@@ -396,11 +397,10 @@ async fn sqlite_locked_by_another_process() {
         calls.unexpected(&[])
     );
     assert!(calls.max_latency() < timeout, "{}", calls.describe());
-    assert!(
-        calls.wrong_answers().is_empty(),
-        "{:#?}",
-        calls.wrong_answers()
-    );
+    // Two replicas: no version older than one answered more than the cross-replica bound
+    // (1 s) before.
+    let wrong = calls.wrong_answers(Duration::from_secs(1));
+    assert!(wrong.is_empty(), "{wrong:#?}");
     let store = storage::connect(db.url(), 2).await.unwrap();
     let disagree = calls.disagreements_with(&*store).await;
     assert!(disagree.is_empty(), "{disagree:#?}");

@@ -1,10 +1,12 @@
-//! The in-memory hit view's promise, held whatever its change feed does (PostgreSQL, where the
-//! view is used): an answer never carries a version older, or an ID deleted, more than 1 s
-//! before the call began. The feed's LISTEN backend is frozen with SIGSTOP (a hung backend or a
+//! The in-memory hit view's promise, held whatever its change feed does: an answer never
+//! carries a version older, or an ID deleted, more than 1 s before the call began. On
+//! PostgreSQL: The feed's LISTEN backend is frozen with SIGSTOP (a hung backend or a
 //! stalled network: the connection stays open and silent) while another replica refreshes and
 //! while the row is deleted; and a change made without firing the trigger
 //! (`session_replication_role = replica`, as a restore or a repair does) is seen within the
-//! view's maximum age. Each call is recorded with its start time and checked against the bound.
+//! view's maximum age. On SQLite (where the feed reads `PRAGMA data_version`): the view is used,
+//! and another process's refresh and a delete are seen within the bound. Each call is recorded
+//! with its start time and checked against the bound.
 
 use std::{
     process::Command,
@@ -182,5 +184,72 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
     assert!(
         bad.is_empty(),
         "a change that bypassed the trigger was not seen within the maximum age: {bad:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
+    use shared::proto::documents::admin::v1::{admin_client::AdminClient, DescribeDocumentRequest};
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let viewer = Provider::start(db.url(), &ex.url, &[]).await;
+    let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
+    let (a, b) = (viewer.client(), writer.client());
+    a.get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+
+    // The view holds the document after a few hits: hits are answered from memory.
+    let mut admin = AdminClient::connect(viewer.url()).await.unwrap();
+    let describe = DescribeDocumentRequest {
+        identifier: "ASX:GNP".into(),
+        kind: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (id, v1) = loop {
+        let last = warm(&a).await;
+        let state = admin
+            .describe_document(describe.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        if state.in_memory {
+            break last;
+        }
+        assert!(Instant::now() < deadline, "never held in memory: {state:?}");
+    };
+
+    // 1. Another process refreshes the document.
+    let refreshed = b
+        .get_document("ASX:GNP", &DocumentOptions::new().force_refresh(true))
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    assert_eq!(
+        (refreshed.document_id.as_str(), refreshed.version),
+        (id.as_str(), v1 + 1)
+    );
+    let calls = record(&a, BOUND * 3).await;
+    let (late, bad) = late_stale(&calls, changed, |_, v| v < v1 + 1);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "old version answered past the bound: {bad:?}"
+    );
+
+    // 2. The row is deleted by hand.
+    let (id, _) = warm(&a).await;
+    let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+    sqlx::query("DELETE FROM documents WHERE source_id = 'ASX:GNP:announcement'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    let calls = record(&a, BOUND * 3).await;
+    let (late, bad) = late_stale(&calls, changed, |i, _| i == id);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "deleted ID answered past the bound: {bad:?}"
     );
 }

@@ -381,8 +381,9 @@ pub trait DocumentStore: Send + Sync + 'static {
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError>;
 
-    /// A feed of document changes made by any process, where the database can announce them
-    /// (PostgreSQL LISTEN/NOTIFY); `None` where it cannot (SQLite).
+    /// A feed of document changes made by any process: PostgreSQL announces each document
+    /// (LISTEN/NOTIFY), SQLite only that something changed (`Reset`, from `PRAGMA data_version`);
+    /// `None` where there is no feed (the in-memory store).
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
     }

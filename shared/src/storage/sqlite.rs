@@ -1,8 +1,17 @@
 //! SQLite implementation of [`DocumentStore`]: the zero-setup default. WAL journal and a busy
 //! timeout let a provider and a consumer share one file. All processes using a file are on one
 //! machine, so the local clock is the database's clock.
+//!
+//! Its change feed has no per-document announcements: a connection of its own reads
+//! `PRAGMA data_version` every [`WATCH_EVERY`], which changes when any other connection, of
+//! this process or another, commits. An unchanged value is a heartbeat (nothing was committed
+//! since the previous reading); a changed one resets the feed (forget everything), then beats.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,12 +20,14 @@ use sqlx::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
     },
     types::Json,
-    Row, SqlitePool,
+    ConnectOptions, Row, SqlitePool,
 };
+use tokio::sync::broadcast;
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, HeldLease,
-    Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Change, Claim, DocumentHead, DocumentStore, Fence,
+    HeldLease, Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument,
+    Written,
 };
 
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -26,12 +37,20 @@ const DOCUMENT_COLUMNS: &str =
     "id, source_type, source_id, title, content_markdown, content_json, \
      tags, content_hash, version, last_synced, created_at, updated_at";
 
+/// How often the change feed reads `PRAGMA data_version`: a commit is announced this long after
+/// it at most (well inside the hit view's staleness bound).
+pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, which the health ping checks can be written.
     path: std::path::PathBuf,
     recycler: super::Recycler,
+    /// How the pool connects, for the change feed's own connection.
+    options: SqliteConnectOptions,
+    changes: broadcast::Sender<Change>,
+    watching: Arc<OnceLock<()>>,
 }
 
 impl SqliteStore {
@@ -89,13 +108,67 @@ impl SqliteStore {
                 let keep = fresh.keep(meta.age);
                 Box::pin(async move { Ok(keep) })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         Ok(Self {
             pool,
             path,
             recycler,
+            options,
+            changes: broadcast::channel(4096).0,
+            watching: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Starts the change feed's task, once: it reads `PRAGMA data_version` on a connection of its
+    /// own (never used to write, so every commit is another connection's) while anyone listens.
+    fn start_watching(&self) {
+        if self.watching.set(()).is_err() {
+            return;
+        }
+        let options = self.options.clone();
+        let tx = self.changes.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if tx.receiver_count() == 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let mut conn = match options.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch for document changes; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                delay = Duration::from_millis(100);
+                let mut seen = None;
+                loop {
+                    let sent = tokio::time::Instant::now();
+                    match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                        .fetch_one(&mut conn)
+                        .await
+                    {
+                        Ok(version) => {
+                            if seen != Some(version) {
+                                seen = Some(version);
+                                let _ = tx.send(Change::Reset);
+                            }
+                            let _ = tx.send(Change::Heartbeat { sent });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "document change watch failed; reconnecting");
+                            let _ = tx.send(Change::Lost);
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(WATCH_EVERY).await;
+                }
+            }
+        });
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -233,6 +306,12 @@ impl DocumentStore for SqliteStore {
             }
         }
         self.recycler.observe(writable)
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        let rx = self.changes.subscribe();
+        self.start_watching();
+        Some(rx)
     }
 
     async fn lookup(
