@@ -12,6 +12,8 @@ use std::{
 };
 
 use clap::Parser;
+
+mod scale;
 use e2e::{
     harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
     procfs::measured,
@@ -51,8 +53,12 @@ struct Args {
     /// Connections of the raw sqlx baseline's pool.
     #[arg(long, default_value_t = 16)]
     db_pool: u32,
-    /// Scenarios to run, comma-separated: hit, swr, batch, fanout, coalesce, consumer.
-    #[arg(long, default_value = "hit,swr,batch,fanout,coalesce,consumer")]
+    /// Scenarios to run, comma-separated: hit, sqlite, startup, scale, swr, batch, fanout,
+    /// coalesce, consumer.
+    #[arg(
+        long,
+        default_value = "hit,sqlite,startup,scale,swr,batch,fanout,coalesce,consumer"
+    )]
     scenarios: String,
     /// Alternating slices the hit path and its health-check baseline are measured in.
     #[arg(long, default_value_t = 5)]
@@ -230,60 +236,16 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if wanted.contains(&"hit") {
-        let chans = channels(&url, args.channels).await;
         let hot: Arc<Vec<String>> = Arc::new(fresh[..100].to_vec());
-        let get = {
-            let chans = chans.clone();
-            let hot = hot.clone();
-            move |t: usize, i: usize| {
-                let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
-                let identifier = hot[i % hot.len()].clone();
-                async move {
-                    c.get_document(GetDocumentRequest {
-                        identifier,
-                        kind: String::new(),
-                        options: options(),
-                    })
-                    .await
-                    .is_ok_and(|r| r.get_ref().fresh)
-                }
-            }
-        };
-        let health = {
-            let chans = chans.clone();
-            move |t: usize, _| {
-                let mut c = HealthClient::new(chans[t % chans.len()].clone());
-                async move {
-                    c.check(HealthCheckRequest {
-                        service: "documents.v1.DocumentProvider".into(),
-                    })
-                    .await
-                    .is_ok()
-                }
-            }
-        };
-        let get = Arc::new(get);
-        let health = Arc::new(health);
-        let g = get.clone();
-        load(args.concurrency, warmup, move |t, i| g(t, i)).await;
-        let h = health.clone();
-        load(args.concurrency, warmup, move |t, i| h(t, i)).await;
-        // Alternate the two in short slices so that drift on a noisy machine hits both alike.
-        let slice = duration / args.rounds.max(1) as u32;
-        let (mut hits, mut checks) = (Load::empty(), Load::empty());
-        let (mut cpu, mut hcpu, mut rss, mut hrss) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        for _ in 0..args.rounds.max(1) {
-            let g = get.clone();
-            let (l, c, m) = measured(pid, load(args.concurrency, slice, move |t, i| g(t, i))).await;
-            hits.merge(l);
-            cpu = cpu.max(c);
-            rss = rss.max(m);
-            let h = health.clone();
-            let (l, c, m) = measured(pid, load(args.concurrency, slice, move |t, i| h(t, i))).await;
-            checks.merge(l);
-            hcpu = hcpu.max(c);
-            hrss = hrss.max(m);
-        }
+        let run = hits_against_health(&url, pid, hot.clone(), &args).await;
+        let HitRun {
+            hits,
+            checks,
+            cpu,
+            hcpu,
+            rss,
+            hrss,
+        } = run;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(args.db_pool)
             .connect(db.url())
@@ -310,8 +272,11 @@ async fn main() -> anyhow::Result<()> {
         let r = raw.clone();
         let selects = load(args.concurrency, duration, move |t, i| r(t, i)).await;
         let note = format!(
-            "{} errors; {} in flight over {} channels",
-            hits.errors, args.concurrency, args.channels
+            "{} errors; {} in flight over {} channels; p99 {:.2}x the baseline's",
+            hits.errors,
+            args.concurrency,
+            args.channels,
+            hits.pct(0.99).unwrap_or(0.0) / checks.pct(0.99).unwrap_or(1.0)
         );
         rows.push(Row {
             scenario: "1 hit GetDocument".into(),
@@ -350,6 +315,87 @@ async fn main() -> anyhow::Result<()> {
             note: format!("pool of {}", args.db_pool),
         });
         pool.close().await;
+    }
+
+    if wanted.contains(&"sqlite") {
+        // The embedded default: the same hit path on SQLite, whose hit view is fed by
+        // `PRAGMA data_version`.
+        let lite_db = Db::sqlite();
+        let lite = Provider::start(lite_db.url(), &ex.url, &env_ref).await;
+        let hot: Arc<Vec<String>> = Arc::new(ids(0, 100));
+        let preload = lite
+            .client()
+            .get_documents(&hot, &shared::DocumentOptions::new())
+            .await?;
+        anyhow::ensure!(preload.iter().all(|r| r.is_ok()), "preloading failed");
+        let run = hits_against_health(&lite.url(), lite.proc.pid(), hot, &args).await;
+        rows.push(Row {
+            scenario: "7 hit GetDocument, SQLite".into(),
+            rate: run.hits.rate(),
+            unit: "calls/s",
+            p50_ms: run.hits.pct(0.5),
+            p99_ms: run.hits.pct(0.99),
+            cpu: Some(run.cpu),
+            rss_mb: Some(run.rss),
+            baseline: "Health/Check".into(),
+            baseline_rate: run.checks.rate(),
+            note: format!(
+                "{} errors; p99 {:.2}x the baseline's",
+                run.hits.errors,
+                run.hits.pct(0.99).unwrap_or(0.0) / run.checks.pct(0.99).unwrap_or(1.0)
+            ),
+        });
+        rows.push(Row {
+            scenario: "  baseline Health/Check, SQLite".into(),
+            rate: run.checks.rate(),
+            unit: "calls/s",
+            p50_ms: run.checks.pct(0.5),
+            p99_ms: run.checks.pct(0.99),
+            cpu: Some(run.hcpu),
+            rss_mb: Some(run.hrss),
+            baseline: "itself".into(),
+            baseline_rate: run.checks.rate(),
+            note: format!("{} errors", run.checks.errors),
+        });
+    }
+
+    if wanted.contains(&"startup") {
+        // From spawn to SERVING on a fresh database (migrations included), median of 5.
+        for (postgres, name) in [(false, "SQLite"), (true, "PostgreSQL")] {
+            let ms = start_up_ms(postgres, &ex.url, 5).await;
+            rows.push(Row {
+                scenario: format!("8 start-up to SERVING, {name}"),
+                rate: ms,
+                unit: "ms",
+                p50_ms: None,
+                p99_ms: None,
+                cpu: None,
+                rss_mb: None,
+                baseline: "itself".into(),
+                baseline_rate: ms,
+                note: "fresh database, migrations applied; median of 5".into(),
+            });
+        }
+        let size = image_size_mb("documents:latest");
+        rows.push(Row {
+            scenario: "  image documents:latest".into(),
+            rate: size.unwrap_or(f64::NAN),
+            unit: "MB",
+            p50_ms: None,
+            p99_ms: None,
+            cpu: None,
+            rss_mb: None,
+            baseline: "itself".into(),
+            baseline_rate: size.unwrap_or(f64::NAN),
+            note: match size {
+                Some(_) => "docker image inspect".into(),
+                None => "n/a: no Docker engine or no image built".into(),
+            },
+        });
+    }
+
+    if wanted.contains(&"scale") {
+        scale::run(&args, &ex, &env_ref, &mut rows).await?;
     }
 
     if wanted.contains(&"swr") {
@@ -745,6 +791,120 @@ async fn main() -> anyhow::Result<()> {
 
     print_table(&rows, &args);
     Ok(())
+}
+
+/// Hits on `hot` and Health/Check on the same server, alternated in short slices so that drift
+/// on a noisy machine hits both alike.
+struct HitRun {
+    hits: Load,
+    checks: Load,
+    cpu: f64,
+    hcpu: f64,
+    rss: f64,
+    hrss: f64,
+}
+
+async fn hits_against_health(url: &str, pid: u32, hot: Arc<Vec<String>>, args: &Args) -> HitRun {
+    let duration = Duration::from_secs(args.duration_secs);
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let chans = channels(url, args.channels).await;
+    let get = {
+        let chans = chans.clone();
+        move |t: usize, i: usize| {
+            let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
+            let identifier = hot[i % hot.len()].clone();
+            async move {
+                c.get_document(GetDocumentRequest {
+                    identifier,
+                    kind: String::new(),
+                    options: options(),
+                })
+                .await
+                .is_ok_and(|r| r.get_ref().fresh)
+            }
+        }
+    };
+    let health = move |t: usize, _| {
+        let mut c = HealthClient::new(chans[t % chans.len()].clone());
+        async move {
+            c.check(HealthCheckRequest {
+                service: "documents.v1.DocumentProvider".into(),
+            })
+            .await
+            .is_ok()
+        }
+    };
+    let get = Arc::new(get);
+    let health = Arc::new(health);
+    let g = get.clone();
+    load(args.concurrency, warmup, move |t, i| g(t, i)).await;
+    let h = health.clone();
+    load(args.concurrency, warmup, move |t, i| h(t, i)).await;
+    let slice = duration / args.rounds.max(1) as u32;
+    let mut run = HitRun {
+        hits: Load::empty(),
+        checks: Load::empty(),
+        cpu: 0.0,
+        hcpu: 0.0,
+        rss: 0.0,
+        hrss: 0.0,
+    };
+    for _ in 0..args.rounds.max(1) {
+        let g = get.clone();
+        let (l, c, m) = measured(pid, load(args.concurrency, slice, move |t, i| g(t, i))).await;
+        run.hits.merge(l);
+        run.cpu = run.cpu.max(c);
+        run.rss = run.rss.max(m);
+        let h = health.clone();
+        let (l, c, m) = measured(pid, load(args.concurrency, slice, move |t, i| h(t, i))).await;
+        run.checks.merge(l);
+        run.hcpu = run.hcpu.max(c);
+        run.hrss = run.hrss.max(m);
+    }
+    run
+}
+
+/// Milliseconds from a provider's spawn until its health says SERVING, on a fresh database
+/// (so migrations included), the median of `runs`.
+async fn start_up_ms(postgres: bool, upstream: &str, runs: usize) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let db = if postgres {
+            Db::postgres()
+        } else {
+            Db::sqlite()
+        };
+        let addr = e2e::harness::free_addr();
+        let started = Instant::now();
+        let provider = Provider::spawn_at(&addr, db.url(), upstream, &[]);
+        loop {
+            if shared::server::healthcheck(&addr, "documents.v1.DocumentProvider")
+                .await
+                .unwrap_or(false)
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the provider was never SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(provider);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The image's size in MB, if a Docker engine answers and holds `image`.
+fn image_size_mb(image: &str) -> Option<f64> {
+    let out = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Size}}", image])
+        .output()
+        .ok()?;
+    let bytes: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(bytes / 1e6)
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
