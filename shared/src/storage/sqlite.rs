@@ -20,7 +20,7 @@ use sqlx::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
     },
     types::Json,
-    ConnectOptions, Row, SqlitePool,
+    ConnectOptions, Connection, Row, SqlitePool,
 };
 use tokio::sync::broadcast;
 
@@ -99,6 +99,9 @@ impl SqliteStore {
         let fresh = recycler.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            // One connection always open: the file's last close removes the WAL files, which
+            // the next connection would make again with the file's mode of the moment.
+            .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_release(move |_, meta| {
                 let keep = keep.keep(meta.age);
@@ -118,6 +121,31 @@ impl SqliteStore {
             changes: broadcast::channel(4096).0,
             watching: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// A write rolled back, on a connection of its own opened now.
+    async fn probe_write(&self) -> Result<(), StorageError> {
+        let mut conn = self
+            .options
+            .clone()
+            .busy_timeout(Duration::ZERO)
+            .connect()
+            .await?;
+        let wrote = match sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            Ok(_) => {
+                let wrote = sqlx::query(
+                    "UPDATE schema_compatibility SET oldest_compatible = oldest_compatible WHERE id = 1",
+                )
+                .execute(&mut conn)
+                .await;
+                // SQLite may have ended the transaction itself after the error.
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                wrote.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let _ = conn.close().await;
+        Ok(wrote?)
     }
 
     /// Starts the change feed's task, once: it reads `PRAGMA data_version` on a connection of its
@@ -261,50 +289,25 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        // Writable? Ask SQLite with a write that is rolled back: a read-only connection (a file
-        // or file system it cannot write) refuses it with SQLITE_READONLY. Not waiting for the
-        // write lock: a busy database is being written, so it is writable. (Opening the file
-        // here instead would be wrong: closing any descriptor of it drops SQLite's locks.)
-        let mut conn = self.pool.acquire().await?;
-        let _ = sqlx::query("PRAGMA busy_timeout = 0")
-            .execute(&mut *conn)
-            .await;
-        let wrote = match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-            Ok(_) => {
-                let wrote = sqlx::query(
-                    "UPDATE schema_compatibility SET oldest_compatible = oldest_compatible WHERE id = 1",
-                )
-                .execute(&mut *conn)
-                .await;
-                // SQLite may have ended the transaction itself after the error.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                wrote.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        let _ = sqlx::query("PRAGMA busy_timeout = 10000")
-            .execute(&mut *conn)
-            .await;
-        let writable = match wrote {
+        // Answers at all? Through the pool.
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // Writable? On a connection opened now (pooled ones keep the access their descriptor
+        // was opened with, so they say nothing of the file as it is), with a write that is rolled
+        // back: a file or file system it cannot write refuses it with SQLITE_READONLY. Not
+        // waiting for the write lock: a busy database is being written, so it is writable. The
+        // pool stays open meanwhile, so closing this connection never closes the file's last
+        // one (which would remove the WAL files and have them made again, with the read-only
+        // file's mode, by the next connection).
+        let writable = match self.probe_write().await {
             Ok(()) => Ok(()),
-            Err(e) => match StorageError::from(e) {
-                StorageError::ReadOnly(cause) => Err(format!(
-                    "{} cannot be written: {cause}",
-                    self.path.display()
-                )),
-                // Busy: another connection holds the write lock, so writes are possible.
-                StorageError::Unavailable(_) => Ok(()),
-                other => return Err(other),
-            },
+            Err(StorageError::ReadOnly(cause)) => Err(format!(
+                "{} cannot be written: {cause}",
+                self.path.display()
+            )),
+            // Busy: another connection holds the write lock, so writes are possible.
+            Err(StorageError::Unavailable(_)) => Ok(()),
+            Err(other) => return Err(other),
         };
-        drop(conn);
-        if writable.is_err() {
-            // Close every idle connection now: a read-only one keeps the WAL index (shared by
-            // the process's connections to the file) read-only for the new ones too.
-            while let Some(idle) = self.pool.try_acquire() {
-                let _ = idle.close().await;
-            }
-        }
         self.recycler.observe(writable)
     }
 
