@@ -12,10 +12,8 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
+    let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
-    // sqlx::migrate! embeds the migration folders at compile time: a new migration must rebuild.
-    println!("cargo:rerun-if-changed=migrations");
     for proto in PROTOS {
         println!(
             "cargo:rerun-if-changed={}",

@@ -1,28 +1,25 @@
-//! Everything the provider and the consumer share: the generated gRPC code ([`proto`]), the
-//! domain types ([`ticker`], [`kind`], [`provider`]), the storage layer ([`storage`]), the
-//! provider client ([`client`]) and server/telemetry plumbing ([`server`], [`telemetry`]).
+//! What the two services share beyond the API crate ([`documents_api`], re-exported here under
+//! the same names): the storage layer ([`storage`]), and the service kit: one server builder
+//! ([`grpc_server`]) with its accept loop ([`listener`]), layers ([`observe`],
+//! [`request_budget`], [`server`]), health and shutdown ([`server`]), security ([`security`]),
+//! metrics ([`metrics`]), logging ([`telemetry`]), span export ([`trace`]) and the database
+//! settings ([`config`]).
 
-pub mod client;
+pub use documents_api::{client, kind, proto, provider, ticker, trace_context};
+
 pub mod config;
 pub mod grpc_server;
-pub mod kind;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
-pub mod proto;
-pub mod provider;
 pub mod request_budget;
 pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
-pub mod ticker;
 pub mod trace;
 
-pub use client::{ClientConfig, ProviderClient};
-pub use kind::Kind;
-pub use provider::{
-    DocumentOptions, DocumentProvider, DocumentProvisioner, DocumentResult, ItemError, Outcome,
-    Provisioned,
+pub use documents_api::{
+    ClientConfig, DocumentOptions, DocumentProvider, DocumentProvisioner, DocumentResult,
+    ItemError, Kind, Outcome, ProviderClient, Provisioned, Ticker, TickerError,
 };
-pub use ticker::{Ticker, TickerError};

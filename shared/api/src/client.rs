@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use shared::{DocumentOptions, DocumentProvider, ProviderClient};
+//! use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
 //! let provider = ProviderClient::connect("http://127.0.0.1:50051")?;
 //! let result = provider.get_document("ASX:GNP", &DocumentOptions::new().cache_hours(24)).await?;
 //! println!("{} v{}", result.document_id, result.version);
@@ -507,7 +507,7 @@ fn with_deadline<T>(
         req.metadata_mut().insert("x-request-id", id.clone());
     }
     // The provider joins the caller's trace (W3C traceparent).
-    if let Some(trace) = crate::trace::TraceContext::current() {
+    if let Some(trace) = crate::trace_context::TraceContext::current() {
         trace.inject(req.metadata_mut().as_mut());
     }
     req

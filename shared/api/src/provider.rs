@@ -20,7 +20,7 @@ pub const MAX_CACHE_HOURS: u32 = 87_600;
 /// How a caller wants its documents provisioned. Built with chained setters:
 ///
 /// ```
-/// use shared::{DocumentOptions, Kind};
+/// use documents_api::{DocumentOptions, Kind};
 /// let opts = DocumentOptions::new().cache_hours(6).force_refresh(false).kind(Kind::MarketData);
 /// assert_eq!(opts.cache_hours, Some(6));
 /// ```

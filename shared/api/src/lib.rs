@@ -1,0 +1,33 @@
+//! The document provider's API for callers: the generated gRPC code ([`proto`]), identifiers
+//! ([`ticker`]) and kinds ([`kind`]), the `DocumentProvider` trait with its options and results
+//! ([`provider`]), a tonic client implementing it ([`client`]), and W3C trace context
+//! ([`trace_context`]) the client carries. No database, server or command-line stack: a caller's
+//! build pulls in tonic's client and little else.
+//!
+//! ```no_run
+//! use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let client = ProviderClient::connect("http://127.0.0.1:50051")?;
+//! let doc = client
+//!     .get_document("ASX:GNP", &DocumentOptions::new().cache_hours(24))
+//!     .await?;
+//! println!("{} v{} fresh={}", doc.document_id, doc.version, doc.fresh);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod client;
+pub mod kind;
+pub mod proto;
+pub mod provider;
+pub mod ticker;
+pub mod trace_context;
+
+pub use client::{ClientConfig, ProviderClient};
+pub use kind::Kind;
+pub use provider::{
+    DocumentOptions, DocumentProvider, DocumentProvisioner, DocumentResult, ItemError, Outcome,
+    Provisioned,
+};
+pub use ticker::{Ticker, TickerError};
