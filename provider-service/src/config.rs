@@ -95,11 +95,12 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_MAX_BATCH_SIZE", default_value_t = 1000)]
     pub max_batch_size: usize,
 
-    /// Fills running at once in this process.
+    /// Upstream fetches of fills running at once in this process (a fill's writing, after its
+    /// fetch, is bounded by the database pool).
     #[arg(long, env = "PROVIDER_FILL_CONCURRENCY", default_value_t = 32)]
     pub fill_concurrency: usize,
 
-    /// Fills fetching at once in this process, per source (kind).
+    /// Upstream fetches of fills running at once in this process, per source (kind).
     #[arg(
         long,
         env = "PROVIDER_FILL_CONCURRENCY_PER_SOURCE",
@@ -116,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_NEGATIVE_CACHE_MS", default_value_t = 5_000)]
     pub negative_cache_ms: u64,
 
-    /// Answer hits from memory where the database announces changes (PostgreSQL LISTEN/NOTIFY).
+    /// Answer hits from memory, kept in step by the database's change feed (PostgreSQL LISTEN/NOTIFY,
+    /// SQLite PRAGMA data_version).
     #[arg(long, env = "PROVIDER_HIT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub hit_cache: bool,
 
