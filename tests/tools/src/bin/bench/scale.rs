@@ -10,7 +10,11 @@ use sample_exchange::Control;
 use shared::{DocumentOptions, DocumentProvider, ProviderClient};
 use sqlx::PgPool;
 
-use super::{ids, load, Args, Row};
+use shared::proto::documents::v1::{
+    document_provider_client::DocumentProviderClient, GetDocumentRequest,
+};
+
+use super::{channels, ids, load, options, Args, Row};
 
 /// Statements the database has run, but the counting queries themselves.
 async fn statements(admin: &PgPool) -> f64 {
@@ -244,11 +248,26 @@ pub async fn run(
                 .await;
         let clients: Arc<Vec<ProviderClient>> =
             Arc::new(providers.iter().map(|p| p.client()).collect());
+        // Hits as scenario 1 makes them: generated stubs over two connections per replica.
+        let mut chans = Vec::new();
+        for p in &providers {
+            chans.extend(channels(&p.url(), 2).await);
+        }
+        let chans = Arc::new(chans);
         let hot: Arc<Vec<String>> = Arc::new(ids(0, 200));
-        let (cs, h) = (clients.clone(), hot.clone());
+        let (cs, h) = (chans.clone(), hot.clone());
         let hits = load(args.concurrency, duration, move |t, i| {
-            let (c, id) = (cs[t % cs.len()].clone(), h[i % h.len()].clone());
-            async move { c.get_document(&id, &DocumentOptions::new()).await.is_ok() }
+            let mut c = DocumentProviderClient::new(cs[t % cs.len()].clone());
+            let identifier = h[i % h.len()].clone();
+            async move {
+                c.get_document(GetDocumentRequest {
+                    identifier,
+                    kind: String::new(),
+                    options: options(),
+                })
+                .await
+                .is_ok_and(|r| r.get_ref().fresh)
+            }
         })
         .await;
         let cs = clients.clone();
@@ -256,7 +275,7 @@ pub async fn run(
             let c = cs[t % cs.len()].clone();
             // New codes of this run's own series (each run its own documents).
             let batch: Vec<String> = (0..20)
-                .map(|k| format!("ASX:{series}{:04}", (i * 20 + k) % 10_000))
+                .map(|k| format!("ASX:{series}{:05}", (i * 20 + k) % 100_000))
                 .collect();
             async move {
                 c.get_documents(&batch, &DocumentOptions::new())
