@@ -14,6 +14,7 @@ use shared::{
     grpc_server::GrpcServer,
     proto::{consumer::v1::consumer_server::ConsumerServer, CONSUMER_SERVICE_NAME},
     server::{health_service, set_serving},
+    shutdown::Background,
     storage, ProviderClient,
 };
 use tokio::net::TcpListener;
@@ -77,6 +78,8 @@ impl Application {
         let Application { config, listener } = self;
         let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
         let limits = config.server.limits()?;
+        // Every background loop obeys this, and stops once the calls are drained.
+        let background = Background::new();
         let cell = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -87,6 +90,7 @@ impl Application {
                 addr,
                 crate::metrics::METRICS.registry.clone(),
                 Arc::new(|| {}),
+                &background,
             )
             .await?;
         }
@@ -96,6 +100,9 @@ impl Application {
         let url = config.database.url()?;
         let database = shared::server::DatabaseStatus::up();
         let watched = database.clone();
+        let loops = background.clone();
+        let stores: Arc<OnceLock<Arc<dyn storage::DocumentStore>>> = Arc::default();
+        let ready_store = stores.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(
                 &url,
@@ -103,11 +110,18 @@ impl Application {
                 ready_config.database.migrate,
             )
             .await;
+            let _ = ready_store.set(store.clone());
             match processor_with(&ready_config, store.clone()) {
                 Ok(p) => {
                     let _ = ready_cell.set(p);
                     set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
-                    shared::server::watch_database(health, CONSUMER_SERVICE_NAME, store, watched);
+                    shared::server::watch_database(
+                        health,
+                        CONSUMER_SERVICE_NAME,
+                        store,
+                        watched,
+                        &loops,
+                    );
                     tracing::info!("database ready: serving");
                 }
                 Err(e) => tracing::error!(error = %e, "cannot build the processor"),
@@ -130,7 +144,16 @@ impl Application {
         }
         .serve(routes.routes(), listener, shutdown)
         .await;
+        // The calls are drained: stop the loops, then close the pool.
         ready.abort();
+        let stopped = background.stop(Duration::from_secs(5)).await;
+        if let Some(store) = stores.get() {
+            store.close().await;
+        }
+        tracing::info!(
+            tasks = stopped,
+            "background tasks stopped, database pool closed"
+        );
         result
     }
 }

@@ -16,6 +16,7 @@ use shared::{
         PROVIDER_SERVICE_NAME,
     },
     server::{health_service, set_serving},
+    shutdown::Background,
     storage,
 };
 use tokio::net::TcpListener;
@@ -76,7 +77,12 @@ impl Application {
         let sources = sources::build(&config.source_settings()?)?;
         let (health, health_svc) = health_service(PROVIDER_SERVICE_NAME).await;
         let limits = config.server.limits()?;
-        crate::hit_log::start(std::time::Duration::from_secs(config.hit_log_secs.max(1)));
+        // Every background loop obeys this, and stops once the calls are drained.
+        let background = Background::new();
+        crate::hit_log::start(
+            std::time::Duration::from_secs(config.hit_log_secs.max(1)),
+            &background,
+        );
         let provisioner: Arc<OnceLock<Arc<Provisioner>>> = Arc::new(OnceLock::new());
         if let Some(addr) = config
             .metrics_addr
@@ -90,7 +96,8 @@ impl Application {
                     METRICS.pool(open, idle);
                 }
             });
-            shared::metrics::serve(addr, METRICS.registry.clone(), sample_pool).await?;
+            shared::metrics::serve(addr, METRICS.registry.clone(), sample_pool, &background)
+                .await?;
         }
 
         // The database comes up in the background; until then health says NOT_SERVING and
@@ -101,20 +108,22 @@ impl Application {
         let migrate = config.database.migrate;
         let database = shared::server::DatabaseStatus::up();
         let watched = database.clone();
+        let loops = background.clone();
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
             let provisioner = Arc::new(Provisioner::new(store.clone(), sources, settings));
-            provisioner.sweep_abandoned_leases();
-            provisioner.start_refresh_ahead();
+            provisioner.sweep_abandoned_leases(&loops);
+            provisioner.start_refresh_ahead(&loops);
             let _ = cell.set(provisioner);
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
-            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched);
+            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched, &loops);
             tracing::info!("database ready: serving");
         });
 
         let admin = shared::proto::documents::admin::v1::admin_server::AdminServer::new(
             crate::admin::AdminService::new(provisioner.clone()),
         );
+        let on_stop = provisioner.clone();
         let service = DocumentProviderServer::new(ProviderService::new(
             provisioner,
             database,
@@ -139,7 +148,16 @@ impl Application {
         }
         .serve(routes.routes(), listener, shutdown)
         .await;
+        // The calls are drained: stop the loops, then close the pool.
         ready.abort();
+        let stopped = background.stop(std::time::Duration::from_secs(5)).await;
+        if let Some(p) = on_stop.get() {
+            p.store().close().await;
+        }
+        tracing::info!(
+            tasks = stopped,
+            "background tasks stopped, database pool closed"
+        );
         result
     }
 }

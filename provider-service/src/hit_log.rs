@@ -36,9 +36,9 @@ impl HitTally {
 }
 
 /// Writes the `hits answered` lines every `interval` (nothing when there was no hit), until the
-/// process ends.
-pub fn start(interval: Duration) {
-    tokio::spawn(async move {
+/// process stops (`background`).
+pub fn start(interval: Duration, background: &shared::shutdown::Background) {
+    background.spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tick.tick().await;

@@ -89,13 +89,18 @@ impl Popularity {
     }
 }
 
-/// Runs refresh-ahead for `provisioner` until it is dropped.
-pub fn spawn(provisioner: &Arc<Provisioner>, popularity: Arc<Popularity>, tuning: RefreshAhead) {
+/// Runs refresh-ahead for `provisioner` until it is dropped or the process stops (`background`).
+pub fn spawn(
+    provisioner: &Arc<Provisioner>,
+    popularity: Arc<Popularity>,
+    tuning: RefreshAhead,
+    background: &shared::shutdown::Background,
+) {
     let weak: Weak<Provisioner> = Arc::downgrade(provisioner);
     let ahead = Arc::new(Semaphore::new(
         (provisioner.settings().fill_concurrency / 2).max(1),
     ));
-    tokio::spawn(async move {
+    background.spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -705,7 +705,7 @@ async fn refresh_ahead_refreshes_popular_documents_before_they_go_stale() {
             min_calls: 2,
         })
     });
-    p.start_refresh_ahead();
+    p.start_refresh_ahead(&shared::shutdown::Background::new());
     one(&p, "GNP", req()).await; // created: asked once
     one(&p, "GNP", req()).await; // a hit: asked twice, popular
     one(&p, "BHP", req()).await; // asked once: not popular

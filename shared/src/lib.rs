@@ -1,7 +1,7 @@
 //! What the two services share beyond the API crate ([`documents_api`], re-exported here under
 //! the same names): the storage layer ([`storage`]), and the service kit: one server builder
 //! ([`grpc_server`]) with its accept loop ([`listener`]), layers ([`observe`],
-//! [`request_budget`], [`server`]), health and shutdown ([`server`]), security ([`security`]),
+//! [`request_budget`], [`server`]), health ([`server`]), the background loops' shutdown ([`shutdown`]), security ([`security`]),
 //! metrics ([`metrics`]), logging ([`telemetry`]), span export ([`trace`]) and the database
 //! settings ([`config`]).
 
@@ -15,6 +15,7 @@ pub mod observe;
 pub mod request_budget;
 pub mod security;
 pub mod server;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod trace;

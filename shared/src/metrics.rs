@@ -30,6 +30,7 @@ pub async fn serve(
     addr: &str,
     registry: SharedRegistry,
     before_scrape: BeforeScrape,
+    background: &crate::shutdown::Background,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
@@ -89,7 +90,7 @@ pub async fn serve(
             }
         }),
     );
-    tokio::spawn(async move {
+    background.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics endpoint stopped");
         }

@@ -75,14 +75,15 @@ impl DatabaseStatus {
 /// Keeps health in step with the database after start-up: pings it every second and reports
 /// NOT_SERVING while it does not answer or refuses writes (calls then fail with UNAVAILABLE,
 /// naming the cause), SERVING again once it takes writes; `status` follows. Runs until the
-/// process ends.
+/// process stops (`background`).
 pub fn watch_database(
     reporter: HealthReporter,
     service_name: &'static str,
     store: Arc<dyn crate::storage::DocumentStore>,
     status: DatabaseStatus,
+    background: &crate::shutdown::Background,
 ) {
-    tokio::spawn(async move {
+    background.spawn(async move {
         let mut serving = true;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -703,3 +703,27 @@ async fn request_id_reaches_the_providers_log() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SIGTERM: the consumer drains, stops its background loops (the database watch), closes its
+/// pool and exits 0. (Multi-threaded: `wait_exit` blocks its thread, and the harness's own
+/// health-check connection must still answer the server's GOAWAY meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_consumers_loops_and_closes_its_pool() {
+    let db = Db::sqlite();
+    let mut consumer = e2e::harness::ConsumerProc::start(db.url(), "http://127.0.0.1:9", &[]).await;
+    consumer.proc.signal("TERM");
+    let status = consumer
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("the consumer exits");
+    assert!(status.success(), "{status:?}");
+    let logs = consumer.proc.logs();
+    assert!(
+        logs.contains("background tasks stopped, database pool closed"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("drain time exceeded"),
+        "nothing to drain: {logs}"
+    );
+}

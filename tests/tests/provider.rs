@@ -428,10 +428,31 @@ async fn sigterm_drains_in_flight_calls() {
         .wait_exit(Duration::from_secs(10))
         .expect("provider exits after draining");
     assert!(status.success(), "{status:?}");
+    // Then the background loops stopped (the database watch, the lease sweeper, the hit
+    // summary at least) and the pool closed, in that order after the drain.
+    let logs = provider.proc.logs();
+    let stopped = logs
+        .lines()
+        .find(|l| l.contains("background tasks stopped, database pool closed"))
+        .unwrap_or_else(|| panic!("no shutdown line: {logs}"));
+    let tasks: usize = stopped
+        .split("tasks=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert!(tasks >= 3, "{stopped}");
+    let drained = logs
+        .find("draining in-flight calls")
+        .expect("the drain is logged");
+    assert!(
+        drained < logs.find("background tasks stopped").unwrap(),
+        "{logs}"
+    );
     e2e::record::Record {
         class: "process".into(),
         case: "provider sent SIGTERM with a 1.5 s fill in flight".into(),
-        observed: "the in-flight call completed OK, then the process exited 0".into(),
+        observed: format!("the in-flight call completed OK, then {tasks} background loops stopped, the pool closed and the process exited 0"),
         sent: 1,
         outcomes: [("OK".to_string(), 1)].into(),
         test: "provider::sigterm_drains_in_flight_calls".into(),

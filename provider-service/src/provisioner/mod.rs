@@ -372,10 +372,10 @@ impl Provisioner {
 
     /// Starts refresh-ahead when the settings ask for it (it stops when the provisioner is
     /// dropped).
-    pub fn start_refresh_ahead(self: &Arc<Self>) {
+    pub fn start_refresh_ahead(self: &Arc<Self>, background: &shared::shutdown::Background) {
         if let (Some(popularity), Some(tuning)) = (&self.popularity, self.settings().refresh_ahead)
         {
-            crate::refresh_ahead::spawn(self, popularity.clone(), tuning);
+            crate::refresh_ahead::spawn(self, popularity.clone(), tuning, background);
         }
     }
 

@@ -391,6 +391,10 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Connections in the pool: (open, idle).
     fn pool_usage(&self) -> (u32, usize);
 
+    /// Stops the store's own task (the change feed) and closes its pool: the last thing a
+    /// process does with its database on shutdown.
+    async fn close(&self) {}
+
     /// The lease of a document, if one was ever claimed.
     async fn lease(
         &self,

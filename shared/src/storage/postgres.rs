@@ -68,6 +68,8 @@ pub struct PostgresStore {
     recycler: super::Recycler,
     changes: broadcast::Sender<Change>,
     listening: Arc<OnceLock<()>>,
+    /// The change feed's task, stopped by `close`.
+    feed: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl PostgresStore {
@@ -99,6 +101,7 @@ impl PostgresStore {
             recycler,
             changes: broadcast::channel(4096).0,
             listening: Arc::new(OnceLock::new()),
+            feed: Arc::default(),
         })
     }
 
@@ -150,7 +153,7 @@ impl PostgresStore {
         let pool = self.pool.clone();
         let tx = self.changes.clone();
         let feed_id = uuid::Uuid::now_v7().simple().to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
                 if tx.receiver_count() == 0 {
@@ -214,6 +217,9 @@ impl PostgresStore {
                 drop(heartbeats);
             }
         });
+        if let Ok(mut feed) = self.feed.lock() {
+            *feed = Some(task.abort_handle());
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -509,6 +515,14 @@ impl DocumentStore for PostgresStore {
             inserted: head.version == 1,
             head,
         })
+    }
+
+    async fn close(&self) {
+        let feed = self.feed.lock().ok().and_then(|mut f| f.take());
+        if let Some(feed) = feed {
+            feed.abort();
+        }
+        self.pool.close().await;
     }
 
     fn pool_usage(&self) -> (u32, usize) {

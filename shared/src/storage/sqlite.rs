@@ -51,6 +51,8 @@ pub struct SqliteStore {
     options: SqliteConnectOptions,
     changes: broadcast::Sender<Change>,
     watching: Arc<OnceLock<()>>,
+    /// The change feed's task, stopped by `close`.
+    feed: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl SqliteStore {
@@ -120,6 +122,7 @@ impl SqliteStore {
             options,
             changes: broadcast::channel(4096).0,
             watching: Arc::new(OnceLock::new()),
+            feed: Arc::default(),
         })
     }
 
@@ -156,7 +159,7 @@ impl SqliteStore {
         }
         let options = self.options.clone();
         let tx = self.changes.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
                 if tx.receiver_count() == 0 {
@@ -197,6 +200,9 @@ impl SqliteStore {
                 }
             }
         });
+        if let Ok(mut feed) = self.feed.lock() {
+            *feed = Some(task.abort_handle());
+        }
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -431,6 +437,14 @@ impl DocumentStore for SqliteStore {
             inserted: head.version == 1,
             head,
         })
+    }
+
+    async fn close(&self) {
+        let feed = self.feed.lock().ok().and_then(|mut f| f.take());
+        if let Some(feed) = feed {
+            feed.abort();
+        }
+        self.pool.close().await;
     }
 
     fn pool_usage(&self) -> (u32, usize) {
