@@ -97,6 +97,52 @@ fn late_stale(
     (late.len(), bad)
 }
 
+const DELETE: &str = "DELETE FROM documents WHERE source_id = 'ASX:GNP:announcement'";
+
+/// `writer` refreshes the document (`id`, at `v1`): no call to `viewer` begun more than BOUND
+/// after answers an older version.
+async fn refresh_is_seen_within_bound(
+    viewer: &ProviderClient,
+    writer: &ProviderClient,
+    id: &str,
+    v1: i64,
+) {
+    let refreshed = writer
+        .get_document("ASX:GNP", &DocumentOptions::new().force_refresh(true))
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    assert_eq!(
+        (refreshed.document_id.as_str(), refreshed.version),
+        (id, v1 + 1)
+    );
+    let calls = record(viewer, BOUND * 3).await;
+    let (late, bad) = late_stale(&calls, changed, |_, v| v < v1 + 1);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "old version answered past the bound: {bad:?}"
+    );
+}
+
+/// `delete` removes the document (`id`): no call to `viewer` begun more than BOUND after answers
+/// its ID.
+async fn delete_is_seen_within_bound(
+    viewer: &ProviderClient,
+    id: &str,
+    delete: impl std::future::Future<Output = ()>,
+) {
+    delete.await;
+    let changed = Instant::now();
+    let calls = record(viewer, BOUND * 3).await;
+    let (late, bad) = late_stale(&calls, changed, |i, _| i == id);
+    assert!(late > 5, "too few calls after the bound: {calls:?}");
+    assert!(
+        bad.is_empty(),
+        "deleted ID answered past the bound: {bad:?}"
+    );
+}
+
 /// Warms the view: a few answers in a row, the last ones from memory.
 async fn warm(client: &ProviderClient) -> (String, i64) {
     let mut last = (String::new(), 0);
@@ -128,41 +174,18 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
     // 1. The feed goes silent, then another replica refreshes the document.
     let (id, v1) = warm(&a).await;
     let frozen = Frozen::new(listener_backend(db.url()).await);
-    let refreshed = b
-        .get_document("ASX:GNP", &DocumentOptions::new().force_refresh(true))
-        .await
-        .unwrap();
-    let changed = Instant::now();
-    assert_eq!(
-        (refreshed.document_id.as_str(), refreshed.version),
-        (id.as_str(), v1 + 1)
-    );
-    let calls = record(&a, BOUND * 3).await;
+    refresh_is_seen_within_bound(&a, &b, &id, v1).await;
     drop(frozen);
-    let (late, bad) = late_stale(&calls, changed, |_, v| v < v1 + 1);
-    assert!(late > 5, "too few calls after the bound: {calls:?}");
-    assert!(
-        bad.is_empty(),
-        "old version answered past the bound: {bad:?}"
-    );
 
     // 2. The feed goes silent again, then the row is deleted.
     let (id, _) = warm(&a).await;
     let frozen = Frozen::new(listener_backend(db.url()).await);
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-    sqlx::query("DELETE FROM documents WHERE source_id = 'ASX:GNP:announcement'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let changed = Instant::now();
-    let calls = record(&a, BOUND * 3).await;
+    delete_is_seen_within_bound(&a, &id, async {
+        sqlx::query(DELETE).execute(&pool).await.unwrap();
+    })
+    .await;
     drop(frozen);
-    let (late, bad) = late_stale(&calls, changed, |i, _| i == id);
-    assert!(late > 5, "too few calls after the bound: {calls:?}");
-    assert!(
-        bad.is_empty(),
-        "deleted ID answered past the bound: {bad:?}"
-    );
 
     // 3. A change that does not fire the trigger (the feed never hears of it).
     let (id, v) = warm(&a).await;
@@ -220,36 +243,13 @@ async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
     };
 
     // 1. Another process refreshes the document.
-    let refreshed = b
-        .get_document("ASX:GNP", &DocumentOptions::new().force_refresh(true))
-        .await
-        .unwrap();
-    let changed = Instant::now();
-    assert_eq!(
-        (refreshed.document_id.as_str(), refreshed.version),
-        (id.as_str(), v1 + 1)
-    );
-    let calls = record(&a, BOUND * 3).await;
-    let (late, bad) = late_stale(&calls, changed, |_, v| v < v1 + 1);
-    assert!(late > 5, "too few calls after the bound: {calls:?}");
-    assert!(
-        bad.is_empty(),
-        "old version answered past the bound: {bad:?}"
-    );
+    refresh_is_seen_within_bound(&a, &b, &id, v1).await;
 
     // 2. The row is deleted by hand.
     let (id, _) = warm(&a).await;
     let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
-    sqlx::query("DELETE FROM documents WHERE source_id = 'ASX:GNP:announcement'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let changed = Instant::now();
-    let calls = record(&a, BOUND * 3).await;
-    let (late, bad) = late_stale(&calls, changed, |i, _| i == id);
-    assert!(late > 5, "too few calls after the bound: {calls:?}");
-    assert!(
-        bad.is_empty(),
-        "deleted ID answered past the bound: {bad:?}"
-    );
+    delete_is_seen_within_bound(&a, &id, async {
+        sqlx::query(DELETE).execute(&pool).await.unwrap();
+    })
+    .await;
 }

@@ -804,26 +804,35 @@ struct HitRun {
     hrss: f64,
 }
 
+/// A hit `GetDocument` (generated stubs, 24-hour window) for load task `t`'s call `i`: the
+/// task's channel, the call's document of `hot`; true when answered fresh.
+fn hit_caller(
+    chans: Arc<Vec<Channel>>,
+    hot: Arc<Vec<String>>,
+) -> impl Fn(usize, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |t: usize, i: usize| {
+        let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
+        let identifier = hot[i % hot.len()].clone();
+        Box::pin(async move {
+            c.get_document(GetDocumentRequest {
+                identifier,
+                kind: String::new(),
+                options: options(),
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().fresh)
+        })
+    }
+}
+
 async fn hits_against_health(url: &str, pid: u32, hot: Arc<Vec<String>>, args: &Args) -> HitRun {
     let duration = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
     let chans = channels(url, args.channels).await;
-    let get = {
-        let chans = chans.clone();
-        move |t: usize, i: usize| {
-            let mut c = DocumentProviderClient::new(chans[t % chans.len()].clone());
-            let identifier = hot[i % hot.len()].clone();
-            async move {
-                c.get_document(GetDocumentRequest {
-                    identifier,
-                    kind: String::new(),
-                    options: options(),
-                })
-                .await
-                .is_ok_and(|r| r.get_ref().fresh)
-            }
-        }
-    };
+    let get = hit_caller(Arc::new(chans.clone()), hot);
     let health = move |t: usize, _| {
         let mut c = HealthClient::new(chans[t % chans.len()].clone());
         async move {

@@ -10,11 +10,7 @@ use sample_exchange::Control;
 use shared::{DocumentOptions, DocumentProvider, ProviderClient};
 use sqlx::PgPool;
 
-use shared::proto::documents::v1::{
-    document_provider_client::DocumentProviderClient, GetDocumentRequest,
-};
-
-use super::{channels, ids, load, options, Args, Row};
+use super::{channels, hit_caller, ids, load, Args, Row};
 
 /// Statements the database has run, but the counting queries themselves.
 async fn statements(admin: &PgPool) -> f64 {
@@ -255,21 +251,7 @@ pub async fn run(
         }
         let chans = Arc::new(chans);
         let hot: Arc<Vec<String>> = Arc::new(ids(0, 200));
-        let (cs, h) = (chans.clone(), hot.clone());
-        let hits = load(args.concurrency, duration, move |t, i| {
-            let mut c = DocumentProviderClient::new(cs[t % cs.len()].clone());
-            let identifier = h[i % h.len()].clone();
-            async move {
-                c.get_document(GetDocumentRequest {
-                    identifier,
-                    kind: String::new(),
-                    options: options(),
-                })
-                .await
-                .is_ok_and(|r| r.get_ref().fresh)
-            }
-        })
-        .await;
+        let hits = load(args.concurrency, duration, hit_caller(chans, hot)).await;
         let cs = clients.clone();
         let misses = load(8, duration, move |t, i| {
             let c = cs[t % cs.len()].clone();
