@@ -13,6 +13,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use shared::status::StorageStatus as _;
 use shared::{
     proto::consumer::v1 as pb,
     provider::invalid_argument,
@@ -679,7 +680,7 @@ fn stored_document(d: StoredDocument) -> pb::StoredDocument {
 }
 
 fn storage_error(e: shared::storage::StorageError) -> ItemError {
-    ItemError::from(&e)
+    e.item_error()
 }
 
 fn parse_announcements(doc: &StoredDocument) -> Result<Vec<Announcement>, ItemError> {

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use shared::status::StorageStatus as _;
 use shared::{
     proto::documents::admin::v1::{self as pb, admin_server::Admin},
     provider::to_timestamp,
@@ -86,7 +87,7 @@ impl Admin for AdminService {
             .store()
             .held_leases()
             .await
-            .map_err(|e| shared::ItemError::from(&e).to_status())?
+            .map_err(|e| e.item_error().to_status())?
             .into_iter()
             .map(|l| pb::HeldLease {
                 source_id: l.source_id,

@@ -1,11 +1,13 @@
-//! What the two services share beyond the API crate ([`documents_api`], re-exported here under
-//! the same names): the storage layer ([`storage`]), and the service kit: one server builder
+//! What the two services share beyond the API crate ([`documents_api`]) and the store
+//! ([`documents_store`], as [`storage`]), both re-exported here under the same names: the service
+//! kit, one server builder
 //! ([`grpc_server`]) with its accept loop ([`listener`]), layers ([`observe`],
-//! [`request_budget`], [`server`]), health ([`server`]), the background loops' shutdown ([`shutdown`]), security ([`security`]),
+//! [`request_budget`], [`server`]), health ([`server`]), storage errors as gRPC statuses ([`status`]), the background loops' shutdown ([`shutdown`]), security ([`security`]),
 //! metrics ([`metrics`]), logging ([`telemetry`]), span export ([`trace`]) and the database
 //! settings ([`config`]).
 
 pub use documents_api::{client, kind, proto, provider, ticker, trace_context};
+pub use documents_store as storage;
 
 pub mod config;
 pub mod grpc_server;
@@ -16,7 +18,7 @@ pub mod request_budget;
 pub mod security;
 pub mod server;
 pub mod shutdown;
-pub mod storage;
+pub mod status;
 pub mod telemetry;
 pub mod trace;
 

@@ -89,7 +89,7 @@ impl FillContext {
         if let Some(e) = self.cached_failure(key) {
             return Err(e);
         }
-        let storage = |e: StorageError| ItemError::from(&e);
+        let storage = |e: StorageError| e.item_error();
         // A holder that renews its lease is followed (callers' deadlines bound their own wait),
         // up to FOLLOW_LIMIT; one that stops renewing is taken over by the next claim.
         let started = Instant::now();
@@ -272,8 +272,8 @@ impl FillContext {
                 Err(FillError::LeaseLost)
             }
             Err(e) => {
-                let err = ItemError::from(&e);
-                if e.code() == Code::Unavailable {
+                let err = e.item_error();
+                if e.is_transient() {
                     // The database is unreachable: answer now, release when it is back.
                     release_later(self.store.clone(), kind, sid, token, Some(err.clone()));
                 } else {

@@ -34,6 +34,7 @@ use futures::{
     stream::{self, BoxStream, FuturesUnordered},
     FutureExt, StreamExt,
 };
+use shared::status::StorageStatus as _;
 use shared::trace::{KeyValue, SpanKind, TraceContext};
 use shared::{
     provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
@@ -316,7 +317,7 @@ impl Provisioner {
         let ticker = Ticker::parse_with_default(identifier, &settings.default_exchange)
             .map_err(|e| invalid_argument("identifier", e))?;
         let sid = ticker.source_id(kind.as_str());
-        let storage = |e: StorageError| ItemError::from(&e).to_status();
+        let storage = |e: StorageError| e.item_error().to_status();
         let head = self
             .store()
             .lookup(kind.as_str(), std::slice::from_ref(&sid))
@@ -454,7 +455,7 @@ impl Provisioner {
             .store()
             .invalidate(scope.map(Kind::as_str), &source_ids, tags)
             .await
-            .map_err(|e| ItemError::from(&e).to_status())?;
+            .map_err(|e| e.item_error().to_status())?;
         METRICS.invalidation(scope.map_or("any", Kind::as_str), n);
         tracing::info!(
             invalidated = n,

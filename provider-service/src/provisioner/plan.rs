@@ -128,7 +128,7 @@ impl Provisioner {
                 l
             }
             Err(e) => {
-                let err = ItemError::from(&e);
+                let err = e.item_error();
                 for (sid, _, indices) in keys {
                     for i in indices {
                         immediate.push(DocumentResult {

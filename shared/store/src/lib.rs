@@ -1,6 +1,7 @@
 //! Storage of documents and attachments: one [`DocumentStore`] trait with a PostgreSQL and an
 //! SQLite implementation, chosen at start-up from the database URL, each with its own embedded
-//! migrations.
+//! migrations, the invariants a database must keep, and an in-memory store for unit tests. No
+//! gRPC type here: services map a [`StorageError`] to their wire errors at their edge.
 
 pub mod memory;
 mod postgres;
@@ -15,7 +16,8 @@ use sha2::{Digest, Sha256};
 pub use postgres::{PostgresStore, STATEMENT_TIMEOUT};
 pub use sqlite::SqliteStore;
 
-/// A storage failure. Callers map it to UNAVAILABLE (the database is down or busy) or INTERNAL.
+/// A storage failure. Services map it to UNAVAILABLE when [`StorageError::is_transient`], else
+/// INTERNAL.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database URL {0:?} is not supported: expected sqlite://PATH or postgres://...")]
@@ -101,23 +103,23 @@ impl From<sqlx::Error> for StorageError {
 }
 
 impl StorageError {
-    /// The gRPC code a caller should see for this failure.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            StorageError::Unavailable(_) | StorageError::ReadOnly(_) => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        }
+    /// Whether the failure is the database's state, not the request's: it is down, busy or
+    /// refusing writes, and the same work may succeed later (callers retry it).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable(_) | StorageError::ReadOnly(_)
+        )
     }
-}
 
-impl From<&StorageError> for crate::ItemError {
-    fn from(e: &StorageError) -> Self {
-        let reason = match e {
+    /// The failure as a reason code for callers: `DATABASE_UNAVAILABLE`,
+    /// `DATABASE_READ_ONLY` or `DATABASE_ERROR`.
+    pub fn reason(&self) -> &'static str {
+        match self {
             StorageError::Unavailable(_) => "DATABASE_UNAVAILABLE",
             StorageError::ReadOnly(_) => "DATABASE_READ_ONLY",
             _ => "DATABASE_ERROR",
-        };
-        crate::ItemError::new(e.code(), e.to_string()).reason(reason)
+        }
     }
 }
 
@@ -445,7 +447,7 @@ pub async fn connect(
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
     } else {
-        Err(StorageError::UnsupportedUrl(crate::config::redact_url(url)))
+        Err(StorageError::UnsupportedUrl(redact_url(url)))
     }
 }
 
@@ -598,4 +600,18 @@ pub(crate) fn check_compatible(
 /// A fresh, unused document ID.
 pub(crate) fn new_document_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// `url` with the password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
