@@ -67,9 +67,8 @@ pub struct PostgresStore {
     pool: PgPool,
     recycler: super::Recycler,
     changes: broadcast::Sender<Change>,
-    listening: Arc<OnceLock<()>>,
-    /// The change feed's task, stopped by `close`.
-    feed: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
+    /// The change feed's task, started once (by the first subscriber), stopped by `close`.
+    feed: Arc<OnceLock<tokio::task::AbortHandle>>,
 }
 
 impl PostgresStore {
@@ -100,7 +99,6 @@ impl PostgresStore {
             pool,
             recycler,
             changes: broadcast::channel(4096).0,
-            listening: Arc::new(OnceLock::new()),
             feed: Arc::default(),
         })
     }
@@ -147,9 +145,11 @@ impl PostgresStore {
     /// itself a heartbeat every [`HEARTBEAT_EVERY`] through the database and announces each one
     /// that comes back as [`Change::Heartbeat`]: proof that the feed is alive and caught up.
     fn start_listening(&self) {
-        if self.listening.set(()).is_err() {
-            return;
-        }
+        self.feed.get_or_init(|| self.spawn_feed());
+    }
+
+    /// The change feed's task, spawned; see the module's comment.
+    fn spawn_feed(&self) -> tokio::task::AbortHandle {
         let pool = self.pool.clone();
         let tx = self.changes.clone();
         let feed_id = uuid::Uuid::now_v7().simple().to_string();
@@ -217,9 +217,7 @@ impl PostgresStore {
                 drop(heartbeats);
             }
         });
-        if let Ok(mut feed) = self.feed.lock() {
-            *feed = Some(task.abort_handle());
-        }
+        task.abort_handle()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -518,8 +516,7 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn close(&self) {
-        let feed = self.feed.lock().ok().and_then(|mut f| f.take());
-        if let Some(feed) = feed {
+        if let Some(feed) = self.feed.get() {
             feed.abort();
         }
         self.pool.close().await;

@@ -50,9 +50,8 @@ pub struct SqliteStore {
     /// How the pool connects, for the change feed's own connection.
     options: SqliteConnectOptions,
     changes: broadcast::Sender<Change>,
-    watching: Arc<OnceLock<()>>,
-    /// The change feed's task, stopped by `close`.
-    feed: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
+    /// The change feed's task, started once (by the first subscriber), stopped by `close`.
+    feed: Arc<OnceLock<tokio::task::AbortHandle>>,
 }
 
 impl SqliteStore {
@@ -121,7 +120,6 @@ impl SqliteStore {
             recycler,
             options,
             changes: broadcast::channel(4096).0,
-            watching: Arc::new(OnceLock::new()),
             feed: Arc::default(),
         })
     }
@@ -154,9 +152,11 @@ impl SqliteStore {
     /// Starts the change feed's task, once: it reads `PRAGMA data_version` on a connection of its
     /// own (never used to write, so every commit is another connection's) while anyone listens.
     fn start_watching(&self) {
-        if self.watching.set(()).is_err() {
-            return;
-        }
+        self.feed.get_or_init(|| self.spawn_feed());
+    }
+
+    /// The change feed's task, spawned; see the module's comment.
+    fn spawn_feed(&self) -> tokio::task::AbortHandle {
         let options = self.options.clone();
         let tx = self.changes.clone();
         let task = tokio::spawn(async move {
@@ -200,9 +200,7 @@ impl SqliteStore {
                 }
             }
         });
-        if let Ok(mut feed) = self.feed.lock() {
-            *feed = Some(task.abort_handle());
-        }
+        task.abort_handle()
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -440,8 +438,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn close(&self) {
-        let feed = self.feed.lock().ok().and_then(|mut f| f.take());
-        if let Some(feed) = feed {
+        if let Some(feed) = self.feed.get() {
             feed.abort();
         }
         self.pool.close().await;
