@@ -10,13 +10,16 @@ use std::{
 };
 
 use anyhow::Context;
-use shared::{
-    grpc_server::GrpcServer,
+use documents_api::{
     proto::{consumer::v1::consumer_server::ConsumerServer, CONSUMER_SERVICE_NAME},
+    ProviderClient,
+};
+use documents_kit::{
+    grpc_server::GrpcServer,
     server::{health_service, set_serving},
     shutdown::Background,
-    storage, ProviderClient,
 };
+use documents_store as storage;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
@@ -27,7 +30,7 @@ pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
     let url = config.database.url()?;
     let store = storage::connect(&url, config.database.max_connections)
         .await
-        .with_context(|| format!("connecting to {}", shared::config::redact_url(&url)))?;
+        .with_context(|| format!("connecting to {}", documents_kit::config::redact_url(&url)))?;
     if config.database.migrate {
         store.migrate().await.context("migrating the database")?;
     } else {
@@ -61,7 +64,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // Validate what can be validated before listening.
-        shared::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
+        documents_api::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
         config.server.limits()?;
         let listener = TcpListener::bind(&config.listen_addr)
@@ -86,7 +89,7 @@ impl Application {
             .as_deref()
             .filter(|a| !a.trim().is_empty())
         {
-            shared::metrics::serve(
+            documents_kit::metrics::serve(
                 addr,
                 crate::metrics::METRICS.registry.clone(),
                 Arc::new(|| {}),
@@ -98,7 +101,7 @@ impl Application {
         let ready_cell = cell.clone();
         let ready_config = config.clone();
         let url = config.database.url()?;
-        let database = shared::server::DatabaseStatus::up();
+        let database = documents_kit::server::DatabaseStatus::up();
         let watched = database.clone();
         let loops = background.clone();
         let stores: Arc<OnceLock<Arc<dyn storage::DocumentStore>>> = Arc::default();
@@ -115,7 +118,7 @@ impl Application {
                 Ok(p) => {
                     let _ = ready_cell.set(p);
                     set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
-                    shared::server::watch_database(
+                    documents_kit::server::watch_database(
                         health,
                         CONSUMER_SERVICE_NAME,
                         store,

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use shared::{telemetry::LogFormat, ClientConfig};
+use documents_api::ClientConfig;
+use documents_kit::telemetry::LogFormat;
 
 use crate::{download::DownloadLimits, job::JobSettings};
 
@@ -44,7 +45,7 @@ pub enum Command {
     },
 }
 
-shared::server_args!(ServerArgs, "CONSUMER", request_timeout_ms = 600_000);
+documents_kit::server_args!(ServerArgs, "CONSUMER", request_timeout_ms = 600_000);
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -54,7 +55,7 @@ pub struct Config {
 
     /// The shared database.
     #[command(flatten)]
-    pub database: shared::config::DatabaseArgs,
+    pub database: documents_kit::config::DatabaseArgs,
 
     /// Provider endpoints, comma-separated; calls are balanced over them.
     #[arg(long, env = "PROVIDER_URL", default_value = "http://127.0.0.1:50051")]
@@ -135,12 +136,12 @@ pub struct Config {
 
 impl Config {
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
-        let auth_token = shared::security::secret(
+        let auth_token = documents_kit::security::secret(
             self.provider_auth_token.as_deref(),
             self.provider_auth_token_file.as_deref(),
             "PROVIDER_AUTH_TOKEN",
         )?;
-        let tls = shared::security::client_tls(
+        let tls = documents_kit::security::client_tls(
             self.provider_tls_ca.as_deref(),
             self.provider_tls_client_cert.as_deref(),
             self.provider_tls_client_key.as_deref(),

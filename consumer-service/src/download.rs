@@ -56,7 +56,7 @@ impl Downloader {
     async fn fetch(&self, url: &str) -> Result<Vec<u8>, DownloadError> {
         // The PDF's host joins the caller's trace (W3C traceparent).
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(trace) = shared::trace::TraceContext::current() {
+        if let Some(trace) = documents_kit::trace::TraceContext::current() {
             trace.inject(&mut headers);
         }
         let mut resp = self

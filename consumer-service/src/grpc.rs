@@ -2,10 +2,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use shared::{
-    proto::consumer::v1 as pb,
-    server::{deadline_of, DatabaseStatus},
-};
+use documents_api::proto::consumer::v1 as pb;
+use documents_kit::server::{deadline_of, DatabaseStatus};
 use tonic::{Request, Response, Status};
 
 use crate::job::{new_request_id, JobRequest, Processor};
@@ -32,7 +30,7 @@ impl ConsumerService {
         })?;
         if !self.database.is_up() {
             // The health watcher pings every second: try again after that.
-            return Err(shared::provider::status_with_retry(
+            return Err(documents_api::provider::status_with_retry(
                 tonic::Code::Unavailable,
                 "database unavailable: the consumer's database does not answer (health is NOT_SERVING); retry later",
                 Some(std::time::Duration::from_secs(1)),
@@ -50,7 +48,7 @@ impl pb::consumer_server::Consumer for ConsumerService {
     ) -> Result<Response<pb::ProcessTickersResponse>, Status> {
         let deadline = deadline_of(request.metadata());
         // The caller's request ID travels on to the provider; a round without one gets one.
-        let request_id = Some(shared::observe::request_id_text(
+        let request_id = Some(documents_kit::observe::request_id_text(
             request.metadata().as_ref(),
         ))
         .filter(|id| !id.is_empty())

@@ -11,15 +11,14 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use documents_api::{
+    proto::consumer::v1 as pb, provider::invalid_argument, DocumentOptions, DocumentProvider,
+    DocumentResult, ItemError, Kind, ProviderClient, Ticker,
+};
+use documents_kit::status::StorageStatus as _;
+use documents_store::{DocumentStore, NewAttachment, NewContent, StoredDocument};
 use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use shared::status::StorageStatus as _;
-use shared::{
-    proto::consumer::v1 as pb,
-    provider::invalid_argument,
-    storage::{DocumentStore, NewAttachment, NewContent, StoredDocument},
-    DocumentOptions, DocumentProvider, DocumentResult, ItemError, Kind, ProviderClient, Ticker,
-};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -277,13 +276,13 @@ impl Processor {
         }
         if let Some(h) = req
             .cache_hours
-            .filter(|h| *h > shared::provider::MAX_CACHE_HOURS)
+            .filter(|h| *h > documents_api::provider::MAX_CACHE_HOURS)
         {
             return Err(invalid_argument(
                 "cache_hours",
                 format!(
                     "{h} is more than the maximum of {}",
-                    shared::provider::MAX_CACHE_HOURS
+                    documents_api::provider::MAX_CACHE_HOURS
                 ),
             ));
         }
@@ -405,7 +404,7 @@ impl Processor {
             .kind(Kind::Announcement)
             .cache_hours(
                 req.cache_hours
-                    .unwrap_or(shared::provider::DEFAULT_CACHE_HOURS),
+                    .unwrap_or(documents_api::provider::DEFAULT_CACHE_HOURS),
             )
             .force_refresh(req.force_refresh);
         if opts.cache_hours == Some(0) {
@@ -430,10 +429,10 @@ impl Processor {
             .provider
             .with_timeout(budget)
             .with_request_id(&req.request_id);
-        let call = shared::trace::in_span(
+        let call = documents_kit::trace::in_span(
             "documents.v1.DocumentProvider/GetDocument",
-            shared::trace::SpanKind::Client,
-            || vec![shared::trace::KeyValue::new("rpc.system", "grpc")],
+            documents_kit::trace::SpanKind::Client,
+            || vec![documents_kit::trace::KeyValue::new("rpc.system", "grpc")],
             provider.get_document(ticker, &opts),
         );
         let answer: DocumentResult = match call.await {
@@ -679,7 +678,7 @@ fn stored_document(d: StoredDocument) -> pb::StoredDocument {
     }
 }
 
-fn storage_error(e: shared::storage::StorageError) -> ItemError {
+fn storage_error(e: documents_store::StorageError) -> ItemError {
     e.item_error()
 }
 

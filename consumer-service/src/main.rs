@@ -4,7 +4,8 @@ use consumer_service::{
     config::{Cli, Command},
     job::JobRequest,
 };
-use shared::{proto::CONSUMER_SERVICE_NAME, server, telemetry};
+use documents_api::proto::CONSUMER_SERVICE_NAME;
+use documents_kit::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);
-            let _traces = shared::trace::init_export("consumer-service")?;
+            let _traces = documents_kit::trace::init_export("consumer-service")?;
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(server::shutdown_signal()).await
         }

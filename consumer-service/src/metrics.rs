@@ -2,12 +2,12 @@
 
 use std::sync::{Arc, LazyLock, Mutex};
 
+use documents_kit::metrics::SharedRegistry;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use shared::metrics::SharedRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {

@@ -1,6 +1,6 @@
 //! Printing reports for the one-shot CLI: a human-readable summary, or JSON lines.
 
-use shared::proto::consumer::v1 as pb;
+use documents_api::proto::consumer::v1 as pb;
 use tonic::Code;
 
 /// A report as one JSON line (the CLI's `--json`).

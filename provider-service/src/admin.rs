@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use shared::status::StorageStatus as _;
-use shared::{
+use documents_api::{
     proto::documents::admin::v1::{self as pb, admin_server::Admin},
     provider::to_timestamp,
 };
+use documents_kit::status::StorageStatus as _;
 use tonic::{Request, Response, Status};
 
 use crate::provisioner::Provisioner;
@@ -30,7 +30,7 @@ impl AdminService {
     }
 }
 
-fn lease(token: i64, h: shared::storage::Holding) -> pb::Lease {
+fn lease(token: i64, h: documents_store::Holding) -> pb::Lease {
     pb::Lease {
         holder: h.holder,
         expires_at: Some(to_timestamp(h.expires_at)),

@@ -9,16 +9,16 @@ use std::{
 };
 
 use anyhow::Context;
-use shared::{
+use documents_api::proto::{
+    documents::v1::document_provider_server::DocumentProviderServer, ADMIN_SERVICE_NAME,
+    PROVIDER_SERVICE_NAME,
+};
+use documents_kit::{
     grpc_server::GrpcServer,
-    proto::{
-        documents::v1::document_provider_server::DocumentProviderServer, ADMIN_SERVICE_NAME,
-        PROVIDER_SERVICE_NAME,
-    },
     server::{health_service, set_serving},
     shutdown::Background,
-    storage,
 };
+use documents_store as storage;
 use tokio::net::TcpListener;
 use tonic::{
     codec::CompressionEncoding,
@@ -90,13 +90,13 @@ impl Application {
             .filter(|a| !a.trim().is_empty())
         {
             let cell = provisioner.clone();
-            let sample_pool: shared::metrics::BeforeScrape = Arc::new(move || {
+            let sample_pool: documents_kit::metrics::BeforeScrape = Arc::new(move || {
                 if let Some(p) = cell.get() {
                     let (open, idle) = p.store().pool_usage();
                     METRICS.pool(open, idle);
                 }
             });
-            shared::metrics::serve(addr, METRICS.registry.clone(), sample_pool, &background)
+            documents_kit::metrics::serve(addr, METRICS.registry.clone(), sample_pool, &background)
                 .await?;
         }
 
@@ -106,7 +106,7 @@ impl Application {
         let url = config.database.url()?;
         let max_conn = config.database.max_connections;
         let migrate = config.database.migrate;
-        let database = shared::server::DatabaseStatus::up();
+        let database = documents_kit::server::DatabaseStatus::up();
         let watched = database.clone();
         let loops = background.clone();
         let ready = tokio::spawn(async move {
@@ -116,11 +116,17 @@ impl Application {
             provisioner.start_refresh_ahead(&loops);
             let _ = cell.set(provisioner);
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
-            shared::server::watch_database(health, PROVIDER_SERVICE_NAME, store, watched, &loops);
+            documents_kit::server::watch_database(
+                health,
+                PROVIDER_SERVICE_NAME,
+                store,
+                watched,
+                &loops,
+            );
             tracing::info!("database ready: serving");
         });
 
-        let admin = shared::proto::documents::admin::v1::admin_server::AdminServer::new(
+        let admin = documents_api::proto::documents::admin::v1::admin_server::AdminServer::new(
             crate::admin::AdminService::new(provisioner.clone()),
         );
         let on_stop = provisioner.clone();

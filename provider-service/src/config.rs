@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use shared::{telemetry::LogFormat, Kind};
+use documents_api::Kind;
+use documents_kit::telemetry::LogFormat;
 
 use crate::{
     provisioner::Settings,
@@ -42,7 +43,7 @@ pub enum Command {
     CheckInvariants,
 }
 
-shared::server_args!(ServerArgs, "PROVIDER", request_timeout_ms = 60_000);
+documents_kit::server_args!(ServerArgs, "PROVIDER", request_timeout_ms = 60_000);
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -52,7 +53,7 @@ pub struct Config {
 
     /// The shared database.
     #[command(flatten)]
-    pub database: shared::config::DatabaseArgs,
+    pub database: documents_kit::config::DatabaseArgs,
 
     /// Bearer token required on every RPC but health. Unset: no authentication.
     #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
@@ -210,7 +211,7 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 impl Config {
     /// The bearer token required on every RPC but health, if any.
     pub fn auth_token(&self) -> anyhow::Result<Option<String>> {
-        shared::security::secret(
+        documents_kit::security::secret(
             self.auth_token.as_deref(),
             self.auth_token_file.as_deref(),
             "PROVIDER_AUTH_TOKEN",
@@ -218,7 +219,7 @@ impl Config {
     }
 
     pub fn server_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-        shared::security::server_tls(
+        documents_kit::security::server_tls(
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
             self.tls_client_ca.as_deref(),
@@ -237,15 +238,15 @@ impl Config {
             Some(_) => (self.tls_cert.as_deref(), self.tls_key.as_deref()),
             None => (None, None),
         };
-        Ok(Some(shared::security::client_tls(ca, cert, key)?))
+        Ok(Some(documents_kit::security::client_tls(ca, cert, key)?))
     }
 
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let exchange = self.default_exchange.trim().to_ascii_uppercase();
-        if !shared::ticker::KNOWN_EXCHANGES.contains(&exchange.as_str()) {
+        if !documents_api::ticker::KNOWN_EXCHANGES.contains(&exchange.as_str()) {
             anyhow::bail!(
                 "--default-exchange {exchange:?} is unknown: expected one of {}",
-                shared::ticker::KNOWN_EXCHANGES.join(", ")
+                documents_api::ticker::KNOWN_EXCHANGES.join(", ")
             );
         }
         Ok(Settings {
@@ -285,7 +286,7 @@ impl Config {
                 retries: self.upstream_retries,
             },
             announcement_years: self.announcement_years,
-            market_data_api_token: shared::security::secret(
+            market_data_api_token: documents_kit::security::secret(
                 self.market_data_api_token.as_deref(),
                 self.market_data_api_token_file.as_deref(),
                 "MARKET_DATA_API_TOKEN",

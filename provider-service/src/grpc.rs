@@ -1,20 +1,20 @@
 //! The `documents.v1.DocumentProvider` gRPC service: translates wire messages to the
 //! provisioning core, logs one line per answer (a failed call's line is written by the server's
-//! call log, [`shared::observe`]), and guards calls with the bearer token.
+//! call log, [`documents_kit::observe`]), and guards calls with the bearer token.
 
 use std::{
     sync::{Arc, OnceLock},
     time::Instant,
 };
 
-use futures::StreamExt;
-use shared::{
+use documents_api::{
     proto::documents::v1::{
         self as pb, document_provider_server::DocumentProvider as DocumentProviderRpc,
     },
-    server::DatabaseStatus,
     DocumentResult, Outcome, Provisioned,
 };
+use documents_kit::server::DatabaseStatus;
+use futures::StreamExt;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
@@ -50,7 +50,7 @@ impl ProviderService {
         })?;
         if !self.database.is_up() {
             // The health watcher pings every second: try again after that.
-            return Err(shared::provider::status_with_retry(
+            return Err(documents_api::provider::status_with_retry(
                 tonic::Code::Unavailable,
                 format!(
                     "database unavailable: the provider's database does not answer or refuses writes ({}; health is NOT_SERVING); retry later or another replica",
@@ -105,9 +105,9 @@ fn in_batch(mut r: DocumentResult) -> DocumentResult {
     r
 }
 
-/// The request ID a caller sent (see [`shared::observe::request_id`]), or empty.
+/// The request ID a caller sent (see [`documents_kit::observe::request_id`]), or empty.
 fn request_id<T>(request: &Request<T>) -> String {
-    shared::observe::request_id_text(request.metadata().as_ref()).to_string()
+    documents_kit::observe::request_id_text(request.metadata().as_ref()).to_string()
 }
 
 /// Answer logging. Every answer that was not a plain hit (created, refreshed, stale, error) gets
@@ -243,7 +243,7 @@ impl DocumentProviderRpc for ProviderService {
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(shared::server::parse_grpc_timeout)
+            .and_then(documents_kit::server::parse_grpc_timeout)
             .map_or(self.cap, |asked| asked.min(self.cap));
         let deadline = tokio::time::Instant::now() + limit;
         let r = request.into_inner();

@@ -26,10 +26,8 @@ use std::{
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use shared::{
-    storage::{Change, DocumentHead},
-    Kind,
-};
+use documents_api::Kind;
+use documents_store::{Change, DocumentHead};
 use tokio::sync::broadcast;
 
 /// Entries kept at most; past it the cache starts over (hits then refill it from lookups).

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use shared::Kind;
+use documents_api::Kind;
 
 /// Hits since the last line, by kind (in the order of [`Kind::ALL`]).
 pub struct HitTally([AtomicU64; 3]);
@@ -37,7 +37,7 @@ impl HitTally {
 
 /// Writes the `hits answered` lines every `interval` (nothing when there was no hit), until the
 /// process stops (`background`).
-pub fn start(interval: Duration, background: &shared::shutdown::Background) {
+pub fn start(interval: Duration, background: &documents_kit::shutdown::Background) {
     background.spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {

@@ -1,9 +1,10 @@
 use clap::Parser;
+use documents_api::proto::PROVIDER_SERVICE_NAME;
+use documents_kit::{server, telemetry};
 use provider_service::{
     app::Application,
     config::{Cli, Command},
 };
-use shared::{proto::PROVIDER_SERVICE_NAME, server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
             server::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::CheckInvariants => {
-            let store = shared::storage::connect(&cli.config.database.url()?, 2).await?;
+            let store = documents_store::connect(&cli.config.database.url()?, 2).await?;
             let violations = store.check_invariants().await?;
             for v in &violations {
                 println!("{v}");
@@ -31,14 +32,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let store = shared::storage::connect(&cli.config.database.url()?, 2).await?;
+            let store = documents_store::connect(&cli.config.database.url()?, 2).await?;
             store.migrate().await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);
-            let _traces = shared::trace::init_export("provider-service")?;
+            let _traces = documents_kit::trace::init_export("provider-service")?;
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(server::shutdown_signal()).await
         }

@@ -4,12 +4,12 @@
 
 use std::sync::{Arc, LazyLock, Mutex};
 
+use documents_kit::metrics::SharedRegistry;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use shared::metrics::SharedRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AnswerLabels {

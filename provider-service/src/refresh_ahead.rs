@@ -13,7 +13,7 @@ use std::{
 };
 
 use chrono::Duration as ChronoDuration;
-use shared::{Kind, Ticker};
+use documents_api::{Kind, Ticker};
 use tokio::sync::Semaphore;
 
 use crate::{metrics::METRICS, provisioner::Provisioner};
@@ -94,7 +94,7 @@ pub fn spawn(
     provisioner: &Arc<Provisioner>,
     popularity: Arc<Popularity>,
     tuning: RefreshAhead,
-    background: &shared::shutdown::Background,
+    background: &documents_kit::shutdown::Background,
 ) {
     let weak: Weak<Provisioner> = Arc::downgrade(provisioner);
     let ahead = Arc::new(Semaphore::new(

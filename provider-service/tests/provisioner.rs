@@ -1,5 +1,5 @@
 //! The provisioner's own logic, with no process, network or database: an in-memory store
-//! (`shared::storage::memory`) and scripted sources, in paused Tokio time (sleeps, lease expiry
+//! (`documents_store::memory`) and scripted sources, in paused Tokio time (sleeps, lease expiry
 //! and the negative cache advance only when every task waits, so the tests are exact and fast).
 //! Freshness, batches, coalescing, a filler's caller leaving first, lease takeover and
 //! following, negative caching, stale-if-error, stale-while-revalidate, invalidation, bounds,
@@ -14,13 +14,11 @@ use std::{
 };
 
 use async_trait::async_trait;
+use documents_api::{DocumentResult, Kind, Outcome, Ticker};
+use documents_store::{memory::MemoryStore, DocumentStore, Fence, NewContent};
 use provider_service::{
     provisioner::{Provisioner, Request, Settings},
     sources::{Source, SourceError, Sources},
-};
-use shared::{
-    storage::{memory::MemoryStore, DocumentStore, Fence, NewContent},
-    DocumentResult, Kind, Outcome, Ticker,
 };
 use tokio::time::{advance, Instant};
 use tonic::Code;
@@ -614,7 +612,7 @@ async fn an_unknown_kind_or_a_bad_option_is_refused_naming_the_field() {
     assert!(e.message().starts_with("kind:"), "{e:?}");
     let e = p.validate("", None, 3).unwrap_err();
     assert!(e.message().starts_with("identifiers:"), "{e:?}");
-    let opts = shared::proto::documents::v1::DocumentOptions {
+    let opts = documents_api::proto::documents::v1::DocumentOptions {
         cache_hours: Some(1_000_000),
         ..Default::default()
     };
@@ -705,7 +703,7 @@ async fn refresh_ahead_refreshes_popular_documents_before_they_go_stale() {
             min_calls: 2,
         })
     });
-    p.start_refresh_ahead(&shared::shutdown::Background::new());
+    p.start_refresh_ahead(&documents_kit::shutdown::Background::new());
     one(&p, "GNP", req()).await; // created: asked once
     one(&p, "GNP", req()).await; // a hit: asked twice, popular
     one(&p, "BHP", req()).await; // asked once: not popular

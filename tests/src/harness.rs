@@ -14,10 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shared::{
-    storage::{self, DocumentStore},
-    ClientConfig, ProviderClient,
-};
+use documents_api::{ClientConfig, ProviderClient};
+use documents_store::{self as storage, DocumentStore};
 
 use sample_exchange::{Control, Stats};
 
@@ -314,7 +312,12 @@ impl Provider {
     /// and waits until its health check says SERVING.
     pub async fn start(db_url: &str, upstream: &str, extra_env: &[(&str, &str)]) -> Provider {
         let p = Self::spawn(db_url, upstream, extra_env);
-        wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+        wait_serving(
+            &p.addr,
+            documents_api::proto::PROVIDER_SERVICE_NAME,
+            &p.proc,
+        )
+        .await;
         p
     }
 
@@ -331,7 +334,12 @@ impl Provider {
         extra_env: &[(&str, &str)],
     ) -> Provider {
         let p = Self::spawn_at(addr, db_url, upstream, extra_env);
-        wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+        wait_serving(
+            &p.addr,
+            documents_api::proto::PROVIDER_SERVICE_NAME,
+            &p.proc,
+        )
+        .await;
         p
     }
 
@@ -398,7 +406,7 @@ pub fn test_client_config() -> ClientConfig {
 pub async fn wait_serving(addr: &str, service: &str, proc: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(true) = shared::server::healthcheck(addr, service).await {
+        if let Ok(true) = documents_kit::server::healthcheck(addr, service).await {
             return;
         }
         assert!(
@@ -503,15 +511,16 @@ impl ConsumerProc {
         let mut cmd = consumer_command(db_url, provider_urls, extra_env);
         cmd.env("CONSUMER_LISTEN_ADDR", &addr).stdout(Stdio::null());
         let proc = Proc::spawn("consumer-service", cmd);
-        wait_serving(&addr, shared::proto::CONSUMER_SERVICE_NAME, &proc).await;
+        wait_serving(&addr, documents_api::proto::CONSUMER_SERVICE_NAME, &proc).await;
         ConsumerProc { proc, addr }
     }
 
     pub async fn client(
         &self,
-    ) -> shared::proto::consumer::v1::consumer_client::ConsumerClient<tonic::transport::Channel>
-    {
-        shared::proto::consumer::v1::consumer_client::ConsumerClient::connect(format!(
+    ) -> documents_api::proto::consumer::v1::consumer_client::ConsumerClient<
+        tonic::transport::Channel,
+    > {
+        documents_api::proto::consumer::v1::consumer_client::ConsumerClient::connect(format!(
             "http://{}",
             self.addr
         ))

@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shared::{storage::DocumentStore, DocumentOptions, DocumentProvider, ProviderClient};
+use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
+use documents_store::DocumentStore;
 use tokio::task::JoinHandle;
 
 /// What the load asks for.

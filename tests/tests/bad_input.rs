@@ -4,17 +4,17 @@
 
 use std::io::Write;
 
-use e2e::{
-    harness::{assert_invariants, ConsumerProc, Db, Exchange, Provider},
-    record::Record,
-};
-use shared::proto::{
+use documents_api::proto::{
     consumer::v1::{GetStoredRequest, ProcessTickersRequest},
     documents::v1::{
         document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
         GetDocumentsRequest,
     },
     CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME,
+};
+use e2e::{
+    harness::{assert_invariants, ConsumerProc, Db, Exchange, Provider},
+    record::Record,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -308,17 +308,19 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         .status
         .clone()
         .expect("status of the bad one");
-    let item = shared::ItemError::from(status);
+    let item = documents_api::ItemError::from(status);
     assert_eq!(item.code, Code::InvalidArgument);
     assert_eq!(item.field.as_deref(), Some("identifiers[1]"));
     assert_eq!(item.reason.as_deref(), Some("INVALID_IDENTIFIER"));
     assert!(batch.results[0].status.is_none(), "{batch:?}");
     assert_eq!(batch.results[0].kind, "announcement");
-    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
-        .await
-        .unwrap());
     assert!(
-        shared::server::healthcheck(&consumer.addr, CONSUMER_SERVICE_NAME)
+        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+            .await
+            .unwrap()
+    );
+    assert!(
+        documents_kit::server::healthcheck(&consumer.addr, CONSUMER_SERVICE_NAME)
             .await
             .unwrap()
     );

@@ -8,19 +8,19 @@
 
 use std::time::Duration;
 
+use documents_api::proto::documents::{
+    admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
+    v1::{
+        document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
+        InvalidateDocumentsRequest, Outcome,
+    },
+};
 use e2e::{
     harness::{
         age_document, age_document_by, delayed, forced_status, free_addr, metric_value,
         scrape_metrics, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH,
     },
     on_both_databases,
-};
-use shared::proto::documents::{
-    admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
-    v1::{
-        document_provider_client::DocumentProviderClient, DocumentOptions, GetDocumentRequest,
-        InvalidateDocumentsRequest, Outcome,
-    },
 };
 use tonic::{transport::Channel, Code};
 

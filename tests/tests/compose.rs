@@ -6,8 +6,8 @@
 
 use std::{collections::BTreeMap, process::Command};
 
+use documents_api::proto::consumer::v1::ProcessTickersRequest;
 use e2e::harness::{bin, free_addr, wait_serving, Db, Exchange, Proc};
-use shared::proto::consumer::v1::ProcessTickersRequest;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn compose() -> Yaml {
@@ -291,14 +291,14 @@ async fn binaries_run_a_round_with_the_compose_environment() {
     let provider = start("provider");
     wait_serving(
         &provider_addr,
-        shared::proto::PROVIDER_SERVICE_NAME,
+        documents_api::proto::PROVIDER_SERVICE_NAME,
         &provider,
     )
     .await;
     let consumer = start("consumer");
     wait_serving(
         &consumer_addr,
-        shared::proto::CONSUMER_SERVICE_NAME,
+        documents_api::proto::CONSUMER_SERVICE_NAME,
         &consumer,
     )
     .await;
@@ -319,7 +319,7 @@ async fn binaries_run_a_round_with_the_compose_environment() {
             proc.logs()
         );
     }
-    let mut client = shared::proto::consumer::v1::consumer_client::ConsumerClient::connect(
+    let mut client = documents_api::proto::consumer::v1::consumer_client::ConsumerClient::connect(
         format!("http://{consumer_addr}"),
     )
     .await

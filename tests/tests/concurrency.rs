@@ -4,6 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use documents_api::{
+    proto::documents::v1::{
+        document_provider_client::DocumentProviderClient, DocumentOptions as PbOptions,
+        GetDocumentsRequest,
+    },
+    DocumentOptions, DocumentProvider, Outcome,
+};
 use e2e::{
     harness::{
         age_document, assert_invariants, delayed, forced_status, Db, Exchange, Provider,
@@ -14,13 +21,6 @@ use e2e::{
 };
 use futures::StreamExt;
 use sample_exchange::Control;
-use shared::{
-    proto::documents::v1::{
-        document_provider_client::DocumentProviderClient, DocumentOptions as PbOptions,
-        GetDocumentsRequest,
-    },
-    DocumentOptions, DocumentProvider, Outcome,
-};
 use tonic::Code;
 
 async fn one_fill_across_two_replicas(db: Db) {
@@ -86,7 +86,7 @@ async fn replica_a_fetching(
     Exchange,
     Provider,
     Provider,
-    tokio::task::JoinHandle<Result<shared::DocumentResult, tonic::Status>>,
+    tokio::task::JoinHandle<Result<documents_api::DocumentResult, tonic::Status>>,
 ) {
     let ex = Exchange::start();
     let lease = [("PROVIDER_FILL_LEASE_MS", lease_ms)];
@@ -322,7 +322,7 @@ async fn a_slow_source_does_not_starve_another() {
     let md = client
         .get_document(
             "BHP",
-            &DocumentOptions::new().kind(shared::Kind::MarketData),
+            &DocumentOptions::new().kind(documents_api::Kind::MarketData),
         )
         .await
         .unwrap();
@@ -357,27 +357,27 @@ async fn the_client_honours_the_servers_retry_hint() {
     // The hint itself, as any client sees it.
     let mut raw = DocumentProviderClient::connect(p.url()).await.unwrap();
     let e = raw
-        .get_document(shared::proto::documents::v1::GetDocumentRequest {
+        .get_document(documents_api::proto::documents::v1::GetDocumentRequest {
             identifier: "BHP".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
-    let hint = shared::provider::retry_info(&e).expect("RetryInfo in the status details");
+    let hint = documents_api::provider::retry_info(&e).expect("RetryInfo in the status details");
     assert!(
         hint > Duration::ZERO && hint <= Duration::from_millis(1500),
         "{hint:?}"
     );
     // The bundled client: quick backoff, many retries, a 5 s budget.
-    let client = shared::ProviderClient::with_config(
+    let client = documents_api::ProviderClient::with_config(
         &p.url(),
-        shared::ClientConfig {
+        documents_api::ClientConfig {
             timeout: Duration::from_secs(5),
             retries: 20,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
-            ..shared::ClientConfig::default()
+            ..documents_api::ClientConfig::default()
         },
     )
     .unwrap();
@@ -696,16 +696,16 @@ async fn a_stale_token_cannot_write(db: Db) {
         .token
         .unwrap();
     assert!(new > old);
-    let content = shared::storage::NewContent {
+    let content = documents_store::NewContent {
         title: "t".into(),
         content_markdown: "m".into(),
         content_json: serde_json::json!({ "schema_version": 1 }),
         tags: vec![],
     };
-    let fence = |token| Some(shared::storage::Fence { token });
+    let fence = |token| Some(documents_store::Fence { token });
     let refused = store.upsert(kind, sid, &content, &[], fence(old)).await;
     assert!(
-        matches!(refused, Err(shared::storage::StorageError::LeaseLost(_))),
+        matches!(refused, Err(documents_store::StorageError::LeaseLost(_))),
         "{refused:?}"
     );
     assert!(store.get_by_source(kind, sid).await.unwrap().is_none());

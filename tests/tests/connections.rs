@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use documents_api::{DocumentOptions, DocumentProvider};
 use e2e::{
     harness::{free_addr, metric_value, scrape_metrics, Db, Exchange, Provider},
     record::Record,
 };
-use shared::{DocumentOptions, DocumentProvider};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 /// Waits up to `within` for `check` to hold, polling.
@@ -121,7 +121,7 @@ async fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
         &ex.url,
         &[
             ("PROVIDER_METRICS_ADDR", &metrics),
-            ("RUST_LOG", "info,shared::listener=debug"),
+            ("RUST_LOG", "info,documents_kit::listener=debug"),
         ],
     )
     .await;

@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use chrono::Datelike;
+use documents_api::proto::{
+    consumer::v1::{GetStoredRequest, ProcessTickersRequest, TickerReport},
+    documents::v1::{self as docs, document_provider_server},
+};
 use e2e::{
     harness::{consumer_command, free_addr, ConsumerProc, Db, Exchange, Provider, PDF_PATH},
     on_both_databases,
 };
 use sample_exchange::Control;
-use shared::proto::{
-    consumer::v1::{GetStoredRequest, ProcessTickersRequest, TickerReport},
-    documents::v1::{self as docs, document_provider_server},
-};
 use tonic::Code;
 
 fn request(tickers: &[&str]) -> ProcessTickersRequest {
@@ -22,7 +22,7 @@ fn request(tickers: &[&str]) -> ProcessTickersRequest {
     }
 }
 
-fn keys(items: &[shared::proto::consumer::v1::AnnouncementItem]) -> Vec<String> {
+fn keys(items: &[documents_api::proto::consumer::v1::AnnouncementItem]) -> Vec<String> {
     let mut k: Vec<String> = items.iter().map(|i| i.document_key.clone()).collect();
     k.sort();
     k

@@ -7,6 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use documents_api::{
+    proto::{consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME},
+    DocumentOptions, DocumentProvider, Outcome, ProviderClient,
+};
+use documents_store as storage;
 use e2e::{
     harness::{
         age_document, free_addr, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster,
@@ -14,10 +19,6 @@ use e2e::{
     },
     load::{Call, Calls, Load, Mix},
     record::Record,
-};
-use shared::{
-    proto::{consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME},
-    storage, DocumentOptions, DocumentProvider, Outcome, ProviderClient,
 };
 use tonic::Code;
 
@@ -41,7 +42,7 @@ async fn wait_health_of(addr: &str, service: &str, want: bool) -> Duration {
 async fn wait_health_within(addr: &str, service: &str, want: bool, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let now = shared::server::healthcheck(addr, service)
+        let now = documents_kit::server::healthcheck(addr, service)
             .await
             .unwrap_or(false);
         if now == want {
@@ -358,7 +359,7 @@ async fn sqlite_locked_by_another_process() {
     let timeout = Duration::from_secs(15);
     let client = ProviderClient::with_config(
         &format!("{},{}", a.url(), b.url()),
-        shared::ClientConfig {
+        documents_api::ClientConfig {
             timeout,
             ..e2e::harness::test_client_config()
         },
@@ -434,14 +435,14 @@ async fn sqlite_locked_by_another_process() {
 #[tokio::test]
 async fn pooled_connections_have_a_statement_timeout() {
     let db = Db::postgres();
-    let store = shared::storage::PostgresStore::connect(db.url(), 2)
+    let store = documents_store::PostgresStore::connect(db.url(), 2)
         .await
         .unwrap();
     let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(timeout, shared::storage::STATEMENT_TIMEOUT);
+    assert_eq!(timeout, documents_store::STATEMENT_TIMEOUT);
 }
 
 /// The provider's process runs as this user when the tests run as root (root writes any file,
@@ -515,7 +516,7 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
     let fault = Instant::now();
     let mut n = 0;
     while db.is_none()
-        && shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        && documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap_or(false)
     {

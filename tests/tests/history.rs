@@ -23,12 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use documents_api::{DocumentOptions, DocumentProvider, Kind, Outcome};
 use e2e::{
     harness::{Db, Exchange, Provider, EOD_PATH, LISTING_PATH},
     on_both_databases,
 };
 use rand::{Rng, SeedableRng};
-use shared::{DocumentOptions, DocumentProvider, Kind, Outcome};
 
 const BOUND: Duration = Duration::from_secs(1);
 const CODES: [&str; 6] = ["GNP", "BHP", "CBA", "S0001", "S0002", "S0003"];
@@ -104,9 +104,9 @@ async fn consistent_under_faults(db: Db) {
     let clients: Vec<_> = addrs
         .iter()
         .map(|a| {
-            shared::ProviderClient::with_config(
+            documents_api::ProviderClient::with_config(
                 &format!("http://{a}"),
-                shared::ClientConfig {
+                documents_api::ClientConfig {
                     timeout: Duration::from_secs(10),
                     retries: 0,
                     ..e2e::harness::test_client_config()

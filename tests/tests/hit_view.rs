@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
 use e2e::harness::{Db, Exchange, Provider};
-use shared::{DocumentOptions, DocumentProvider, ProviderClient};
 
 /// The promise (README "Guarantees"): 750 ms heartbeat bound, 1 s maximum age.
 const BOUND: Duration = Duration::from_secs(1);
@@ -212,7 +212,9 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
 
 #[tokio::test]
 async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
-    use shared::proto::documents::admin::v1::{admin_client::AdminClient, DescribeDocumentRequest};
+    use documents_api::proto::documents::admin::v1::{
+        admin_client::AdminClient, DescribeDocumentRequest,
+    };
     let db = Db::sqlite();
     let ex = Exchange::start();
     let viewer = Provider::start(db.url(), &ex.url, &[]).await;

@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
+use documents_api::{proto::consumer::v1::ProcessTickersRequest, DocumentProvider};
 use e2e::{
     harness::{assert_invariants, bin, ConsumerProc, Db, Exchange, Provider},
     on_both_databases,
 };
-use shared::{proto::consumer::v1::ProcessTickersRequest, DocumentProvider};
 
 fn check_cli(db: &Db) -> (bool, String) {
     let out = Command::new(bin("provider-service"))
@@ -61,13 +61,13 @@ async fn checker_finds_what_is_wrong(db: Db) {
         .upsert(
             "announcement_download",
             "ASX:ZZZ:announcement_download",
-            &shared::storage::NewContent {
+            &documents_store::NewContent {
                 title: "t".into(),
                 content_markdown: String::new(),
                 content_json: serde_json::json!({"schema_version": 1}),
                 tags: vec![],
             },
-            &[shared::storage::NewAttachment {
+            &[documents_store::NewAttachment {
                 name: "k".into(),
                 content_type: "application/pdf".into(),
                 data: b"%PDF-orphan".to_vec(),
@@ -139,7 +139,7 @@ async fn the_database_refuses_history_rewrites(db: Db) {
     let ex = Exchange::start();
     let provider = Provider::start(db.url(), &ex.url, &[]).await;
     // Written twice: version 2.
-    let forced = shared::DocumentOptions::new().force_refresh(true);
+    let forced = documents_api::DocumentOptions::new().force_refresh(true);
     let client = provider.client();
     let r = client.get_document("ASX:GNP", &forced).await.unwrap();
     client.get_document("ASX:GNP", &forced).await.unwrap();

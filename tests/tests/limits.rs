@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
-use e2e::{
-    harness::{Db, Exchange, Provider, LISTING_PATH},
-    record::Record,
-};
-use sample_exchange::Control;
-use shared::{
+use documents_api::{
     proto::documents::v1::{
         document_provider_client::DocumentProviderClient, GetDocumentRequest, GetDocumentsRequest,
     },
     proto::PROVIDER_SERVICE_NAME,
 };
+use e2e::{
+    harness::{Db, Exchange, Provider, LISTING_PATH},
+    record::Record,
+};
+use sample_exchange::Control;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +46,7 @@ async fn a_flood_beyond_the_limit_is_shed() {
                 .map_err(|s| {
                     // The refusal says when trying again can help.
                     if s.code() == Code::ResourceExhausted {
-                        assert!(shared::provider::retry_info(&s).is_some(), "{s:?}");
+                        assert!(documents_api::provider::retry_info(&s).is_some(), "{s:?}");
                     }
                     s.code()
                 })
@@ -77,9 +77,11 @@ async fn a_flood_beyond_the_limit_is_shed() {
         ..Default::default()
     }
     .save();
-    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
-        .await
-        .unwrap());
+    assert!(
+        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -138,9 +140,11 @@ async fn oversize_messages_and_batches_are_refused_whole() {
         0,
         "nothing was fetched for a refused batch"
     );
-    assert!(shared::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
-        .await
-        .unwrap());
+    assert!(
+        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+            .await
+            .unwrap()
+    );
 }
 
 /// A call ended by the server's time cap or by the caller's own deadline answers

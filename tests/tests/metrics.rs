@@ -1,11 +1,11 @@
 //! The Prometheus endpoints count a scripted round exactly.
 
+use documents_api::{
+    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
+};
 use e2e::harness::{
     age_document, forced_status, free_addr, metric_value, scrape_metrics, ConsumerProc, Db,
     Exchange, Provider, LISTING_PATH, MARKIT_PATH,
-};
-use shared::{
-    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
 };
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn consumer_metrics_count_downloads() {
 /// one WARN line per failed call; `x-request-id` echoed.
 #[tokio::test]
 async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
-    use shared::proto::documents::v1::{
+    use documents_api::proto::documents::v1::{
         document_provider_client::DocumentProviderClient, GetDocumentRequest, GetDocumentsRequest,
     };
     let db = Db::sqlite();

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Datelike;
 
+use documents_api::{
+    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
+};
 use e2e::{
     harness::{
         delayed, invariants_within, ConsumerProc, Db, Exchange, Provider, LISTING_PATH, PDF_PATH,
@@ -15,9 +18,6 @@ use e2e::{
     record::Record,
 };
 use sample_exchange::Control;
-use shared::{
-    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
-};
 
 /// A short fill lease, so the restarted provider takes over the killed one's fills quickly.
 const LEASE: [(&str, &str); 1] = [("PROVIDER_FILL_LEASE_MS", "1000")];
@@ -42,7 +42,7 @@ async fn provider_killed_during_a_batch_of_fills(db: Db) {
     ex.wait_for_requests(LISTING_PATH, 5).await;
     p.proc.signal("KILL");
     let cut = call.await.unwrap();
-    // The shared client reports a connection that broke under the call as UNAVAILABLE.
+    // The API crate's client reports a connection that broke under the call as UNAVAILABLE.
     assert_eq!(
         cut.as_ref().map(|_| ()).map_err(|s| s.code()),
         Err(tonic::Code::Unavailable),
@@ -218,7 +218,7 @@ async fn consumer_killed_during_its_downloads(db: Db) {
     let recovered = restarted_at.elapsed();
     let r = &next.reports[0];
     assert!(r.status.is_none() && r.failed.is_empty(), "{r:?}");
-    let keys = |items: &[shared::proto::consumer::v1::AnnouncementItem]| -> Vec<String> {
+    let keys = |items: &[documents_api::proto::consumer::v1::AnnouncementItem]| -> Vec<String> {
         items.iter().map(|i| i.document_key.clone()).collect()
     };
     assert_eq!(

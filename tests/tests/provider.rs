@@ -1,15 +1,15 @@
 //! provider-service end to end: the real binary on a free port, a fresh database, the sample
-//! exchange as its upstream, talked to through the `shared` client.
+//! exchange as its upstream, talked to through the API crate's client.
 
 use std::time::Duration;
 
+use documents_api::{
+    proto::documents::v1::{document_provider_client::DocumentProviderClient, GetDocumentRequest},
+    DocumentOptions, DocumentProvider, DocumentProvisioner, Kind, Outcome,
+};
 use e2e::{
     harness::{age_document, forced_status, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH},
     on_both_databases,
-};
-use shared::{
-    proto::documents::v1::{document_provider_client::DocumentProviderClient, GetDocumentRequest},
-    DocumentOptions, DocumentProvider, DocumentProvisioner, Kind, Outcome,
 };
 use tonic::Code;
 
@@ -340,8 +340,11 @@ async fn health_is_not_serving_until_the_database_is_ready() {
     // The port answers health while the database does not exist yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match shared::server::healthcheck(&provider.addr, shared::proto::PROVIDER_SERVICE_NAME)
-            .await
+        match documents_kit::server::healthcheck(
+            &provider.addr,
+            documents_api::proto::PROVIDER_SERVICE_NAME,
+        )
+        .await
         {
             Ok(serving) => {
                 assert!(!serving, "must not be SERVING without a database");
@@ -387,7 +390,7 @@ async fn health_is_not_serving_until_the_database_is_ready() {
         .unwrap();
     e2e::harness::wait_serving(
         &provider.addr,
-        shared::proto::PROVIDER_SERVICE_NAME,
+        documents_api::proto::PROVIDER_SERVICE_NAME,
         &provider.proc,
     )
     .await;
@@ -474,13 +477,13 @@ async fn bearer_token_guards_every_rpc_but_health() {
     assert_eq!(err.code(), Code::Unauthenticated);
     let mut config = e2e::harness::test_client_config();
     config.auth_token = Some("s3cret".into());
-    let client = shared::ProviderClient::with_config(&provider.url(), config).unwrap();
+    let client = documents_api::ProviderClient::with_config(&provider.url(), config).unwrap();
     assert!(client
         .get_document("GNP", &DocumentOptions::new())
         .await
         .is_ok());
     // Health answers without a token (that is what wait_serving used).
-    assert!(shared::server::healthcheck(&provider.addr, "")
+    assert!(documents_kit::server::healthcheck(&provider.addr, "")
         .await
         .unwrap());
 }
@@ -492,7 +495,12 @@ async fn services_starting_at_once_migrate_once(db: Db) {
     let b = Provider::spawn(db.url(), &ex.url, &[]);
     let consumer = e2e::harness::ConsumerProc::start(db.url(), &a.url(), &[]).await;
     for p in [&a, &b] {
-        e2e::harness::wait_serving(&p.addr, shared::proto::PROVIDER_SERVICE_NAME, &p.proc).await;
+        e2e::harness::wait_serving(
+            &p.addr,
+            documents_api::proto::PROVIDER_SERVICE_NAME,
+            &p.proc,
+        )
+        .await;
     }
     let ra = a
         .client()
@@ -645,7 +653,7 @@ async fn a_dns_target_reaches_the_provider() {
     let ex = Exchange::start();
     let provider = Provider::start(db.url(), &ex.url, &[]).await;
     let port = provider.addr.rsplit(':').next().unwrap();
-    let client = shared::ProviderClient::with_config(
+    let client = documents_api::ProviderClient::with_config(
         &format!("dns:///localhost:{port}"),
         e2e::harness::test_client_config(),
     )

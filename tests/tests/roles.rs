@@ -4,8 +4,10 @@
 
 use std::process::Command;
 
+use documents_api::{
+    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider,
+};
 use e2e::harness::{ConsumerProc, Db, Exchange, Provider};
-use shared::{proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider};
 
 #[tokio::test]
 async fn the_consumer_role_writes_only_its_own_kind() {

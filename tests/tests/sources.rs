@@ -3,9 +3,9 @@
 //! the exchange's request log, and malformed upstream bodies.
 
 use chrono::{Days, NaiveDate};
+use documents_api::{DocumentOptions, DocumentProvider, Kind};
 use e2e::harness::{Db, Exchange, Provider, EOD_PATH, LISTING_PATH, MARKIT_PATH};
 use sample_exchange::{Bar, Control};
-use shared::{DocumentOptions, DocumentProvider, Kind};
 use tonic::Code;
 
 fn mean(xs: &[f64]) -> f64 {
@@ -199,7 +199,7 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("truncated"), "{}", err.message());
     assert_eq!(
-        shared::ItemError::from(&err).reason.as_deref(),
+        documents_api::ItemError::from(&err).reason.as_deref(),
         Some("UPSTREAM_MALFORMED")
     );
     assert_eq!(

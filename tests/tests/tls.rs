@@ -4,11 +4,10 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
+use documents_api::{ClientConfig, DocumentOptions, DocumentProvider, ProviderClient};
+use documents_kit::security::client_tls;
 use e2e::harness::{bin, ConsumerProc, Db, Exchange, Provider};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use shared::{
-    security::client_tls, ClientConfig, DocumentOptions, DocumentProvider, ProviderClient,
-};
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -223,7 +222,7 @@ async fn mutual_tls_requires_a_client_certificate() {
     let report = consumer
         .client()
         .await
-        .process_tickers(shared::proto::consumer::v1::ProcessTickersRequest {
+        .process_tickers(documents_api::proto::consumer::v1::ProcessTickersRequest {
             tickers: vec!["ASX:BHP".into()],
             ..Default::default()
         })
@@ -259,7 +258,7 @@ async fn without_a_ca_the_client_trusts_the_system_roots() {
     let report = consumer
         .client()
         .await
-        .process_tickers(shared::proto::consumer::v1::ProcessTickersRequest {
+        .process_tickers(documents_api::proto::consumer::v1::ProcessTickersRequest {
             tickers: vec!["ASX:GNP".into()],
             ..Default::default()
         })

@@ -10,13 +10,13 @@ use std::{
 };
 
 use axum::{body::Bytes, routing::post, Router};
-use e2e::harness::{ConsumerProc, Db, Exchange, Provider};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use shared::proto::{
+use documents_api::proto::{
     consumer::v1::ProcessTickersRequest,
     documents::v1::{document_provider_client::DocumentProviderClient, GetDocumentRequest},
 };
+use e2e::harness::{ConsumerProc, Db, Exchange, Provider};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 /// One exported span, as the receiver got it.
 #[derive(Debug, Clone)]

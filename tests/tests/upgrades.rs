@@ -6,13 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use documents_api::proto::{
+    consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME,
+};
+use documents_kit::server::healthcheck;
 use e2e::{
     harness::{wait_serving, ConsumerProc, Db, Exchange, Provider},
     on_both_databases,
-};
-use shared::{
-    proto::{consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME},
-    server::healthcheck,
 };
 
 /// Runs `sql` (statements separated by `;`) on `db`.

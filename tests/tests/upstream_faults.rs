@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use documents_api::{DocumentOptions, DocumentProvider};
 use e2e::{
     harness::{
         age_document, assert_invariants, free_addr, metric_value, scrape_metrics, Db, Exchange,
@@ -18,7 +19,6 @@ use e2e::{
     record::Record,
 };
 use sample_exchange::Control;
-use shared::{DocumentOptions, DocumentProvider};
 use tonic::Code;
 
 /// One upstream fault, aimed at one company's listing and JSON paths.

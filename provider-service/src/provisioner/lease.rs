@@ -46,7 +46,7 @@ impl FillContext {
     ) -> FillResult {
         let stamp = self.hit_cache.as_ref().map(|c| c.stamp(key.0, &key.1));
         let started = Instant::now();
-        let result = shared::trace::in_span(
+        let result = documents_kit::trace::in_span(
             "fill",
             SpanKind::Internal,
             || {
@@ -103,27 +103,28 @@ impl FillContext {
             let claim =
                 self.store
                     .claim_fill(kind, sid, &self.settings.holder, self.settings.lease_ttl);
-            let claimed = match shared::trace::in_span("lease", SpanKind::Internal, Vec::new, claim)
-                .await
-                .map_err(storage)?
-            {
-                Claim { token: None, .. } => None,
-                Claim {
-                    token: Some(token),
-                    head,
-                } => Some(
-                    self.fill_holding(
-                        key,
-                        ticker,
-                        source.as_ref(),
-                        (token, head),
-                        seen,
-                        forced,
-                        per_source.clone(),
-                    )
-                    .await,
-                ),
-            };
+            let claimed =
+                match documents_kit::trace::in_span("lease", SpanKind::Internal, Vec::new, claim)
+                    .await
+                    .map_err(storage)?
+                {
+                    Claim { token: None, .. } => None,
+                    Claim {
+                        token: Some(token),
+                        head,
+                    } => Some(
+                        self.fill_holding(
+                            key,
+                            ticker,
+                            source.as_ref(),
+                            (token, head),
+                            seen,
+                            forced,
+                            per_source.clone(),
+                        )
+                        .await,
+                    ),
+                };
             match claimed {
                 Some(Ok(filled)) => return Ok(filled),
                 Some(Err(FillError::Failed(e))) => return Err(e),
@@ -255,7 +256,7 @@ impl FillContext {
         let write = self
             .store
             .upsert(kind, sid, &content, &[], Some(Fence { token }));
-        match shared::trace::in_span("store", SpanKind::Internal, Vec::new, write).await {
+        match documents_kit::trace::in_span("store", SpanKind::Internal, Vec::new, write).await {
             Ok(w) => {
                 tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
                 Ok(Filled {
@@ -300,11 +301,11 @@ impl FillContext {
 
 /// Resolves when the change feed announces `sid` (or may have missed it).
 pub(super) async fn changed(
-    rx: &mut tokio::sync::broadcast::Receiver<shared::storage::Change>,
+    rx: &mut tokio::sync::broadcast::Receiver<documents_store::Change>,
     kind: &str,
     sid: &str,
 ) {
-    use shared::storage::Change;
+    use documents_store::Change;
     loop {
         match rx.recv().await {
             Ok(Change::Document {

@@ -29,17 +29,17 @@ use std::{
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use documents_api::{
+    provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
+    DocumentResult, ItemError, Kind, Outcome, Ticker,
+};
+use documents_kit::status::StorageStatus as _;
+use documents_kit::trace::{KeyValue, SpanKind, TraceContext};
+use documents_store::{Claim, DocumentHead, DocumentStore, Fence, StorageError};
 use futures::{
     future::{BoxFuture, Shared},
     stream::{self, BoxStream, FuturesUnordered},
     FutureExt, StreamExt,
-};
-use shared::status::StorageStatus as _;
-use shared::trace::{KeyValue, SpanKind, TraceContext};
-use shared::{
-    provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
-    storage::{Claim, DocumentHead, DocumentStore, Fence, StorageError},
-    DocumentResult, ItemError, Kind, Outcome, Ticker,
 };
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Code, Status};
@@ -134,7 +134,7 @@ pub struct Described {
     pub source_id: String,
     pub head: Option<DocumentHead>,
     /// The live fill lease: its token and holder.
-    pub lease: Option<(i64, shared::storage::Holding)>,
+    pub lease: Option<(i64, documents_store::Holding)>,
     /// The failure the negative cache answers, and until when.
     pub negative: Option<(ItemError, DateTime<Utc>)>,
     pub in_memory: bool,
@@ -240,7 +240,7 @@ impl Provisioner {
     pub fn validate(
         &self,
         kind: &str,
-        options: Option<&shared::proto::documents::v1::DocumentOptions>,
+        options: Option<&documents_api::proto::documents::v1::DocumentOptions>,
         batch_len: usize,
     ) -> Result<Request, Status> {
         let settings = self.settings();
@@ -373,7 +373,7 @@ impl Provisioner {
 
     /// Starts refresh-ahead when the settings ask for it (it stops when the provisioner is
     /// dropped).
-    pub fn start_refresh_ahead(self: &Arc<Self>, background: &shared::shutdown::Background) {
+    pub fn start_refresh_ahead(self: &Arc<Self>, background: &documents_kit::shutdown::Background) {
         if let (Some(popularity), Some(tuning)) = (&self.popularity, self.settings().refresh_ahead)
         {
             crate::refresh_ahead::spawn(self, popularity.clone(), tuning, background);

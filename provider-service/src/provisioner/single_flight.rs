@@ -109,7 +109,8 @@ impl Provisioner {
         let per_source = self.per_source.get(&key.0).cloned();
         let key = key.clone();
         // The fill belongs to the trace (and log span) of the call that started it.
-        let trace = shared::trace::TraceContext::current().unwrap_or_else(TraceContext::root);
+        let trace =
+            documents_kit::trace::TraceContext::current().unwrap_or_else(TraceContext::root);
         let span = tracing::Span::current();
         let handle = tokio::spawn(tracing::Instrument::instrument(
             trace.scope_call(async move {

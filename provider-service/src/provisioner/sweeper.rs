@@ -6,7 +6,7 @@ impl Provisioner {
     /// Releases, every lease length, the leases of fillers that went away (killed while
     /// holding one) once they are a lease length past their expiry, so none is left behind.
     /// Runs until the process stops (`background`).
-    pub fn sweep_abandoned_leases(&self, background: &shared::shutdown::Background) {
+    pub fn sweep_abandoned_leases(&self, background: &documents_kit::shutdown::Background) {
         let store = self.ctx.store.clone();
         let every = self.ctx.settings.lease_ttl.max(Duration::from_secs(1));
         let grace = self.ctx.settings.lease_ttl;

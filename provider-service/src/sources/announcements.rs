@@ -12,10 +12,11 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate, Utc};
+use documents_api::{Kind, Ticker};
+use documents_store::NewContent;
 use reqwest::{StatusCode, Url};
 use scraper::{ElementRef, Html, Selector};
 use serde::{Deserialize, Serialize};
-use shared::{storage::NewContent, Kind, Ticker};
 
 use super::{join, HttpClient, Source, SourceError, UpstreamUrls};
 

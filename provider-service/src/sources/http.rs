@@ -100,14 +100,14 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             self.limiter.wait(&host, self.limits.rate_per_host).await;
-            let result = shared::trace::in_span(
+            let result = documents_kit::trace::in_span(
                 "upstream GET",
-                shared::trace::SpanKind::Client,
+                documents_kit::trace::SpanKind::Client,
                 || {
                     vec![
-                        shared::trace::KeyValue::new("http.request.method", "GET"),
-                        shared::trace::KeyValue::new("server.address", host.clone()),
-                        shared::trace::KeyValue::new("url.path", url.path().to_string()),
+                        documents_kit::trace::KeyValue::new("http.request.method", "GET"),
+                        documents_kit::trace::KeyValue::new("server.address", host.clone()),
+                        documents_kit::trace::KeyValue::new("url.path", url.path().to_string()),
                     ]
                 },
                 self.get_once(url),
@@ -132,7 +132,7 @@ impl HttpClient {
         );
         // The upstream joins the caller's trace (W3C traceparent), as its child.
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(trace) = shared::trace::TraceContext::current() {
+        if let Some(trace) = documents_kit::trace::TraceContext::current() {
             trace.inject(&mut headers);
         }
         let resp = match self.client.get(url.clone()).headers(headers).send().await {

@@ -8,9 +8,10 @@
 
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate, Utc};
+use documents_api::{Kind, Ticker};
+use documents_store::NewContent;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use shared::{storage::NewContent, Kind, Ticker};
 
 use super::{join, HttpClient, Source, SourceError};
 

@@ -8,8 +8,9 @@ pub mod market_data;
 use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
+use documents_api::{Kind, Ticker};
+use documents_store::NewContent;
 use reqwest::Url;
-use shared::{storage::NewContent, Kind, Ticker};
 
 pub use http::{HttpClient, HttpLimits};
 

@@ -1,7 +1,7 @@
 //! W3C Trace Context: a call's `traceparent` and `tracestate` are taken from the caller (or a
 //! new trace is started), held for the call's work in a task-local, and carried on to what the
 //! work calls (the client adds them to every provider call). Exporting spans is the services'
-//! business (`shared::trace`).
+//! business (`documents_kit::trace`).
 
 use std::future::Future;
 

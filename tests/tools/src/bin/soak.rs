@@ -15,13 +15,13 @@ use std::{
 };
 
 use clap::Parser;
+use documents_api::{DocumentOptions, DocumentProvider};
 use e2e::{
     harness::{free_addr, metric_value, scrape_metrics, Db, Exchange, Provider},
     load::{Load, Mix},
     procfs,
     record::Record,
 };
-use shared::{DocumentOptions, DocumentProvider};
 use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]

@@ -14,12 +14,7 @@ use std::{
 use clap::Parser;
 
 mod scale;
-use e2e::{
-    harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
-    procfs::measured,
-};
-use sample_exchange::Control;
-use shared::{
+use documents_api::{
     proto::{
         consumer::v1::ProcessTickersRequest,
         documents::v1::{
@@ -29,6 +24,11 @@ use shared::{
     },
     DocumentProvider,
 };
+use e2e::{
+    harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH},
+    procfs::measured,
+};
+use sample_exchange::Control;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
@@ -173,8 +173,8 @@ where
 }
 
 async fn channels(url: &str, n: usize) -> Vec<Channel> {
-    // The same connection settings as the shared client.
-    let endpoint = shared::client::parse_endpoints(url, Duration::from_secs(3))
+    // The same connection settings as the API crate's client.
+    let endpoint = documents_api::client::parse_endpoints(url, Duration::from_secs(3))
         .expect("endpoint")
         .remove(0);
     let mut out = Vec::new();
@@ -228,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
     // 1000 fresh documents for the hit and batch scenarios.
     let fresh = ids(0, 1000);
     let preload = client
-        .get_documents(&fresh, &shared::DocumentOptions::new())
+        .get_documents(&fresh, &documents_api::DocumentOptions::new())
         .await?;
     anyhow::ensure!(
         preload.iter().all(|r| r.is_ok()),
@@ -325,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         let hot: Arc<Vec<String>> = Arc::new(ids(0, 100));
         let preload = lite
             .client()
-            .get_documents(&hot, &shared::DocumentOptions::new())
+            .get_documents(&hot, &documents_api::DocumentOptions::new())
             .await?;
         anyhow::ensure!(preload.iter().all(|r| r.is_ok()), "preloading failed");
         let run = hits_against_health(&lite.url(), lite.proc.pid(), hot, &args).await;
@@ -600,7 +600,7 @@ async fn main() -> anyhow::Result<()> {
             let (r, c, m) = measured(pid, async {
                 let s = Instant::now();
                 let r = client
-                    .get_documents(&batch, &shared::DocumentOptions::new())
+                    .get_documents(&batch, &documents_api::DocumentOptions::new())
                     .await;
                 (r, s.elapsed())
             })
@@ -633,7 +633,7 @@ async fn main() -> anyhow::Result<()> {
         let second = Provider::start(db.url(), &ex.url, &env_ref).await;
         let target = "ASX:S2000".to_string();
         client
-            .get_document(&target, &shared::DocumentOptions::new())
+            .get_document(&target, &documents_api::DocumentOptions::new())
             .await?;
         let pool = sqlx::PgPool::connect(db.url()).await?;
         sqlx::query(
@@ -769,7 +769,7 @@ async fn main() -> anyhow::Result<()> {
         let mut n = 0;
         while started.elapsed() < duration {
             client
-                .get_documents(&tickers, &shared::DocumentOptions::new())
+                .get_documents(&tickers, &documents_api::DocumentOptions::new())
                 .await?;
             n += 1;
         }
@@ -887,7 +887,7 @@ async fn start_up_ms(postgres: bool, upstream: &str, runs: usize) -> f64 {
         let started = Instant::now();
         let provider = Provider::spawn_at(&addr, db.url(), upstream, &[]);
         loop {
-            if shared::server::healthcheck(&addr, "documents.v1.DocumentProvider")
+            if documents_kit::server::healthcheck(&addr, "documents.v1.DocumentProvider")
                 .await
                 .unwrap_or(false)
             {

@@ -5,9 +5,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
 use e2e::harness::{Exchange, PrivateCluster, Provider};
 use sample_exchange::Control;
-use shared::{DocumentOptions, DocumentProvider, ProviderClient};
 use sqlx::PgPool;
 
 use super::{channels, hit_caller, ids, load, Args, Row};

@@ -179,8 +179,8 @@ impl GrpcServer {
         let router = builder
             .timeout(limits.request_timeout)
             .tcp_nodelay(true)
-            .initial_stream_window_size(crate::client::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::client::HTTP2_CONNECTION_WINDOW)
+            .initial_stream_window_size(documents_api::client::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(documents_api::client::HTTP2_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // Outermost: it sees every answer, refusals by the layers below included.

@@ -169,7 +169,7 @@ impl ObserveLayer {
                 "ServerReflectionInfo".into(),
             ),
         ];
-        let fds = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+        let fds = prost_types::FileDescriptorSet::decode(documents_api::proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptor set decodes");
         for file in fds.file {
             for svc in &file.service {

@@ -129,7 +129,7 @@ impl BudgetedBody {
         if before + n > self.budget.limit {
             self.budget.held.fetch_sub(n, Ordering::AcqRel);
             self.finish();
-            return Err(crate::provider::status_with_retry(
+            return Err(documents_api::provider::status_with_retry(
                 tonic::Code::ResourceExhausted,
                 format!(
                     "the server holds too many request bytes still arriving: at most {} across all calls ({}); retry shortly",
@@ -244,7 +244,7 @@ mod tests {
         assert!(refused.message().contains("at most 1000"), "{refused:?}");
         assert!(refused.message().contains("BUDGET"), "{refused:?}");
         assert_eq!(
-            crate::provider::retry_info(&refused),
+            documents_api::provider::retry_info(&refused),
             Some(BUDGET_RETRY),
             "the caller is told when to retry"
         );

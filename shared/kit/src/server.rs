@@ -18,7 +18,7 @@ use tonic_health::{
     server::HealthReporter,
 };
 
-use crate::proto::FILE_DESCRIPTOR_SET;
+use documents_api::proto::FILE_DESCRIPTOR_SET;
 
 /// Health service name that answers SERVING as long as the process runs, whatever the database
 /// does: the liveness probe (a database outage makes a replica not ready, not dead).
@@ -79,7 +79,7 @@ impl DatabaseStatus {
 pub fn watch_database(
     reporter: HealthReporter,
     service_name: &'static str,
-    store: Arc<dyn crate::storage::DocumentStore>,
+    store: Arc<dyn documents_store::DocumentStore>,
     status: DatabaseStatus,
     background: &crate::shutdown::Background,
 ) {
@@ -326,7 +326,7 @@ where
                 counter.touch();
                 if counter.in_flight.fetch_add(1, Ordering::AcqRel) >= self.layer.limit {
                     counter.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    let refused = crate::provider::status_with_retry(
+                    let refused = documents_api::provider::status_with_retry(
                         tonic::Code::ResourceExhausted,
                         format!(
                             "too many calls in flight on this connection: at most {} ({}); retry shortly or use another connection",

@@ -1,0 +1,18 @@
+//! The service kit both services build on (beside the API crate, `documents_api`, and the store,
+//! `documents_store`): one server builder ([`grpc_server`]) with its accept loop ([`listener`]), layers ([`observe`],
+//! [`request_budget`], [`server`]), health ([`server`]), storage errors as gRPC statuses ([`status`]), the background loops' shutdown ([`shutdown`]), security ([`security`]),
+//! metrics ([`metrics`]), logging ([`telemetry`]), span export ([`trace`]) and the database
+//! settings ([`config`]).
+
+pub mod config;
+pub mod grpc_server;
+pub mod listener;
+pub mod metrics;
+pub mod observe;
+pub mod request_budget;
+pub mod security;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+pub mod trace;
