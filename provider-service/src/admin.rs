@@ -11,7 +11,7 @@ use documents_api::{
 use documents_kit::status::StorageStatus as _;
 use tonic::{Request, Response, Status};
 
-use crate::provisioner::Provisioner;
+use crate::{provisioner::Provisioner, validate};
 
 #[derive(Clone)]
 pub struct AdminService {
@@ -46,7 +46,13 @@ impl Admin for AdminService {
         request: Request<pb::DescribeDocumentRequest>,
     ) -> Result<Response<pb::DocumentState>, Status> {
         let r = request.into_inner();
-        let d = self.ready()?.describe(&r.identifier, &r.kind).await?;
+        let p = self.ready()?;
+        let kind = validate::kind(p, &r.kind)?.unwrap_or(p.settings().default_kind);
+        let ticker = validate::identifier(p, "identifier", &r.identifier)?;
+        let d = p
+            .describe(kind, &ticker)
+            .await
+            .map_err(|e| e.item_error().to_status())?;
         let head = d.head.as_ref();
         Ok(Response::new(pb::DocumentState {
             source_id: d.source_id,

@@ -18,7 +18,9 @@ use futures::StreamExt;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::{metrics::METRICS, provisioner::Provisioner};
+use documents_kit::status::StorageStatus as _;
+
+use crate::{metrics::METRICS, provisioner::Provisioner, validate};
 
 /// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
 #[derive(Clone)]
@@ -72,15 +74,8 @@ impl ProviderService {
     ) -> Result<Vec<DocumentResult>, Status> {
         let started = Instant::now();
         let p = self.ready()?;
-        let req = p.validate(kind, options.as_ref(), identifiers.len())?;
-        let cached = match identifiers.as_slice() {
-            [one] => p.cached_hit(one, req),
-            _ => None,
-        };
-        let mut results = match cached {
-            Some(hit) => vec![hit],
-            None => p.provide(identifiers, req).await,
-        };
+        let req = validate::request(p, kind, options.as_ref(), identifiers.len())?;
+        let mut results = p.provide(validate::identifiers(p, identifiers), req).await;
         if rpc != "GetDocument" {
             results = results.into_iter().map(in_batch).collect();
         }
@@ -248,11 +243,11 @@ impl DocumentProviderRpc for ProviderService {
         let deadline = tokio::time::Instant::now() + limit;
         let r = request.into_inner();
         let p = self.ready()?;
-        let req = p.validate(&r.kind, r.options.as_ref(), r.identifiers.len())?;
+        let req = validate::request(p, &r.kind, r.options.as_ref(), r.identifiers.len())?;
         // The summary is logged when the stream is dropped: done, or the caller went away.
         let mut summary = Summary::new("StreamDocuments", &id, started, true);
         let results = p
-            .provide_each(r.identifiers, req)
+            .provide_each(validate::identifiers(p, r.identifiers), req)
             .map(move |result| {
                 summary.record(&result);
                 Ok(in_batch(result).into())
@@ -312,10 +307,12 @@ impl DocumentProviderRpc for ProviderService {
         request: Request<pb::InvalidateDocumentsRequest>,
     ) -> Result<Response<pb::InvalidateDocumentsResponse>, Status> {
         let r = request.into_inner();
-        let invalidated = self
-            .ready()?
-            .invalidate(&r.identifiers, &r.tags, &r.kind)
-            .await?;
+        let p = self.ready()?;
+        let (kind, tickers) = validate::invalidation(p, &r.identifiers, &r.tags, &r.kind)?;
+        let invalidated = p
+            .invalidate(kind, &tickers, &r.tags)
+            .await
+            .map_err(|e| e.item_error().to_status())?;
         Ok(Response::new(pb::InvalidateDocumentsResponse {
             invalidated,
         }))

@@ -1,5 +1,6 @@
 //! The document provider: configuration ([`config`]), start-up and shutdown ([`app`]), the gRPC
-//! services ([`grpc`], with [`hit_log`] summing up its hits, and [`admin`] for operators), the provisioning core ([`provisioner`]) with its
+//! services ([`grpc`], with [`hit_log`] summing up its hits, and [`admin`] for operators) and
+//! their reading of a call into domain types ([`validate`]), the provisioning core ([`provisioner`]) with its
 //! in-memory view of fresh documents ([`hit_cache`]), refresh-ahead of popular documents
 //! ([`refresh_ahead`]) and the sources it fills documents from ([`sources`]).
 
@@ -13,3 +14,4 @@ pub mod metrics;
 pub mod provisioner;
 pub mod refresh_ahead;
 pub mod sources;
+pub mod validate;

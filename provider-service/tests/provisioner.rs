@@ -17,8 +17,9 @@ use async_trait::async_trait;
 use documents_api::{DocumentResult, Kind, Outcome, Ticker};
 use documents_store::{memory::MemoryStore, DocumentStore, Fence, NewContent};
 use provider_service::{
-    provisioner::{Provisioner, Request, Settings},
+    provisioner::{Asked, Provisioner, Request, Settings},
     sources::{Source, SourceError, Sources},
+    validate,
 };
 use tokio::time::{advance, Instant};
 use tonic::Code;
@@ -121,11 +122,22 @@ fn req() -> Request {
 }
 
 async fn one(p: &Arc<Provisioner>, id: &str, r: Request) -> DocumentResult {
-    p.provide(vec![id.to_string()], r).await.remove(0)
+    p.provide(asked(&[id]), r).await.remove(0)
+}
+
+/// Identifiers as the edge hands them to the provisioner.
+fn asked(list: &[&str]) -> Vec<Asked> {
+    list.iter()
+        .map(|s| Asked::parse(s.to_string(), "ASX"))
+        .collect()
 }
 
 fn ids(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+fn tickers(list: &[&str]) -> Vec<Ticker> {
+    list.iter().map(|s| Ticker::parse(s).unwrap()).collect()
 }
 
 const GNP: &str = "ASX:GNP:announcement";
@@ -199,7 +211,7 @@ async fn a_batch_answers_every_identifier_in_order_and_one_bad_one_fails_alone()
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
     let p = provisioner(&store, vec![src.clone()], |_| {});
     let results = p
-        .provide(ids(&["GNP", "bad id!", "asx:gnp", "BHP", "NOPE"]), req())
+        .provide(asked(&["GNP", "bad id!", "asx:gnp", "BHP", "NOPE"]), req())
         .await;
     let got: Vec<_> = results
         .iter()
@@ -521,7 +533,8 @@ async fn fills_are_bounded_by_the_global_limit() {
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));
     let p = provisioner(&store, vec![src.clone()], |s| s.fill_concurrency = 3);
     let codes: Vec<String> = (0..10).map(|i| format!("S{i:04}")).collect();
-    let results = p.provide(codes, req()).await;
+    let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+    let results = p.provide(asked(&codes), req()).await;
     assert!(results.iter().all(|r| r.is_ok()));
     assert_eq!(src.most_running.load(Ordering::SeqCst), 3);
     assert_eq!(src.calls(), 10);
@@ -538,7 +551,7 @@ async fn a_slow_source_does_not_hold_the_permits_another_source_needs() {
     });
     let batch = {
         let p = p.clone();
-        tokio::spawn(async move { p.provide(ids(&["GNP", "BHP", "CBA"]), req()).await })
+        tokio::spawn(async move { p.provide(asked(&["GNP", "BHP", "CBA"]), req()).await })
     };
     while slow.calls() == 0 {
         tokio::task::yield_now().await;
@@ -607,16 +620,16 @@ async fn an_unknown_kind_or_a_bad_option_is_refused_naming_the_field() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::ZERO);
     let p = provisioner(&store, vec![src], |s| s.max_batch_size = 2);
-    let e = p.validate("market_data", None, 1).unwrap_err();
+    let e = validate::request(&p, "market_data", None, 1).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("kind:"), "{e:?}");
-    let e = p.validate("", None, 3).unwrap_err();
+    let e = validate::request(&p, "", None, 3).unwrap_err();
     assert!(e.message().starts_with("identifiers:"), "{e:?}");
     let opts = documents_api::proto::documents::v1::DocumentOptions {
         cache_hours: Some(1_000_000),
         ..Default::default()
     };
-    let e = p.validate("", Some(&opts), 1).unwrap_err();
+    let e = validate::request(&p, "", Some(&opts), 1).unwrap_err();
     assert!(e.message().starts_with("options.cache_hours:"), "{e:?}");
 }
 
@@ -665,7 +678,10 @@ async fn invalidated_documents_refresh_on_the_next_call_and_keep_their_id() {
     one(&p, "BHP", req()).await;
     assert_eq!(one(&p, "GNP", req()).await.outcome, Outcome::Hit);
     // By identifier.
-    assert_eq!(p.invalidate(&ids(&["gnp"]), &[], "").await.unwrap(), 1);
+    assert_eq!(
+        p.invalidate(None, &tickers(&["gnp"]), &[]).await.unwrap(),
+        1
+    );
     let again = one(&p, "GNP", req()).await;
     assert_eq!(
         (again.outcome, again.version, again.document_id.as_str()),
@@ -677,19 +693,27 @@ async fn invalidated_documents_refresh_on_the_next_call_and_keep_their_id() {
         "the write clears it"
     );
     // By tag (the scripted source tags each document with its ticker).
-    assert_eq!(p.invalidate(&[], &ids(&["ASX:BHP"]), "").await.unwrap(), 1);
+    assert_eq!(
+        p.invalidate(None, &[], &ids(&["ASX:BHP"])).await.unwrap(),
+        1
+    );
     assert_eq!(one(&p, "BHP", req()).await.outcome, Outcome::Refreshed);
     // A whole kind.
-    assert_eq!(p.invalidate(&[], &[], "announcement").await.unwrap(), 2);
-    let batch = p.provide(ids(&["GNP", "BHP"]), req()).await;
+    assert_eq!(
+        p.invalidate(Some(Kind::Announcement), &[], &[])
+            .await
+            .unwrap(),
+        2
+    );
+    let batch = p.provide(asked(&["GNP", "BHP"]), req()).await;
     assert!(
         batch.iter().all(|r| r.outcome == Outcome::Refreshed),
         "{batch:?}"
     );
     // Nothing named: refused, nothing marked.
-    let e = p.invalidate(&[], &[], "").await.unwrap_err();
+    let e = validate::invalidation(&p, &[], &[], "").unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = p.invalidate(&ids(&["ASX..X"]), &[], "").await.unwrap_err();
+    let e = validate::invalidation(&p, &ids(&["ASX..X"]), &[], "").unwrap_err();
     assert!(e.message().starts_with("identifiers[0]: "), "{e:?}");
 }
 

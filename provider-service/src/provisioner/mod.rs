@@ -30,8 +30,7 @@ use std::{
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use documents_api::{
-    provider::{invalid_argument, DEFAULT_CACHE_HOURS, MAX_CACHE_HOURS},
-    DocumentResult, ItemError, Kind, Outcome, Ticker,
+    provider::DEFAULT_CACHE_HOURS, DocumentResult, ItemError, Kind, Outcome, Ticker, TickerError,
 };
 use documents_kit::status::StorageStatus as _;
 use documents_kit::trace::{KeyValue, SpanKind, TraceContext};
@@ -42,7 +41,7 @@ use futures::{
     FutureExt, StreamExt,
 };
 use tokio::{sync::Semaphore, time::Instant};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::{
     hit_cache::{HitCache, Stamp},
@@ -59,6 +58,7 @@ mod single_flight;
 mod sweeper;
 
 use answer::*;
+use plan::Planned;
 use single_flight::*;
 
 /// Provisioning settings.
@@ -112,6 +112,21 @@ fn rand_u32() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     t ^ std::process::id().rotate_left(16)
+}
+
+/// One identifier of a call: as the caller sent it (answered back unchanged) and parsed.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub identifier: String,
+    pub ticker: Result<Ticker, TickerError>,
+}
+
+impl Asked {
+    /// `identifier` parsed as a ticker, a bare code taking `default_exchange`.
+    pub fn parse(identifier: String, default_exchange: &str) -> Self {
+        let ticker = Ticker::parse_with_default(&identifier, default_exchange);
+        Self { identifier, ticker }
+    }
 }
 
 /// A validated request.
@@ -236,100 +251,25 @@ impl Provisioner {
         &self.ctx.store
     }
 
-    /// Validates the whole-request fields. Errors name the field and the rule.
-    pub fn validate(
-        &self,
-        kind: &str,
-        options: Option<&documents_api::proto::documents::v1::DocumentOptions>,
-        batch_len: usize,
-    ) -> Result<Request, Status> {
-        let settings = self.settings();
-        let kind = self.requested_kind(kind)?.unwrap_or(settings.default_kind);
-        let default = Default::default();
-        let opts = options.unwrap_or(&default);
-        let cache_hours = opts.cache_hours.unwrap_or(settings.default_cache_hours);
-        for (field, value) in [
-            ("options.cache_hours", Some(cache_hours)),
-            ("options.stale_if_error_hours", opts.stale_if_error_hours),
-            (
-                "options.stale_while_revalidate_hours",
-                opts.stale_while_revalidate_hours,
-            ),
-        ] {
-            if let Some(v) = value.filter(|v| *v > MAX_CACHE_HOURS) {
-                return Err(invalid_argument(
-                    field,
-                    format!("{v} is more than the maximum of {MAX_CACHE_HOURS}"),
-                ));
-            }
-        }
-        if batch_len > settings.max_batch_size {
-            return Err(invalid_argument(
-                "identifiers",
-                format!(
-                    "{batch_len} identifiers is more than the maximum batch size of {}",
-                    settings.max_batch_size
-                ),
-            ));
-        }
-        Ok(Request {
-            kind,
-            cache_hours,
-            force_refresh: opts.force_refresh,
-            stale_if_error_hours: opts.stale_if_error_hours,
-            stale_while_revalidate_hours: opts.stale_while_revalidate_hours,
-            refresh_ahead: false,
-        })
-    }
-
-    /// The `kind` field of a request: `None` when empty, else a kind this service provides
-    /// (INVALID_ARGUMENT naming the ones it does otherwise).
-    fn requested_kind(&self, kind: &str) -> Result<Option<Kind>, Status> {
-        if kind.trim().is_empty() {
-            return Ok(None);
-        }
-        let provided = || {
-            let mut provided: Vec<_> = self.sources.keys().map(|k| k.as_str()).collect();
-            provided.sort();
-            provided.join(", ")
-        };
-        let kind = kind.parse::<Kind>().map_err(|e| {
-            invalid_argument("kind", format!("{e}: expected one of {}", provided()))
-        })?;
-        if !self.sources.contains_key(&kind) {
-            return Err(invalid_argument(
-                "kind",
-                format!(
-                    "{:?} is not provided by this service: expected one of {}",
-                    kind.as_str(),
-                    provided()
-                ),
-            ));
-        }
-        Ok(Some(kind))
+    /// The kinds this service provides (one source each).
+    pub fn provided_kinds(&self) -> impl Iterator<Item = Kind> + '_ {
+        self.sources.keys().copied()
     }
 
     /// What this replica knows of a document (the admin view): its stored head, its lease, the
     /// negative-cache entry, whether memory holds it and whether a fill runs here.
-    pub async fn describe(&self, identifier: &str, kind: &str) -> Result<Described, Status> {
-        let settings = self.settings();
-        let kind = self.requested_kind(kind)?.unwrap_or(settings.default_kind);
-        let ticker = Ticker::parse_with_default(identifier, &settings.default_exchange)
-            .map_err(|e| invalid_argument("identifier", e))?;
+    pub async fn describe(&self, kind: Kind, ticker: &Ticker) -> Result<Described, StorageError> {
         let sid = ticker.source_id(kind.as_str());
-        let storage = |e: StorageError| e.item_error().to_status();
         let head = self
             .store()
             .lookup(kind.as_str(), std::slice::from_ref(&sid))
-            .await
-            .map_err(storage)?
+            .await?
             .heads
             .pop();
         let lease = self
             .store()
             .lease(kind.as_str(), &sid)
-            .await
-            .map_err(storage)?
+            .await?
             .and_then(|l| l.holding.map(|h| (l.token, h)));
         let key: FillKey = (kind, sid.clone());
         let negative = self
@@ -416,37 +356,17 @@ impl Provisioner {
     /// alone. Answers how many were marked.
     pub async fn invalidate(
         &self,
-        identifiers: &[String],
+        kind: Option<Kind>,
+        tickers: &[Ticker],
         tags: &[String],
-        kind: &str,
-    ) -> Result<u64, Status> {
-        let settings = self.settings();
-        if identifiers.is_empty() && tags.is_empty() && kind.trim().is_empty() {
-            return Err(invalid_argument(
-                "identifiers",
-                "nothing to invalidate: give identifiers, tags, or a kind (every document of it)",
-            ));
-        }
-        if identifiers.len() + tags.len() > settings.max_batch_size {
-            return Err(invalid_argument(
-                "identifiers",
-                format!(
-                    "{} identifiers and tags is more than the maximum batch size of {}",
-                    identifiers.len() + tags.len(),
-                    settings.max_batch_size
-                ),
-            ));
-        }
-        let kind = self.requested_kind(kind)?;
-        let id_kind = kind.unwrap_or(settings.default_kind);
-        let mut source_ids = Vec::with_capacity(identifiers.len());
-        for (i, id) in identifiers.iter().enumerate() {
-            let t = Ticker::parse_with_default(id, &settings.default_exchange)
-                .map_err(|e| invalid_argument(&format!("identifiers[{i}]"), e))?;
-            source_ids.push(t.source_id(id_kind.as_str()));
-        }
+    ) -> Result<u64, StorageError> {
+        let id_kind = kind.unwrap_or(self.settings().default_kind);
+        let source_ids: Vec<String> = tickers
+            .iter()
+            .map(|t| t.source_id(id_kind.as_str()))
+            .collect();
         // Identifiers name documents of one kind; tags alone may span kinds.
-        let scope = match (kind, identifiers.is_empty()) {
+        let scope = match (kind, tickers.is_empty()) {
             (Some(k), _) => Some(k),
             (None, false) => Some(id_kind),
             (None, true) => None,
@@ -454,12 +374,11 @@ impl Provisioner {
         let n = self
             .store()
             .invalidate(scope.map(Kind::as_str), &source_ids, tags)
-            .await
-            .map_err(|e| e.item_error().to_status())?;
+            .await?;
         METRICS.invalidation(scope.map_or("any", Kind::as_str), n);
         tracing::info!(
             invalidated = n,
-            identifiers = identifiers.len(),
+            identifiers = tickers.len(),
             tags = tags.len(),
             kind = scope.map_or("any", Kind::as_str),
             "documents invalidated"
@@ -467,45 +386,34 @@ impl Provisioner {
         Ok(n)
     }
 
-    /// The answer for one identifier when this process knows its document is fresh: the hot
-    /// path of GetDocument, with no database round trip and no batch machinery.
-    pub fn cached_hit(&self, identifier: &str, req: Request) -> Option<DocumentResult> {
-        let cache = self.hit_cache.as_ref().filter(|_| !req.force_refresh)?;
-        let ticker =
-            Ticker::parse_with_default(identifier, &self.settings().default_exchange).ok()?;
-        let sid = ticker.source_id(req.kind.as_str());
-        let head = cache.fresh(req.kind, &sid, req.cache_hours)?;
-        if let Some(p) = &self.popularity {
-            p.asked(req.kind, &ticker, &sid, req.cache_hours);
+    /// Ensures every identifier's document; one result per identifier, in request order. A
+    /// call answered without waiting for a fill (hits, bad identifiers) returns with no stream
+    /// or task between it and its answer: the same path serves one identifier and a batch.
+    pub async fn provide(self: &Arc<Self>, asked: Vec<Asked>, req: Request) -> Vec<DocumentResult> {
+        let Planned {
+            mut immediate,
+            pending,
+        } = self.clone().plan(asked, req).await;
+        if !pending.is_empty() {
+            immediate.extend(pending.flat_map(stream::iter).collect::<Vec<_>>().await);
         }
-        let filled = Ok(Filled {
-            head,
-            outcome: Outcome::Hit,
-        });
-        Some(answer(identifier, 0, &sid, req, &filled, None, Utc::now()))
-    }
-
-    /// Ensures every identifier's document; one result per identifier, in request order.
-    pub async fn provide(
-        self: &Arc<Self>,
-        identifiers: Vec<String>,
-        req: Request,
-    ) -> Vec<DocumentResult> {
-        let mut results: Vec<DocumentResult> = self.provide_each(identifiers, req).collect().await;
-        results.sort_by_key(|r| r.index);
-        results
+        immediate.sort_by_key(|r| r.index);
+        immediate
     }
 
     /// Ensures every identifier's document, yielding each result as soon as it is ready:
     /// failures to parse and fresh documents first, then fills as they finish.
     pub fn provide_each(
         self: &Arc<Self>,
-        identifiers: Vec<String>,
+        asked: Vec<Asked>,
         req: Request,
     ) -> BoxStream<'static, DocumentResult> {
         let this = self.clone();
-        stream::once(async move { this.plan(identifiers, req).await })
-            .flatten()
-            .boxed()
+        stream::once(async move {
+            let Planned { immediate, pending } = this.plan(asked, req).await;
+            stream::iter(immediate).chain(pending.flat_map(stream::iter))
+        })
+        .flatten()
+        .boxed()
     }
 }

@@ -4,24 +4,54 @@
 
 use super::*;
 
+/// A planned batch: the results known at once, and the fills still to answer (each with the
+/// results of every position that asked for its document).
+pub(super) struct Planned {
+    pub(super) immediate: Vec<DocumentResult>,
+    pub(super) pending: FuturesUnordered<BoxFuture<'static, Vec<DocumentResult>>>,
+}
+
+/// The answers, once `fill` is done, of the positions `indices` that asked for `sid`.
+fn when_filled(
+    fill: impl std::future::Future<Output = FillResult> + Send + 'static,
+    identifiers: Arc<Vec<String>>,
+    indices: Vec<usize>,
+    sid: String,
+    req: Request,
+    previous: Option<DocumentHead>,
+    now: Option<DateTime<Utc>>,
+) -> BoxFuture<'static, Vec<DocumentResult>> {
+    async move {
+        let filled = fill.await;
+        let now = now.unwrap_or_else(Utc::now);
+        answer_all(
+            &identifiers,
+            indices,
+            &sid,
+            req,
+            &filled,
+            previous.as_ref(),
+            now,
+        )
+    }
+    .boxed()
+}
+
 impl Provisioner {
-    pub(super) async fn plan(
-        self: Arc<Self>,
-        identifiers: Vec<String>,
-        req: Request,
-    ) -> BoxStream<'static, DocumentResult> {
+    pub(super) async fn plan(self: Arc<Self>, asked: Vec<Asked>, req: Request) -> Planned {
         let arrived = Instant::now();
         let kind = req.kind.as_str();
         let mut immediate = Vec::new();
         // source_id -> (ticker, indices asking for it), in first-seen order.
         let mut keys: Vec<(String, Ticker, Vec<usize>)> = Vec::new();
         let mut position: HashMap<String, usize> = HashMap::new();
-        for (i, id) in identifiers.iter().enumerate() {
-            match Ticker::parse_with_default(id, &self.settings().default_exchange) {
+        let mut identifiers = Vec::with_capacity(asked.len());
+        for (i, Asked { identifier, ticker }) in asked.into_iter().enumerate() {
+            match ticker {
                 Err(e) => immediate.push(DocumentResult {
                     index: i as u32,
                     ..DocumentResult::failed(
-                        id,
+                        &identifier,
                         kind,
                         String::new(),
                         ItemError::new(Code::InvalidArgument, format!("identifier: {e}"))
@@ -43,6 +73,7 @@ impl Provisioner {
                     }
                 }
             }
+            identifiers.push(identifier);
         }
         let identifiers = Arc::new(identifiers);
         // Fresh documents this process already knows need no database round trip.
@@ -78,23 +109,15 @@ impl Provisioner {
             keys.retain(
                 |(sid, _, indices)| match self.in_flight_fill(req, sid, arrived) {
                     Some(fill) => {
-                        let (identifiers, sid, indices) =
-                            (identifiers.clone(), sid.clone(), indices.clone());
-                        pending.push(
-                            async move {
-                                let filled = fill.await;
-                                answer_all(
-                                    &identifiers,
-                                    indices,
-                                    &sid,
-                                    req,
-                                    &filled,
-                                    None,
-                                    Utc::now(),
-                                )
-                            }
-                            .boxed(),
-                        );
+                        pending.push(when_filled(
+                            fill,
+                            identifiers.clone(),
+                            indices.clone(),
+                            sid.clone(),
+                            req,
+                            None,
+                            None,
+                        ));
                         false
                     }
                     None => true,
@@ -102,9 +125,7 @@ impl Provisioner {
             );
         }
         if keys.is_empty() {
-            return stream::iter(immediate)
-                .chain(pending.flat_map(stream::iter))
-                .boxed();
+            return Planned { immediate, pending };
         }
         let ids: Vec<String> = keys.iter().map(|(s, ..)| s.clone()).collect();
         let stamps: HashMap<String, Stamp> = match &self.hit_cache {
@@ -142,9 +163,7 @@ impl Provisioner {
                         });
                     }
                 }
-                return stream::iter(immediate)
-                    .chain(pending.flat_map(stream::iter))
-                    .boxed();
+                return Planned { immediate, pending };
             }
         };
         let mut heads: HashMap<String, DocumentHead> = lookup
@@ -209,27 +228,18 @@ impl Provisioner {
                         version: previous.as_ref().map_or(0, |h| h.version),
                     };
                     let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
-                    let identifiers = identifiers.clone();
-                    pending.push(
-                        async move {
-                            let filled = fill.await;
-                            answer_all(
-                                &identifiers,
-                                indices,
-                                &sid,
-                                req,
-                                &filled,
-                                previous.as_ref(),
-                                now,
-                            )
-                        }
-                        .boxed(),
-                    );
+                    pending.push(when_filled(
+                        fill,
+                        identifiers.clone(),
+                        indices,
+                        sid,
+                        req,
+                        previous,
+                        Some(now),
+                    ));
                 }
             }
         }
-        stream::iter(immediate)
-            .chain(pending.flat_map(stream::iter))
-            .boxed()
+        Planned { immediate, pending }
     }
 }
