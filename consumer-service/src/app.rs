@@ -67,6 +67,8 @@ impl Application {
         documents_api::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
         config.server.limits()?;
+        config.security.auth_token()?;
+        config.security.server_tls()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -131,17 +133,20 @@ impl Application {
             }
         });
 
+        let service = ConsumerServer::new(ConsumerService::new(cell, database))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let token = config.security.require_token()?;
         let mut routes = RoutesBuilder::default();
+        // Health needs no token.
         routes.add_service(health_svc).add_service(
-            ConsumerServer::new(ConsumerService::new(cell, database))
-                .max_decoding_message_size(limits.max_message_bytes)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+            tonic::service::interceptor::InterceptedService::new(service, token),
         );
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
         let result = GrpcServer {
             limits,
-            tls: None,
+            tls: config.security.server_tls()?,
             registry: &crate::metrics::METRICS.registry,
             services: &[CONSUMER_SERVICE_NAME],
         }

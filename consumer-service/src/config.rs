@@ -46,6 +46,7 @@ pub enum Command {
 }
 
 documents_kit::server_args!(ServerArgs, "CONSUMER", request_timeout_ms = 600_000);
+documents_kit::server_security_args!(ConsumerSecurity, "CONSUMER");
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -56,6 +57,10 @@ pub struct Config {
     /// The shared database.
     #[command(flatten)]
     pub database: documents_kit::config::DatabaseArgs,
+
+    /// Who may call: CONSUMER_AUTH_TOKEN(_FILE), CONSUMER_TLS_CERT/_KEY/_CLIENT_CA/_CA.
+    #[command(flatten)]
+    pub security: ConsumerSecurity,
 
     /// Provider endpoints, comma-separated; calls are balanced over them.
     #[arg(long, env = "PROVIDER_URL", default_value = "http://127.0.0.1:50051")]

@@ -17,7 +17,8 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 CONSUMER_SERVICE_NAME
             };
-            server::healthcheck_command(&cli.config.listen_addr, service, None).await
+            let tls = cli.config.security.healthcheck_tls()?;
+            server::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::Process { tickers, json } => {
             let logs = telemetry::init(cli.config.log_format);

@@ -26,11 +26,7 @@ use tonic::{
 };
 
 use crate::{
-    config::Config,
-    grpc::{ProviderService, RequireToken},
-    metrics::METRICS,
-    provisioner::Provisioner,
-    sources,
+    config::Config, grpc::ProviderService, metrics::METRICS, provisioner::Provisioner, sources,
 };
 
 pub struct Application {
@@ -44,8 +40,8 @@ impl Application {
         // Fail fast on bad settings, before anything listens.
         config.settings()?;
         config.source_settings()?;
-        config.auth_token()?;
-        config.server_tls()?;
+        config.security.auth_token()?;
+        config.security.server_tls()?;
         config.server.limits()?;
         let url = config.database.url()?;
         // The change feed holds one pooled connection for as long as it listens.
@@ -138,7 +134,7 @@ impl Application {
         .max_decoding_message_size(limits.max_message_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
-        let token = RequireToken(config.auth_token()?.map(Arc::from));
+        let token = config.security.require_token()?;
         let mut routes = RoutesBuilder::default();
         // Health needs no token.
         routes
@@ -148,7 +144,7 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
         let result = GrpcServer {
             limits,
-            tls: config.server_tls()?,
+            tls: config.security.server_tls()?,
             registry: &METRICS.registry,
             services: &[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME],
         }

@@ -44,6 +44,7 @@ pub enum Command {
 }
 
 documents_kit::server_args!(ServerArgs, "PROVIDER", request_timeout_ms = 60_000);
+documents_kit::server_security_args!(ProviderSecurity, "PROVIDER");
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -55,30 +56,9 @@ pub struct Config {
     #[command(flatten)]
     pub database: documents_kit::config::DatabaseArgs,
 
-    /// Bearer token required on every RPC but health. Unset: no authentication.
-    #[arg(long, env = "PROVIDER_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
-
-    /// File holding the bearer token (instead of PROVIDER_AUTH_TOKEN).
-    #[arg(long, env = "PROVIDER_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<String>,
-
-    /// TLS certificate chain (PEM); with PROVIDER_TLS_KEY, the server speaks only TLS.
-    #[arg(long, env = "PROVIDER_TLS_CERT")]
-    pub tls_cert: Option<String>,
-
-    /// TLS private key (PEM).
-    #[arg(long, env = "PROVIDER_TLS_KEY")]
-    pub tls_key: Option<String>,
-
-    /// CA (PEM) whose client certificates are required (mutual TLS).
-    #[arg(long, env = "PROVIDER_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<String>,
-
-    /// CA (PEM) the `healthcheck` subcommand trusts; unset, it trusts the server's certificate
-    /// itself, which only works for a self-signed one.
-    #[arg(long, env = "PROVIDER_TLS_CA")]
-    pub tls_ca: Option<String>,
+    /// Who may call: PROVIDER_AUTH_TOKEN(_FILE), PROVIDER_TLS_CERT/_KEY/_CLIENT_CA/_CA.
+    #[command(flatten)]
+    pub security: ProviderSecurity,
 
     /// Kind served when a request leaves `kind` empty.
     #[arg(long, env = "PROVIDER_DEFAULT_KIND", default_value = "announcement", value_parser = parse_kind)]
@@ -209,38 +189,6 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 }
 
 impl Config {
-    /// The bearer token required on every RPC but health, if any.
-    pub fn auth_token(&self) -> anyhow::Result<Option<String>> {
-        documents_kit::security::secret(
-            self.auth_token.as_deref(),
-            self.auth_token_file.as_deref(),
-            "PROVIDER_AUTH_TOKEN",
-        )
-    }
-
-    pub fn server_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-        documents_kit::security::server_tls(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            self.tls_client_ca.as_deref(),
-        )
-    }
-
-    /// How the `healthcheck` subcommand reaches this server: over TLS when it serves TLS,
-    /// trusting PROVIDER_TLS_CA or the server's own certificate, presenting the server's
-    /// certificate when clients must present one.
-    pub fn healthcheck_tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-        if self.server_tls()?.is_none() {
-            return Ok(None);
-        }
-        let ca = self.tls_ca.as_deref().or(self.tls_cert.as_deref());
-        let (cert, key) = match self.tls_client_ca.as_deref() {
-            Some(_) => (self.tls_cert.as_deref(), self.tls_key.as_deref()),
-            None => (None, None),
-        };
-        Ok(Some(documents_kit::security::client_tls(ca, cert, key)?))
-    }
-
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let exchange = self.default_exchange.trim().to_ascii_uppercase();
         if !documents_api::ticker::KNOWN_EXCHANGES.contains(&exchange.as_str()) {

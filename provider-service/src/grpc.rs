@@ -1,6 +1,7 @@
 //! The `documents.v1.DocumentProvider` gRPC service: translates wire messages to the
 //! provisioning core, logs one line per answer (a failed call's line is written by the server's
-//! call log, [`documents_kit::observe`]), and guards calls with the bearer token.
+//! call log, [`documents_kit::observe`]); the bearer token is checked in front of it by the kit's
+//! [`documents_kit::security::RequireToken`].
 
 use std::{
     sync::{Arc, OnceLock},
@@ -15,7 +16,6 @@ use documents_api::{
 };
 use documents_kit::server::DatabaseStatus;
 use futures::StreamExt;
-use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use documents_kit::status::StorageStatus as _;
@@ -328,68 +328,5 @@ impl DocumentProviderRpc for ProviderService {
             .batch("EnsureDocuments", &id, r.identifiers, &r.kind, r.options)
             .await?;
         Ok(Response::new(Provisioned::from_results(results).into()))
-    }
-}
-
-/// Requires `authorization: Bearer <token>` when a token is configured. The comparison takes
-/// the same time wherever the first difference is.
-#[derive(Clone)]
-pub struct RequireToken(pub Option<Arc<str>>);
-
-impl tonic::service::Interceptor for RequireToken {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
-            return Ok(req);
-        };
-        // The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or_default();
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(
-                "authorization: a valid bearer token is required (metadata \"authorization: Bearer <token>\")",
-            ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tonic::service::Interceptor;
-
-    #[test]
-    fn token_is_required_when_configured() {
-        let mut guard = RequireToken(Some("s3cret".into()));
-        let mut ok = Request::new(());
-        ok.metadata_mut()
-            .insert("authorization", "Bearer s3cret".parse().unwrap());
-        assert!(guard.call(ok).is_ok());
-        for scheme in ["bearer", "BEARER", "BeArEr"] {
-            let mut r = Request::new(());
-            r.metadata_mut()
-                .insert("authorization", format!("{scheme} s3cret").parse().unwrap());
-            assert!(guard.call(r).is_ok(), "{scheme}");
-        }
-        for bad in ["Bearer s3cre", "Bearer s3cret2", "s3cret", ""] {
-            let mut r = Request::new(());
-            if !bad.is_empty() {
-                r.metadata_mut()
-                    .insert("authorization", bad.parse().unwrap());
-            }
-            assert_eq!(
-                guard.call(r).unwrap_err().code(),
-                tonic::Code::Unauthenticated,
-                "{bad}"
-            );
-        }
-        assert!(RequireToken(None).call(Request::new(())).is_ok());
     }
 }

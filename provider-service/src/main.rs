@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck { liveness } => {
-            let tls = cli.config.healthcheck_tls()?;
+            let tls = cli.config.security.healthcheck_tls()?;
             let service = if liveness {
                 server::LIVENESS_SERVICE
             } else {

@@ -1,12 +1,13 @@
 //! TLS and mutual TLS with throwaway certificates made at run time, and the bearer token read
 //! from a file: a plaintext client fails, a client trusting the CA succeeds, with mTLS a client
-//! without a certificate fails; the healthcheck subcommand and the consumer work over TLS.
+//! without a certificate fails; the healthcheck subcommand and the consumer work over TLS. The
+//! consumer's own server takes the same access settings under its own names.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use documents_api::{ClientConfig, DocumentOptions, DocumentProvider, ProviderClient};
 use documents_kit::security::client_tls;
-use e2e::harness::{bin, ConsumerProc, Db, Exchange, Provider};
+use e2e::harness::{bin, consumer_command, free_addr, ConsumerProc, Db, Exchange, Proc, Provider};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 struct Pki {
@@ -53,11 +54,28 @@ fn pki() -> Pki {
 
 /// Waits until the provider's own `healthcheck` subcommand, run with `env`, says SERVING.
 async fn wait_healthy(p: &Provider, env: &[(&str, &str)]) {
+    wait_healthy_at(
+        "provider-service",
+        "PROVIDER_LISTEN_ADDR",
+        &p.addr,
+        env,
+        &p.proc,
+    )
+    .await
+}
+
+/// Waits until `binary healthcheck`, run with `env` and its listen address `addr` in `listen_var`,
+/// says SERVING.
+async fn wait_healthy_at(
+    binary: &str,
+    listen_var: &str,
+    addr: &str,
+    env: &[(&str, &str)],
+    proc: &Proc,
+) {
     for _ in 0..200 {
-        let mut cmd = Command::new(bin("provider-service"));
-        cmd.arg("healthcheck")
-            .env_clear()
-            .env("PROVIDER_LISTEN_ADDR", &p.addr);
+        let mut cmd = Command::new(bin(binary));
+        cmd.arg("healthcheck").env_clear().env(listen_var, addr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -66,7 +84,7 @@ async fn wait_healthy(p: &Provider, env: &[(&str, &str)]) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("provider over TLS never became healthy:\n{}", p.proc.logs());
+    panic!("{binary} over TLS never became healthy:\n{}", proc.logs());
 }
 
 /// The call reached the server and the server refused it (a broken handshake or protocol
@@ -271,4 +289,84 @@ async fn without_a_ca_the_client_trusts_the_system_roots() {
         report.status.is_none(),
         "a certificate from a root the system trusts must be accepted: {report:?}"
     );
+}
+
+#[tokio::test]
+async fn the_consumer_serves_tls_and_requires_its_own_token() {
+    use documents_api::proto::consumer::v1::{consumer_client::ConsumerClient, GetStoredRequest};
+    use tonic::transport::Channel;
+
+    let pki = pki();
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let env = [
+        ("CONSUMER_TLS_CERT", pki.server_cert.as_str()),
+        ("CONSUMER_TLS_KEY", pki.server_key.as_str()),
+        ("CONSUMER_TLS_CA", pki.ca.as_str()),
+        ("CONSUMER_AUTH_TOKEN_FILE", pki.token_file.as_str()),
+    ];
+    let addr = free_addr();
+    let mut cmd = consumer_command(db.url(), &p.url(), &env);
+    cmd.env("CONSUMER_LISTEN_ADDR", &addr)
+        .stdout(std::process::Stdio::null());
+    let consumer = Proc::spawn("consumer-service", cmd);
+    // Its healthcheck subcommand reaches it over TLS, with no token (health needs none).
+    wait_healthy_at(
+        "consumer-service",
+        "CONSUMER_LISTEN_ADDR",
+        &addr,
+        &env,
+        &consumer,
+    )
+    .await;
+
+    let port = addr.rsplit(':').next().unwrap();
+    let call = |url: String, tls: bool, token: Option<&'static str>| {
+        let ca = pki.ca.clone();
+        async move {
+            let mut endpoint = Channel::from_shared(url).unwrap();
+            if tls {
+                endpoint = endpoint
+                    .tls_config(client_tls(Some(&ca), None, None).unwrap())
+                    .unwrap();
+            }
+            let mut client = ConsumerClient::new(endpoint.connect_lazy());
+            let mut request = tonic::Request::new(GetStoredRequest {
+                ticker: "ASX:GNP".into(),
+            });
+            if let Some(t) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            client.get_stored(request).await
+        }
+    };
+    let plaintext = call(format!("http://{addr}"), false, Some("s3cret-from-a-file"))
+        .await
+        .unwrap_err();
+    // The TLS server broke off the plaintext connection (a broken pipe or a protocol error,
+    // whichever the client notices first); the connect itself succeeded.
+    let seen = format!("{plaintext:?}");
+    assert!(
+        (seen.contains("broken pipe") || seen.contains("h2 protocol error"))
+            && !seen.contains("ConnectError"),
+        "{seen}"
+    );
+    let https = format!("https://localhost:{port}");
+    let anonymous = call(https.clone(), true, None).await.unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    assert!(
+        anonymous.message().starts_with("authorization:"),
+        "{anonymous:?}"
+    );
+    let wrong = call(https.clone(), true, Some("guess")).await.unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    let answered = call(https, true, Some("s3cret-from-a-file")).await;
+    assert!(answered.is_ok(), "{answered:?}\n{}", consumer.logs());
 }

@@ -1,9 +1,126 @@
-//! Access settings both binaries share: secrets given directly or in a file, and TLS
-//! configuration (server identity, client CA for mutual TLS, client trust and identity) read
-//! from PEM files.
+//! Access settings both servers share: their access settings ([`server_security_args!`]: bearer
+//! token, TLS, mutual TLS), the token check ([`RequireToken`]), secrets given directly or in a
+//! file, and TLS configuration (server identity, client CA for mutual TLS, client trust and
+//! identity) read from PEM files.
+
+use std::sync::Arc;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use subtle::ConstantTimeEq;
+use tonic::{
+    transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig},
+    Request, Status,
+};
+
+/// Declares a server's access settings (`$prefix` is `PROVIDER` or `CONSUMER`): a bearer token
+/// (or a file holding it) every RPC but health requires, and TLS with optional mutual TLS, with
+/// how the `healthcheck` subcommand reaches a server so configured.
+#[macro_export]
+macro_rules! server_security_args {
+    ($name:ident, $prefix:literal) => {
+        /// Who may call the server, and over what.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct $name {
+            /// Bearer token required on every RPC but health. Unset: no authentication.
+            #[arg(long, env = concat!($prefix, "_AUTH_TOKEN"), hide_env_values = true)]
+            pub auth_token: Option<String>,
+
+            /// File holding the bearer token (instead of the token itself).
+            #[arg(long, env = concat!($prefix, "_AUTH_TOKEN_FILE"))]
+            pub auth_token_file: Option<String>,
+
+            /// TLS certificate chain (PEM); with the TLS key, the server speaks only TLS.
+            #[arg(long, env = concat!($prefix, "_TLS_CERT"))]
+            pub tls_cert: Option<String>,
+
+            /// TLS private key (PEM).
+            #[arg(long, env = concat!($prefix, "_TLS_KEY"))]
+            pub tls_key: Option<String>,
+
+            /// CA (PEM) whose client certificates are required (mutual TLS).
+            #[arg(long, env = concat!($prefix, "_TLS_CLIENT_CA"))]
+            pub tls_client_ca: Option<String>,
+
+            /// CA (PEM) the `healthcheck` subcommand trusts; unset, it trusts the server's
+            /// certificate itself, which only works for a self-signed one.
+            #[arg(long, env = concat!($prefix, "_TLS_CA"))]
+            pub tls_ca: Option<String>,
+        }
+
+        impl $name {
+            /// The bearer token required on every RPC but health, if any.
+            pub fn auth_token(&self) -> anyhow::Result<Option<String>> {
+                $crate::security::secret(
+                    self.auth_token.as_deref(),
+                    self.auth_token_file.as_deref(),
+                    concat!($prefix, "_AUTH_TOKEN"),
+                )
+            }
+
+            /// The token check the server's services sit behind.
+            pub fn require_token(&self) -> anyhow::Result<$crate::security::RequireToken> {
+                Ok($crate::security::RequireToken(
+                    self.auth_token()?.map(std::sync::Arc::from),
+                ))
+            }
+
+            /// The server's TLS, if configured.
+            pub fn server_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+                $crate::security::server_tls(
+                    self.tls_cert.as_deref(),
+                    self.tls_key.as_deref(),
+                    self.tls_client_ca.as_deref(),
+                )
+            }
+
+            /// How the `healthcheck` subcommand reaches this server: over TLS when it serves
+            /// TLS, trusting the TLS CA setting or the server's own certificate, presenting
+            /// the server's certificate when clients must present one.
+            pub fn healthcheck_tls(
+                &self,
+            ) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+                if self.server_tls()?.is_none() {
+                    return Ok(None);
+                }
+                let ca = self.tls_ca.as_deref().or(self.tls_cert.as_deref());
+                let (cert, key) = match self.tls_client_ca.as_deref() {
+                    Some(_) => (self.tls_cert.as_deref(), self.tls_key.as_deref()),
+                    None => (None, None),
+                };
+                Ok(Some($crate::security::client_tls(ca, cert, key)?))
+            }
+        }
+    };
+}
+
+/// Requires `authorization: Bearer <token>` when a token is configured. The comparison takes
+/// the same time wherever the first difference is.
+#[derive(Clone)]
+pub struct RequireToken(pub Option<Arc<str>>);
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(req);
+        };
+        // The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .unwrap_or_default();
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "authorization: a valid bearer token is required (metadata \"authorization: Bearer <token>\")",
+            ))
+        }
+    }
+}
 
 /// A secret from its value or from a file (trimmed); both set is an error. Empty counts as unset.
 pub fn secret(
@@ -87,4 +204,38 @@ pub fn client_tls(
         _ => anyhow::bail!("a TLS client identity needs both a certificate and a key"),
     }
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    #[test]
+    fn token_is_required_when_configured() {
+        let mut guard = RequireToken(Some("s3cret".into()));
+        let mut ok = Request::new(());
+        ok.metadata_mut()
+            .insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert!(guard.call(ok).is_ok());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", format!("{scheme} s3cret").parse().unwrap());
+            assert!(guard.call(r).is_ok(), "{scheme}");
+        }
+        for bad in ["Bearer s3cre", "Bearer s3cret2", "s3cret", ""] {
+            let mut r = Request::new(());
+            if !bad.is_empty() {
+                r.metadata_mut()
+                    .insert("authorization", bad.parse().unwrap());
+            }
+            assert_eq!(
+                guard.call(r).unwrap_err().code(),
+                tonic::Code::Unauthenticated,
+                "{bad}"
+            );
+        }
+        assert!(RequireToken(None).call(Request::new(())).is_ok());
+    }
 }
