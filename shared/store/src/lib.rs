@@ -5,6 +5,7 @@
 
 pub mod memory;
 mod postgres;
+mod reads;
 mod sqlite;
 
 use std::sync::Arc;

@@ -38,10 +38,6 @@ macro_rules! document_upsert_tail {
     };
 }
 
-const DOCUMENT_COLUMNS: &str =
-    "id, source_type, source_id, title, content_markdown, content_json, \
-     tags, content_hash, version, last_synced, created_at, updated_at";
-
 /// PostgreSQL's `statement_timeout` on every pooled connection.
 pub const STATEMENT_TIMEOUT: &str = "15s";
 
@@ -338,6 +334,8 @@ fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
             .unwrap_or(false),
     })
 }
+
+crate::reads::engine_reads!(PgPool);
 
 fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
     Ok(StoredDocument {
@@ -731,12 +729,7 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
-        let sql = format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(document_from_row).transpose()
+        read_document(&self.pool, id).await
     }
 
     async fn get_by_source(
@@ -744,44 +737,15 @@ impl DocumentStore for PostgresStore {
         source_type: &str,
         source_id: &str,
     ) -> Result<Option<StoredDocument>, StorageError> {
-        let sql = format!(
-            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source_type = $1 AND source_id = $2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(source_type)
-            .bind(source_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(document_from_row).transpose()
+        read_document_by_source(&self.pool, source_type, source_id).await
     }
 
     async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT l.name, l.attachment_hash, a.content_type, a.size_bytes \
-             FROM document_attachments l JOIN attachments a ON a.hash = l.attachment_hash \
-             WHERE l.document_id = $1 ORDER BY l.name",
-        )
-        .bind(document_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttachmentRef {
-                    name: r.try_get("name")?,
-                    hash: r.try_get("attachment_hash")?,
-                    content_type: r.try_get("content_type")?,
-                    size_bytes: r.try_get("size_bytes")?,
-                })
-            })
-            .collect()
+        read_attachments_of(&self.pool, document_id).await
     }
 
     async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let row = sqlx::query("SELECT data FROM attachments WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("data")).transpose()?)
+        read_attachment_data(&self.pool, hash).await
     }
 }
 

@@ -33,10 +33,6 @@ use super::{
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
     std::sync::LazyLock::new(|| super::tolerant(sqlx::migrate!("./migrations/sqlite")));
 
-const DOCUMENT_COLUMNS: &str =
-    "id, source_type, source_id, title, content_markdown, content_json, \
-     tags, content_hash, version, last_synced, created_at, updated_at";
-
 /// How often the change feed reads `PRAGMA data_version`: a commit is announced this long after
 /// it at most (well inside the hit view's staleness bound).
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
@@ -207,6 +203,8 @@ impl SqliteStore {
         &self.pool
     }
 }
+
+crate::reads::engine_reads!(SqlitePool);
 
 fn document_from_row(row: &SqliteRow) -> Result<StoredDocument, StorageError> {
     let content_json: Json<serde_json::Value> = row.try_get("content_json")?;
@@ -638,12 +636,7 @@ impl DocumentStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
-        let sql = format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(document_from_row).transpose()
+        read_document(&self.pool, id).await
     }
 
     async fn get_by_source(
@@ -651,43 +644,14 @@ impl DocumentStore for SqliteStore {
         source_type: &str,
         source_id: &str,
     ) -> Result<Option<StoredDocument>, StorageError> {
-        let sql = format!(
-            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source_type = ?1 AND source_id = ?2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(source_type)
-            .bind(source_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(document_from_row).transpose()
+        read_document_by_source(&self.pool, source_type, source_id).await
     }
 
     async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT l.name, l.attachment_hash, a.content_type, a.size_bytes \
-             FROM document_attachments l JOIN attachments a ON a.hash = l.attachment_hash \
-             WHERE l.document_id = ?1 ORDER BY l.name",
-        )
-        .bind(document_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AttachmentRef {
-                    name: r.try_get("name")?,
-                    hash: r.try_get("attachment_hash")?,
-                    content_type: r.try_get("content_type")?,
-                    size_bytes: r.try_get("size_bytes")?,
-                })
-            })
-            .collect()
+        read_attachments_of(&self.pool, document_id).await
     }
 
     async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let row = sqlx::query("SELECT data FROM attachments WHERE hash = ?1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("data")).transpose()?)
+        read_attachment_data(&self.pool, hash).await
     }
 }
