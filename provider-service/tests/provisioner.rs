@@ -242,6 +242,38 @@ async fn a_batch_answers_every_identifier_in_order_and_one_bad_one_fails_alone()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_large_batch_with_duplicates_fills_each_document_once() {
+    // More distinct documents than are searched in place: the batch indexes them.
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
+    let p = provisioner(&store, vec![src.clone()], |_| {});
+    let codes: Vec<String> = (0..40).map(|i| format!("S{:04}", i % 20)).collect();
+    let spelled: Vec<String> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i % 3 {
+            0 => c.clone(),
+            1 => format!("asx:{}", c.to_lowercase()),
+            _ => format!("ASX.{c}"),
+        })
+        .collect();
+    let spelled: Vec<&str> = spelled.iter().map(String::as_str).collect();
+    let results = p.provide(asked(&spelled), req()).await;
+    assert_eq!(results.len(), 40);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.identifier, spelled[i], "request order");
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            r.document_id,
+            results[i % 20].document_id,
+            "duplicates share"
+        );
+    }
+    assert_eq!(src.calls(), 20, "one fill per distinct document");
+    assert_eq!(store.writes(), 20);
+}
+
+#[tokio::test(start_paused = true)]
 async fn concurrent_callers_share_one_fill() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));

@@ -58,7 +58,6 @@ mod single_flight;
 mod sweeper;
 
 use answer::*;
-use plan::Planned;
 use single_flight::*;
 
 /// Provisioning settings.
@@ -390,15 +389,14 @@ impl Provisioner {
     /// call answered without waiting for a fill (hits, bad identifiers) returns with no stream
     /// or task between it and its answer: the same path serves one identifier and a batch.
     pub async fn provide(self: &Arc<Self>, asked: Vec<Asked>, req: Request) -> Vec<DocumentResult> {
-        let Planned {
-            mut immediate,
-            pending,
-        } = self.clone().plan(asked, req).await;
-        if !pending.is_empty() {
-            immediate.extend(pending.flat_map(stream::iter).collect::<Vec<_>>().await);
-        }
-        immediate.sort_by_key(|r| r.index);
-        immediate
+        let planned = self.clone().plan(asked, req).await;
+        let mut results = if planned.pending.is_empty() {
+            planned.immediate
+        } else {
+            planned.into_stream().collect().await
+        };
+        results.sort_by_key(|r| r.index);
+        results
     }
 
     /// Ensures every identifier's document, yielding each result as soon as it is ready:
@@ -409,11 +407,8 @@ impl Provisioner {
         req: Request,
     ) -> BoxStream<'static, DocumentResult> {
         let this = self.clone();
-        stream::once(async move {
-            let Planned { immediate, pending } = this.plan(asked, req).await;
-            stream::iter(immediate).chain(pending.flat_map(stream::iter))
-        })
-        .flatten()
-        .boxed()
+        stream::once(async move { this.plan(asked, req).await.into_stream() })
+            .flatten()
+            .boxed()
     }
 }

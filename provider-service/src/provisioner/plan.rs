@@ -8,7 +8,15 @@ use super::*;
 /// results of every position that asked for its document).
 pub(super) struct Planned {
     pub(super) immediate: Vec<DocumentResult>,
-    pub(super) pending: FuturesUnordered<BoxFuture<'static, Vec<DocumentResult>>>,
+    pub(super) pending: Vec<BoxFuture<'static, Vec<DocumentResult>>>,
+}
+
+impl Planned {
+    /// The results as each is ready: the immediate ones, then the fills' as they finish.
+    pub(super) fn into_stream(self) -> impl futures::Stream<Item = DocumentResult> {
+        let pending: FuturesUnordered<_> = self.pending.into_iter().collect();
+        stream::iter(self.immediate).chain(pending.flat_map(stream::iter))
+    }
 }
 
 /// The answers, once `fill` is done, of the positions `indices` that asked for `sid`.
@@ -37,6 +45,9 @@ fn when_filled(
     .boxed()
 }
 
+/// Distinct documents in a batch from which their positions are indexed rather than searched.
+const INDEX_FROM: usize = 16;
+
 impl Provisioner {
     pub(super) async fn plan(self: Arc<Self>, asked: Vec<Asked>, req: Request) -> Planned {
         let arrived = Instant::now();
@@ -64,10 +75,21 @@ impl Provisioner {
                     if let Some(p) = &self.popularity {
                         p.asked(req.kind, &t, &sid, req.cache_hours);
                     }
-                    match position.get(&sid) {
-                        Some(p) => keys[*p].2.push(i),
+                    // Few keys are searched in place; past that an index finds them.
+                    let seen = if keys.len() < INDEX_FROM {
+                        keys.iter().position(|(s, ..)| *s == sid)
+                    } else {
+                        if position.is_empty() {
+                            position.extend(keys.iter().enumerate().map(|(p, k)| (k.0.clone(), p)));
+                        }
+                        position.get(&sid).copied()
+                    };
+                    match seen {
+                        Some(p) => keys[p].2.push(i),
                         None => {
-                            position.insert(sid.clone(), keys.len());
+                            if !position.is_empty() {
+                                position.insert(sid.clone(), keys.len());
+                            }
                             keys.push((sid, t, vec![i]));
                         }
                     }
@@ -104,7 +126,7 @@ impl Provisioner {
         }
         // A document this process is filling right now: join that fill; the database has
         // nothing fresher to say. (Not with stale-if-error, which needs the stored version.)
-        let pending = FuturesUnordered::new();
+        let mut pending = Vec::new();
         if req.stale_if_error_hours.is_none() && req.stale_while_revalidate_hours.is_none() {
             keys.retain(
                 |(sid, _, indices)| match self.in_flight_fill(req, sid, arrived) {
