@@ -14,10 +14,11 @@
 //! - A failed fill writes nothing (the previous version stays); its error is cached briefly so a
 //!   failing upstream is not hammered; callers may accept the previous version (stale-if-error).
 //!
-//! This module holds the settings, the request's validation and the public entry points; its
-//! parts: [`plan`] (a batch from lookup to answers), [`single_flight`] (one fill per document in
-//! the process), [`lease`] (fills across replicas), [`negative_cache`], [`sweeper`] (leases of
-//! dead fillers) and [`answer`] (a result from a document and the caller's window).
+//! This module holds the settings, the domain types a call arrives as ([`Request`], [`Asked`];
+//! the gRPC edge makes them, `crate::validate`) and the public entry points. Its parts: [`plan`]
+//! (a batch from lookup to answers), [`single_flight`] (one fill per document in the process),
+//! [`lease`] (fills across replicas), [`negative_cache`], [`sweeper`] (leases of dead fillers)
+//! and [`answer`] (a result from a document and the caller's window).
 
 use std::{
     collections::HashMap,
