@@ -705,9 +705,8 @@ async fn request_id_reaches_the_providers_log() {
 }
 
 /// SIGTERM: the consumer drains, stops its background loops (the database watch), closes its
-/// pool and exits 0. (Multi-threaded: `wait_exit` blocks its thread, and the harness's own
-/// health-check connection must still answer the server's GOAWAY meanwhile.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// pool and exits 0.
+#[tokio::test]
 async fn sigterm_stops_the_consumers_loops_and_closes_its_pool() {
     let db = Db::sqlite();
     let mut consumer = e2e::harness::ConsumerProc::start(db.url(), "http://127.0.0.1:9", &[]).await;
@@ -715,6 +714,7 @@ async fn sigterm_stops_the_consumers_loops_and_closes_its_pool() {
     let status = consumer
         .proc
         .wait_exit(Duration::from_secs(10))
+        .await
         .expect("the consumer exits");
     assert!(status.success(), "{status:?}");
     let logs = consumer.proc.logs();

@@ -429,6 +429,7 @@ async fn sigterm_drains_in_flight_calls() {
     let status = provider
         .proc
         .wait_exit(Duration::from_secs(10))
+        .await
         .expect("provider exits after draining");
     assert!(status.success(), "{status:?}");
     // Then the background loops stopped (the database watch, the lease sweeper, the hit
