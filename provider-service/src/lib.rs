@@ -1,8 +1,8 @@
 //! The document provider: configuration ([`config`]), start-up and shutdown ([`app`]), the gRPC
 //! services ([`grpc`], with [`hit_log`] summing up its hits, and [`admin`] for operators) and
-//! their reading of a call into domain types ([`validate`]), the provisioning core ([`provisioner`]) with its
-//! in-memory view of fresh documents ([`hit_cache`]), refresh-ahead of popular documents
-//! ([`refresh_ahead`]) and the sources it fills documents from ([`sources`]).
+//! their reading of a call into domain types ([`validate`]), the provisioning core
+//! ([`provisioner`]) with its in-memory view of fresh documents ([`hit_cache`]), refresh-ahead of
+//! popular documents ([`refresh_ahead`]) and the sources it fills documents from ([`sources`]).
 
 pub mod admin;
 pub mod app;

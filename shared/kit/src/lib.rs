@@ -1,8 +1,9 @@
 //! The service kit both services build on (beside the API crate, `documents_api`, and the store,
-//! `documents_store`): one server builder ([`grpc_server`]) with its accept loop ([`listener`]), layers ([`observe`],
-//! [`request_budget`], [`server`]), health ([`server`]), storage errors as gRPC statuses ([`status`]), the background loops' shutdown ([`shutdown`]), security ([`security`]),
-//! metrics ([`metrics`]), logging ([`telemetry`]), span export ([`trace`]) and the database
-//! settings ([`config`]).
+//! `documents_store`): one server builder ([`grpc_server`]) with its accept loop ([`listener`]),
+//! layers ([`observe`], [`request_budget`], [`server`]), health ([`server`]), storage errors as
+//! gRPC statuses ([`status`]), the background loops' shutdown ([`shutdown`]), access settings and
+//! the token check ([`security`]), metrics ([`metrics`]), logging ([`telemetry`]), span export
+//! ([`trace`]) and the database settings ([`config`]).
 
 pub mod config;
 pub mod grpc_server;
