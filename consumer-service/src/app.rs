@@ -67,7 +67,7 @@ impl Application {
         documents_api::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
         config.server.limits()?;
-        config.security.auth_token()?;
+        config.security.required_token()?;
         config.security.server_tls()?;
         let listener = TcpListener::bind(&config.listen_addr)
             .await

@@ -40,7 +40,7 @@ impl Application {
         // Fail fast on bad settings, before anything listens.
         config.settings()?;
         config.source_settings()?;
-        config.security.auth_token()?;
+        config.security.required_token()?;
         config.security.server_tls()?;
         config.server.limits()?;
         let url = config.database.url()?;

@@ -35,7 +35,7 @@ const MAX_TRACKED: usize = 10_000;
 const TICK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
-struct Asked {
+struct Demand {
     ticker: Ticker,
     calls: u32,
     /// The shortest non-zero window the document was asked with.
@@ -45,7 +45,7 @@ struct Asked {
 /// What callers ask for, per document.
 #[derive(Debug, Default)]
 pub struct Popularity {
-    asked: Mutex<HashMap<(Kind, String), Asked>>,
+    asked: Mutex<HashMap<(Kind, String), Demand>>,
 }
 
 impl Popularity {
@@ -64,7 +64,7 @@ impl Popularity {
             None if !full => {
                 asked.insert(
                     (kind, source_id.to_string()),
-                    Asked {
+                    Demand {
                         ticker: ticker.clone(),
                         calls: 1,
                         window_hours: cache_hours,
@@ -75,7 +75,7 @@ impl Popularity {
         }
     }
 
-    fn popular(&self, min_calls: u32) -> Vec<((Kind, String), Asked)> {
+    fn popular(&self, min_calls: u32) -> Vec<((Kind, String), Demand)> {
         let asked = self.asked.lock().expect("popularity lock");
         asked
             .iter()
@@ -118,7 +118,7 @@ async fn round(
     tuning: RefreshAhead,
     ahead: &Arc<Semaphore>,
 ) {
-    let mut by_kind: HashMap<Kind, Vec<(String, Asked)>> = HashMap::new();
+    let mut by_kind: HashMap<Kind, Vec<(String, Demand)>> = HashMap::new();
     for ((kind, sid), a) in popularity.popular(tuning.min_calls) {
         by_kind.entry(kind).or_default().push((sid, a));
     }

@@ -1,6 +1,7 @@
-//! Planning a batch: validated identifiers to keys, one lookup for all of them, fresh ones
-//! answered at once (or stale-while-revalidate), the rest joined to or started as fills, results
-//! in request order or as a stream.
+//! Planning a call (one identifier or a batch): parsed identifiers to keys, one lookup for all of
+//! them, fresh ones answered at once (or stale-while-revalidate), the rest joined to or started
+//! as fills. The plan is the results known at once and the fills still to answer; the caller
+//! puts them in request order or streams them.
 
 use super::*;
 
@@ -72,20 +73,21 @@ impl Provisioner {
                 }),
                 Ok(t) => {
                     let sid = t.source_id(kind);
-                    if let Some(p) = &self.popularity {
-                        p.asked(req.kind, &t, &sid, req.cache_hours);
+                    if let Some(popularity) = &self.popularity {
+                        popularity.asked(req.kind, &t, &sid, req.cache_hours);
                     }
                     // Few keys are searched in place; past that an index finds them.
-                    let seen = if keys.len() < INDEX_FROM {
+                    let known = if keys.len() < INDEX_FROM {
                         keys.iter().position(|(s, ..)| *s == sid)
                     } else {
                         if position.is_empty() {
-                            position.extend(keys.iter().enumerate().map(|(p, k)| (k.0.clone(), p)));
+                            position
+                                .extend(keys.iter().enumerate().map(|(at, k)| (k.0.clone(), at)));
                         }
                         position.get(&sid).copied()
                     };
-                    match seen {
-                        Some(p) => keys[p].2.push(i),
+                    match known {
+                        Some(at) => keys[at].2.push(i),
                         None => {
                             if !position.is_empty() {
                                 position.insert(sid.clone(), keys.len());

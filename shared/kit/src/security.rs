@@ -1,5 +1,5 @@
-//! Access settings both servers share: their access settings ([`server_security_args!`]: bearer
-//! token, TLS, mutual TLS), the token check ([`RequireToken`]), secrets given directly or in a
+//! Who may call the servers: their access settings ([`server_security_args!`]: bearer token,
+//! TLS, mutual TLS), the token check ([`RequireToken`]), secrets given directly or in a
 //! file, and TLS configuration (server identity, client CA for mutual TLS, client trust and
 //! identity) read from PEM files.
 
@@ -14,7 +14,9 @@ use tonic::{
 
 /// Declares a server's access settings (`$prefix` is `PROVIDER` or `CONSUMER`): a bearer token
 /// (or a file holding it) every RPC but health requires, and TLS with optional mutual TLS, with
-/// how the `healthcheck` subcommand reaches a server so configured.
+/// how the `healthcheck` subcommand reaches a server so configured. The crate that expands it
+/// depends on clap, anyhow and tonic (as both services do). Read the token with
+/// `required_token()`, which also reads the `_FILE` setting, never from the field.
 #[macro_export]
 macro_rules! server_security_args {
     ($name:ident, $prefix:literal) => {
@@ -49,7 +51,7 @@ macro_rules! server_security_args {
 
         impl $name {
             /// The bearer token required on every RPC but health, if any.
-            pub fn auth_token(&self) -> anyhow::Result<Option<String>> {
+            pub fn required_token(&self) -> anyhow::Result<Option<String>> {
                 $crate::security::secret(
                     self.auth_token.as_deref(),
                     self.auth_token_file.as_deref(),
@@ -60,7 +62,7 @@ macro_rules! server_security_args {
             /// The token check the server's services sit behind.
             pub fn require_token(&self) -> anyhow::Result<$crate::security::RequireToken> {
                 Ok($crate::security::RequireToken(
-                    self.auth_token()?.map(std::sync::Arc::from),
+                    self.required_token()?.map(std::sync::Arc::from),
                 ))
             }
 

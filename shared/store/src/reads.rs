@@ -3,11 +3,11 @@
 //! [`engine_reads!`] (each engine decodes rows its own way: JSON text on SQLite, arrays and
 //! JSONB on PostgreSQL).
 //!
-//! One SQL text serves both databases: `$1`, `$2` are PostgreSQL's positional parameters and, to
-//! SQLite, named parameters numbered in order of first appearance, so each query here names
-//! each parameter once, in order.
+//! One SQL text serves both databases: `$1`, `$2` are PostgreSQL's positional parameters, and
+//! the SQLite driver binds `$N` to the N-th argument too. The macro expands where `Row`,
+//! `StoredDocument`, `AttachmentRef`, `StorageError` and `document_from_row` are in scope.
 
-/// The columns of a whole document, in the order the engines' `document_from_row` reads them.
+/// The columns of a whole document (the engines' `document_from_row` read them by name).
 macro_rules! document_columns {
     () => {
         "id, source_type, source_id, title, content_markdown, content_json, \
