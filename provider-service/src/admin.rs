@@ -49,10 +49,7 @@ impl Admin for AdminService {
         let p = self.ready()?;
         let kind = validate::kind(p, &r.kind)?.unwrap_or(p.settings().default_kind);
         let ticker = validate::identifier(p, "identifier", &r.identifier)?;
-        let d = p
-            .describe(kind, &ticker)
-            .await
-            .map_err(|e| e.item_error().to_status())?;
+        let d = p.describe(kind, &ticker).await.map_err(|e| e.status())?;
         let head = d.head.as_ref();
         Ok(Response::new(pb::DocumentState {
             source_id: d.source_id,
@@ -93,7 +90,7 @@ impl Admin for AdminService {
             .store()
             .held_leases()
             .await
-            .map_err(|e| e.item_error().to_status())?
+            .map_err(|e| e.status())?
             .into_iter()
             .map(|l| pb::HeldLease {
                 source_id: l.source_id,

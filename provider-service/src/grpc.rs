@@ -312,7 +312,7 @@ impl DocumentProviderRpc for ProviderService {
         let invalidated = p
             .invalidate(kind, &tickers, &r.tags)
             .await
-            .map_err(|e| e.item_error().to_status())?;
+            .map_err(|e| e.status())?;
         Ok(Response::new(pb::InvalidateDocumentsResponse {
             invalidated,
         }))

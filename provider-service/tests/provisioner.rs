@@ -243,7 +243,7 @@ async fn a_batch_answers_every_identifier_in_order_and_one_bad_one_fails_alone()
 
 #[tokio::test(start_paused = true)]
 async fn a_large_batch_with_duplicates_fills_each_document_once() {
-    // More distinct documents than are searched in place: the batch indexes them.
+    // Twenty documents, each asked for twice under different spellings.
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
     let p = provisioner(&store, vec![src.clone()], |_| {});

@@ -46,9 +46,6 @@ fn when_filled(
     .boxed()
 }
 
-/// Distinct documents in a batch from which their positions are indexed rather than searched.
-const INDEX_FROM: usize = 16;
-
 impl Provisioner {
     pub(super) async fn plan(self: Arc<Self>, asked: Vec<Asked>, req: Request) -> Planned {
         let arrived = Instant::now();
@@ -76,22 +73,10 @@ impl Provisioner {
                     if let Some(popularity) = &self.popularity {
                         popularity.asked(req.kind, &t, &sid, req.cache_hours);
                     }
-                    // Few keys are searched in place; past that an index finds them.
-                    let known = if keys.len() < INDEX_FROM {
-                        keys.iter().position(|(s, ..)| *s == sid)
-                    } else {
-                        if position.is_empty() {
-                            position
-                                .extend(keys.iter().enumerate().map(|(at, k)| (k.0.clone(), at)));
-                        }
-                        position.get(&sid).copied()
-                    };
-                    match known {
-                        Some(at) => keys[at].2.push(i),
+                    match position.get(&sid) {
+                        Some(at) => keys[*at].2.push(i),
                         None => {
-                            if !position.is_empty() {
-                                position.insert(sid.clone(), keys.len());
-                            }
+                            position.insert(sid.clone(), keys.len());
                             keys.push((sid, t, vec![i]));
                         }
                     }

@@ -72,6 +72,7 @@ macro_rules! server_security_args {
                     self.tls_cert.as_deref(),
                     self.tls_key.as_deref(),
                     self.tls_client_ca.as_deref(),
+                    $prefix,
                 )
             }
 
@@ -155,31 +156,37 @@ fn set(v: Option<&str>) -> Option<&str> {
 }
 
 /// Server TLS from a certificate chain and key (PEM); with `client_ca`, clients must present a
-/// certificate signed by it (mutual TLS). `None` when no certificate is configured.
+/// certificate signed by it (mutual TLS). `None` when no certificate is configured. Errors name
+/// the settings, `{prefix}_TLS_CERT`, `{prefix}_TLS_KEY` and `{prefix}_TLS_CLIENT_CA`.
 pub fn server_tls(
     cert: Option<&str>,
     key: Option<&str>,
     client_ca: Option<&str>,
+    prefix: &str,
 ) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (cert_var, key_var, ca_var) = (
+        format!("{prefix}_TLS_CERT"),
+        format!("{prefix}_TLS_KEY"),
+        format!("{prefix}_TLS_CLIENT_CA"),
+    );
     match (set(cert), set(key)) {
         (None, None) => {
             anyhow::ensure!(
                 set(client_ca).is_none(),
-                "a TLS client CA needs a TLS certificate and key"
+                "{ca_var} is set without {cert_var} and {key_var}: mutual TLS needs the server's \
+                 own certificate and key"
             );
             Ok(None)
         }
         (Some(c), Some(k)) => {
-            let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-                read(c, "TLS certificate")?,
-                read(k, "TLS key")?,
-            ));
+            let mut tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(read(c, &cert_var)?, read(k, &key_var)?));
             if let Some(ca) = set(client_ca) {
-                tls = tls.client_ca_root(Certificate::from_pem(read(ca, "TLS client CA")?));
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca, &ca_var)?));
             }
             Ok(Some(tls))
         }
-        _ => anyhow::bail!("TLS needs both a certificate and a key"),
+        _ => anyhow::bail!("{cert_var} and {key_var} must be set together (TLS needs both)"),
     }
 }
 
@@ -239,5 +246,25 @@ mod tests {
             );
         }
         assert!(RequireToken(None).call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn server_tls_errors_name_the_settings() {
+        let e = server_tls(Some("cert.pem"), None, None, "CONSUMER").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "CONSUMER_TLS_CERT and CONSUMER_TLS_KEY must be set together (TLS needs both)"
+        );
+        let e = server_tls(None, None, Some("ca.pem"), "PROVIDER").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("PROVIDER_TLS_CLIENT_CA is set without PROVIDER_TLS_CERT"),
+            "{e}"
+        );
+        let e = server_tls(Some("/nonexistent/cert.pem"), Some("k"), None, "PROVIDER").unwrap_err();
+        assert!(e.to_string().contains("PROVIDER_TLS_CERT"), "{e}");
+        assert!(server_tls(None, Some(" "), None, "PROVIDER")
+            .unwrap()
+            .is_none());
     }
 }

@@ -8,7 +8,13 @@ use tonic::Code;
 
 /// A storage error as callers see it.
 pub trait StorageStatus {
+    /// As one identifier's error.
     fn item_error(&self) -> ItemError;
+
+    /// As a whole call's status (the same code, reason and retry advice).
+    fn status(&self) -> tonic::Status {
+        self.item_error().to_status()
+    }
 }
 
 impl StorageStatus for StorageError {
