@@ -26,6 +26,7 @@ pub struct Downloader {
 
 impl Downloader {
     pub fn new(limits: DownloadLimits) -> anyhow::Result<Self> {
+        documents_kit::security::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("consumer-service/", env!("CARGO_PKG_VERSION")))

@@ -100,6 +100,8 @@ impl Db {
     /// Runs one SQL statement on this database as its owner (as an operator would, outside the
     /// services); answers the rows it affected.
     pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        // A test's own statement, not built from input.
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
         if self.is_postgres() {
             let pool = sqlx::PgPool::connect(self.url()).await?;
             Ok(sqlx::query(sql).execute(&pool).await?.rows_affected())
@@ -107,6 +109,33 @@ impl Db {
             let pool = sqlx::SqlitePool::connect(self.url()).await?;
             Ok(sqlx::query(sql).execute(&pool).await?.rows_affected())
         }
+    }
+
+    /// Sets this PostgreSQL database up as deploy/postgres/roles.sql tells operators to, and
+    /// answers the URLs of its two service roles: (provider, consumer). The provider's URL is
+    /// the one to migrate with, as in a deployment. Roles are the server's, shared by every
+    /// test: the script runs under an advisory lock so two tests never create them at once.
+    pub fn with_roles(&self) -> (String, String) {
+        let roles = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/roles.sql");
+        let out = Command::new("psql")
+            .arg(self.url())
+            .args(["-v", "ON_ERROR_STOP=1", "-q"])
+            .args(["-c", "SELECT pg_advisory_lock(7160)", "-f", roles])
+            .output()
+            .expect("psql must be installed to run the PostgreSQL tests");
+        assert!(
+            out.status.success(),
+            "roles.sql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let as_role = |role: &str, password: &str| {
+            self.url()
+                .replacen("://postgres@", &format!("://{role}:{password}@"), 1)
+        };
+        (
+            as_role("documents_provider", "provider"),
+            as_role("documents_consumer", "consumer"),
+        )
     }
 
     /// A migrated store on this database, for reading what the services wrote.
@@ -125,6 +154,13 @@ impl Drop for Db {
             psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
+}
+
+/// An HTTP client for the tests' own requests (the sample exchange's stats and knobs, metrics
+/// pages), on the process's TLS provider like the services'.
+pub fn http() -> reqwest::Client {
+    documents_kit::security::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 fn psql(sql: &str) {
@@ -237,7 +273,7 @@ impl Exchange {
         Exchange {
             proc,
             url,
-            http: reqwest::Client::new(),
+            http: http(),
         }
     }
 
@@ -473,7 +509,7 @@ pub fn delayed(prefix: &str, ms: u64) -> Control {
 
 /// The text a Prometheus endpoint on `addr` serves (empty if it does not answer).
 pub async fn scrape_metrics(addr: &str) -> String {
-    match reqwest::get(format!("http://{addr}/metrics")).await {
+    match http().get(format!("http://{addr}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }

@@ -164,7 +164,9 @@ async fn each_pdf_is_fetched_once(db: Db) {
     let pdf_requests = |ex: &Exchange| {
         let ex = ex.url.clone();
         async move {
-            let stats: serde_json::Value = reqwest::get(format!("{ex}/_stats"))
+            let stats: serde_json::Value = e2e::harness::http()
+                .get(format!("{ex}/_stats"))
+                .send()
                 .await
                 .unwrap()
                 .json()

@@ -560,9 +560,9 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
             let admin = sqlx::PgPool::connect(&e2e::harness::postgres_admin_url())
                 .await
                 .unwrap();
-            sqlx::query(&format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "ALTER DATABASE {name} RESET default_transaction_read_only"
-            ))
+            )))
             .execute(&admin)
             .await
             .unwrap();

@@ -72,7 +72,7 @@ async fn exec(
     if is_pg {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
         let sql = sql.replace('?', "$1");
-        sqlx::query_as(&sql)
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(when)
             .fetch_all(&pool)
             .await
@@ -80,7 +80,7 @@ async fn exec(
     } else {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         let sql = sql.replace('?', "?1");
-        sqlx::query_as(&sql)
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(when)
             .fetch_all(&pool)
             .await

@@ -304,7 +304,7 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     // OpenMetrics when the scraper asks for it (as Prometheus does).
-    let om = reqwest::Client::new()
+    let om = e2e::harness::http()
         .get(format!("http://{metrics}/metrics"))
         .header(
             "accept",

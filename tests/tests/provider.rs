@@ -384,7 +384,7 @@ async fn health_is_not_serving_until_the_database_is_ready() {
     );
 
     let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
         .unwrap();
@@ -401,9 +401,11 @@ async fn health_is_not_serving_until_the_database_is_ready() {
         .unwrap();
     assert_eq!(ok.version, 1);
     drop(provider);
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&pool)
-        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await;
 }
 
 #[tokio::test]

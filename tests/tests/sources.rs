@@ -62,7 +62,9 @@ async fn market_data_figures_match_an_independent_computation() {
         .unwrap()
         .parse()
         .unwrap();
-    let bars: Vec<Bar> = reqwest::get(format!("{}{EOD_PATH}CBA.AU?fmt=json&from={first}", ex.url))
+    let bars: Vec<Bar> = e2e::harness::http()
+        .get(format!("{}{EOD_PATH}CBA.AU?fmt=json&from={first}", ex.url))
+        .send()
         .await
         .unwrap()
         .json()

@@ -79,6 +79,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(limits: HttpLimits) -> anyhow::Result<Self> {
+        documents_kit::security::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(limits.connect_timeout)
             .timeout(limits.total_timeout)

@@ -12,6 +12,17 @@ use tonic::{
     Request, Status,
 };
 
+/// Makes rustls's ring provider the process's default, once: tonic, sqlx and reqwest all speak
+/// TLS through rustls, and reqwest (built without a provider of its own, so that only ring is
+/// compiled in) takes the process default. Call before building an HTTP client; idempotent.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Another part of the process may have installed one first: that one serves.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Declares a server's access settings (`$prefix` is `PROVIDER` or `CONSUMER`): a bearer token
 /// (or a file holding it) every RPC but health requires, and TLS with optional mutual TLS, with
 /// how the `healthcheck` subcommand reaches a server so configured. The crate that expands it

@@ -97,14 +97,41 @@ fn start(
             state,
         ))
     };
-    Some(
-        tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_trace_id(TraceId::from(ctx.trace_id_u128()))
-            .with_span_id(SpanId::from(ctx.span_id()))
-            .start_with_context(tracer, &parent),
-    )
+    // The span takes exactly the ids this call carries downstream: the SDK asks the ID
+    // generator for them while it builds the span, on this thread.
+    NEXT_IDS.set(Some((ctx.trace_id_u128(), ctx.span_id())));
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .start_with_context(tracer, &parent);
+    NEXT_IDS.set(None);
+    Some(span)
+}
+
+thread_local! {
+    /// The trace and span id of the span being started on this thread ([`CarriedIds`]).
+    static NEXT_IDS: std::cell::Cell<Option<(u128, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives a span the ids of the [`TraceContext`] it records, so the exported spans carry exactly
+/// the ids sent downstream (random ones for spans started by anything else).
+#[derive(Debug, Default)]
+struct CarriedIds(opentelemetry_sdk::trace::RandomIdGenerator);
+
+impl opentelemetry_sdk::trace::IdGenerator for CarriedIds {
+    fn new_trace_id(&self) -> TraceId {
+        match NEXT_IDS.get() {
+            Some((trace, _)) => TraceId::from(trace),
+            None => self.0.new_trace_id(),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        match NEXT_IDS.get() {
+            Some((_, span)) => SpanId::from(span),
+            None => self.0.new_span_id(),
+        }
+    }
 }
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
@@ -126,6 +153,7 @@ pub fn init_export(service: &'static str) -> anyhow::Result<Option<ExportGuard>>
     if !export_configured() {
         return Ok(None);
     }
+    crate::security::install_crypto_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -136,6 +164,7 @@ pub fn init_export(service: &'static str) -> anyhow::Result<Option<ExportGuard>>
     }
     let provider = SdkTracerProvider::builder()
         .with_resource(resource.build())
+        .with_id_generator(CarriedIds::default())
         .with_batch_exporter(exporter)
         .build();
     let _ = TRACER.set(provider.tracer(service));
