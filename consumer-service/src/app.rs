@@ -137,18 +137,20 @@ impl Application {
             .max_decoding_message_size(limits.max_message_bytes)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-        let token = config.security.require_token()?;
         let mut routes = RoutesBuilder::default();
-        // Health needs no token.
-        routes.add_service(health_svc).add_service(
-            tonic::service::interceptor::InterceptedService::new(service, token),
-        );
+        routes.add_service(health_svc).add_service(service);
         tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
         let result = GrpcServer {
             limits,
             tls: config.security.server_tls()?,
             registry: &crate::metrics::METRICS.registry,
             services: &[CONSUMER_SERVICE_NAME],
+            // The consumer's server has one token, for every method.
+            access: documents_kit::access::Access::new(
+                config.security.required_token()?.as_deref(),
+                None,
+                &[],
+            ),
         }
         .serve(routes.routes(), listener, shutdown)
         .await;

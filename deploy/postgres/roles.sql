@@ -21,6 +21,14 @@ $$;
 
 -- Nobody but the provider creates objects in the schema (PostgreSQL before 15 lets every role).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+-- Nor temporary ones: a session's temporary schema is searched first for tables, so a role
+-- with TEMP can shadow names that functions look up (migration 0011 pins every function's
+-- search path; this takes the means away as well). Nothing in either service needs TEMP.
+DO $$
+BEGIN
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+END
+$$;
 GRANT USAGE, CREATE ON SCHEMA public TO documents_provider;
 GRANT USAGE ON SCHEMA public TO documents_consumer;
 

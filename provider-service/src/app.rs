@@ -20,10 +20,7 @@ use documents_kit::{
 };
 use documents_store as storage;
 use tokio::net::TcpListener;
-use tonic::{
-    codec::CompressionEncoding,
-    service::{interceptor::InterceptedService, RoutesBuilder},
-};
+use tonic::{codec::CompressionEncoding, service::RoutesBuilder};
 
 use crate::{
     config::Config, grpc::ProviderService, metrics::METRICS, provisioner::Provisioner, sources,
@@ -40,7 +37,7 @@ impl Application {
         // Fail fast on bad settings, before anything listens.
         config.settings()?;
         config.source_settings()?;
-        config.security.required_token()?;
+        config.access()?;
         config.security.server_tls()?;
         config.server.limits()?;
         let url = config.database.url()?;
@@ -134,19 +131,18 @@ impl Application {
         .max_decoding_message_size(limits.max_message_bytes)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
-        let token = config.security.require_token()?;
         let mut routes = RoutesBuilder::default();
-        // Health needs no token.
         routes
             .add_service(health_svc)
-            .add_service(InterceptedService::new(service, token.clone()))
-            .add_service(InterceptedService::new(admin, token));
+            .add_service(service)
+            .add_service(admin);
         tracing::info!(addr = %listener.local_addr()?, "provider-service listening");
         let result = GrpcServer {
             limits,
             tls: config.security.server_tls()?,
             registry: &METRICS.registry,
             services: &[PROVIDER_SERVICE_NAME, ADMIN_SERVICE_NAME],
+            access: config.access()?,
         }
         .serve(routes.routes(), listener, shutdown)
         .await;

@@ -60,6 +60,17 @@ pub struct Config {
     #[command(flatten)]
     pub security: ProviderSecurity,
 
+    /// Bearer token that opens the read RPCs only (GetDocument, GetDocuments,
+    /// EnsureDocuments, StreamDocuments, WatchDocuments; health and reflection need none):
+    /// InvalidateDocuments and the Admin service answer it PERMISSION_DENIED. The token to give
+    /// the consumer.
+    #[arg(long, env = "PROVIDER_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
+    /// File holding the read token, instead of PROVIDER_READ_TOKEN.
+    #[arg(long, env = "PROVIDER_READ_TOKEN_FILE")]
+    pub read_token_file: Option<String>,
+
     /// Kind served when a request leaves `kind` empty.
     #[arg(long, env = "PROVIDER_DEFAULT_KIND", default_value = "announcement", value_parser = parse_kind)]
     pub default_kind: Kind,
@@ -242,6 +253,31 @@ impl Config {
         })
     }
 }
+
+impl Config {
+    /// Who may call which method: PROVIDER_AUTH_TOKEN every one, PROVIDER_READ_TOKEN the reads.
+    pub fn access(&self) -> anyhow::Result<documents_kit::access::Access> {
+        let read = documents_kit::security::secret(
+            self.read_token.as_deref(),
+            self.read_token_file.as_deref(),
+            "PROVIDER_READ_TOKEN",
+        )?;
+        Ok(documents_kit::access::Access::new(
+            self.security.required_token()?.as_deref(),
+            read.as_deref(),
+            READ_METHODS,
+        ))
+    }
+}
+
+/// The methods a read token opens. Any other method needs PROVIDER_AUTH_TOKEN.
+pub const READ_METHODS: &[&str] = &[
+    "/documents.v1.DocumentProvider/GetDocument",
+    "/documents.v1.DocumentProvider/GetDocuments",
+    "/documents.v1.DocumentProvider/EnsureDocuments",
+    "/documents.v1.DocumentProvider/StreamDocuments",
+    "/documents.v1.DocumentProvider/WatchDocuments",
+];
 
 #[cfg(test)]
 mod cli_tests {

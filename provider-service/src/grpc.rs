@@ -1,7 +1,7 @@
 //! The `documents.v1.DocumentProvider` gRPC service: translates wire messages to the
 //! provisioning core, logs one line per answer (a failed call's line is written by the server's
-//! call log, [`documents_kit::observe`]); the bearer token is checked in front of it by the kit's
-//! [`documents_kit::security::RequireToken`].
+//! call log, [`documents_kit::observe`]); who may call which method is checked in front of it by
+//! the kit's [`documents_kit::access`].
 
 use std::{
     sync::{Arc, OnceLock},

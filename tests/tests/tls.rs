@@ -1,6 +1,6 @@
 //! TLS and mutual TLS with throwaway certificates made at run time, and the bearer token read
 //! from a file: a plaintext client fails, a client trusting the CA succeeds, with mTLS a client
-//! without a certificate fails; the healthcheck subcommand and the consumer work over TLS. The
+//! without a certificate, or with one from a foreign CA, fails; the healthcheck subcommand and the consumer work over TLS. The
 //! consumer's own server takes the same access settings under its own names.
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -17,6 +17,9 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    /// A client certificate signed by another CA, which the server does not trust.
+    foreign_cert: String,
+    foreign_key: String,
     token_file: String,
 }
 
@@ -41,12 +44,23 @@ fn pki() -> Pki {
         .unwrap()
         .signed_by(&client_key, &ca, &ca_key)
         .unwrap();
+    let foreign_ca_key = KeyPair::generate().unwrap();
+    let mut foreign_ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    foreign_ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let foreign_ca = foreign_ca_params.self_signed(&foreign_ca_key).unwrap();
+    let foreign_key = KeyPair::generate().unwrap();
+    let foreign = CertificateParams::new(vec!["consumer".to_string()])
+        .unwrap()
+        .signed_by(&foreign_key, &foreign_ca, &foreign_ca_key)
+        .unwrap();
     Pki {
         ca: write("ca.pem", &ca.pem()),
         server_cert: write("server.pem", &server.pem()),
         server_key: write("server.key", &server_key.serialize_pem()),
         client_cert: write("client.pem", &client.pem()),
         client_key: write("client.key", &client_key.serialize_pem()),
+        foreign_cert: write("foreign.pem", &foreign.pem()),
+        foreign_key: write("foreign.key", &foreign_key.serialize_pem()),
         token_file: write("token", "s3cret-from-a-file\n"),
         _dir: dir,
     }
@@ -180,7 +194,7 @@ async fn tls_refuses_plaintext_and_serves_clients_that_trust_the_ca() {
 }
 
 #[tokio::test]
-async fn mutual_tls_requires_a_client_certificate() {
+async fn mutual_tls_requires_a_client_certificate_from_its_ca() {
     let pki = pki();
     let db = Db::sqlite();
     let ex = Exchange::start();
@@ -204,6 +218,17 @@ async fn mutual_tls_requires_a_client_certificate() {
         .await
         .unwrap_err();
     // The server closed the connection during the handshake (no client certificate).
+    refused_after_connecting(&e);
+    // A certificate from a CA the server does not trust, for the same name, is refused too.
+    let foreign = client(
+        &https(&p),
+        Some(client_tls(Some(&pki.ca), Some(&pki.foreign_cert), Some(&pki.foreign_key)).unwrap()),
+        Some("s3cret-from-a-file"),
+    );
+    let e = foreign
+        .get_document("GNP", &DocumentOptions::new())
+        .await
+        .unwrap_err();
     refused_after_connecting(&e);
     let with_cert = client(
         &https(&p),

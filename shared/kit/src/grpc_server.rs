@@ -152,6 +152,8 @@ pub struct GrpcServer {
     pub registry: &'static SharedRegistry,
     /// The service's own gRPC services (full names): observed by name and listed by reflection.
     pub services: &'static [&'static str],
+    /// Who may call which method (health and reflection are open to all).
+    pub access: crate::access::Access,
 }
 
 impl GrpcServer {
@@ -168,6 +170,7 @@ impl GrpcServer {
             tls,
             registry,
             services,
+            access,
         } = self;
         let (reflection_v1, reflection_v1alpha) = reflection_services(services)?;
         // Open connections, shared by the accept loop and the per-connection call limit.
@@ -186,6 +189,8 @@ impl GrpcServer {
             // Outermost: it sees every answer, refusals by the layers below included.
             .layer(ObserveLayer::new(registry, services))
             .layer(tower::util::MapResponseLayer::new(conventional_status))
+            // Callers without the token a method needs are refused before they hold anything.
+            .layer(access)
             // Overload is refused at once (RESOURCE_EXHAUSTED with RetryInfo) rather than
             // queued without bound.
             .layer(ConnectionLimitLayer::new(
@@ -204,8 +209,8 @@ impl GrpcServer {
             ))
             .layer(DeadlineLayer::new(limits.request_timeout))
             .add_routes(routes)
-            // Reflection needs no token: it describes the schema (no data), and grpcurl needs
-            // it to call health.
+            // Reflection is open (crate::access): it describes the schema (no data), and
+            // grpcurl needs it to call health.
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         // Our accept loop: a connection limit, an idle timeout, TCP_NODELAY, and a pause when

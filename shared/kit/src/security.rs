@@ -1,16 +1,10 @@
-//! Who may call the servers: their access settings ([`server_security_args!`]: bearer token,
-//! TLS, mutual TLS), the token check ([`RequireToken`]), secrets given directly or in a
-//! file, and TLS configuration (server identity, client CA for mutual TLS, client trust and
-//! identity) read from PEM files.
-
-use std::sync::Arc;
+//! The servers' access settings ([`server_security_args!`]: bearer token, TLS, mutual TLS; the
+//! check itself is [`crate::access`]), secrets given directly or in a file, TLS configuration
+//! (server identity, client CA for mutual TLS, client trust and identity) read from PEM files,
+//! and the process's TLS provider.
 
 use anyhow::Context;
-use subtle::ConstantTimeEq;
-use tonic::{
-    transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig},
-    Request, Status,
-};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Makes rustls's ring provider the process's default, once: tonic, sqlx and reqwest all speak
 /// TLS through rustls, and reqwest (built without a provider of its own, so that only ring is
@@ -24,7 +18,7 @@ pub fn install_crypto_provider() {
 }
 
 /// Declares a server's access settings (`$prefix` is `PROVIDER` or `CONSUMER`): a bearer token
-/// (or a file holding it) every RPC but health requires, and TLS with optional mutual TLS, with
+/// (or a file holding it) every RPC but health and reflection requires, and TLS with optional mutual TLS, with
 /// how the `healthcheck` subcommand reaches a server so configured. The crate that expands it
 /// depends on clap, anyhow and tonic (as both services do). Read the token with
 /// `required_token()`, which also reads the `_FILE` setting, never from the field.
@@ -70,13 +64,6 @@ macro_rules! server_security_args {
                 )
             }
 
-            /// The token check the server's services sit behind.
-            pub fn require_token(&self) -> anyhow::Result<$crate::security::RequireToken> {
-                Ok($crate::security::RequireToken(
-                    self.required_token()?.map(std::sync::Arc::from),
-                ))
-            }
-
             /// The server's TLS, if configured.
             pub fn server_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
                 $crate::security::server_tls(
@@ -105,35 +92,6 @@ macro_rules! server_security_args {
             }
         }
     };
-}
-
-/// Requires `authorization: Bearer <token>` when a token is configured. The comparison takes
-/// the same time wherever the first difference is.
-#[derive(Clone)]
-pub struct RequireToken(pub Option<Arc<str>>);
-
-impl tonic::service::Interceptor for RequireToken {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
-            return Ok(req);
-        };
-        // The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or_default();
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(
-                "authorization: a valid bearer token is required (metadata \"authorization: Bearer <token>\")",
-            ))
-        }
-    }
 }
 
 /// A secret from its value or from a file (trimmed); both set is an error. Empty counts as unset.
@@ -229,35 +187,6 @@ pub fn client_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::service::Interceptor;
-
-    #[test]
-    fn token_is_required_when_configured() {
-        let mut guard = RequireToken(Some("s3cret".into()));
-        let mut ok = Request::new(());
-        ok.metadata_mut()
-            .insert("authorization", "Bearer s3cret".parse().unwrap());
-        assert!(guard.call(ok).is_ok());
-        for scheme in ["bearer", "BEARER", "BeArEr"] {
-            let mut r = Request::new(());
-            r.metadata_mut()
-                .insert("authorization", format!("{scheme} s3cret").parse().unwrap());
-            assert!(guard.call(r).is_ok(), "{scheme}");
-        }
-        for bad in ["Bearer s3cre", "Bearer s3cret2", "s3cret", ""] {
-            let mut r = Request::new(());
-            if !bad.is_empty() {
-                r.metadata_mut()
-                    .insert("authorization", bad.parse().unwrap());
-            }
-            assert_eq!(
-                guard.call(r).unwrap_err().code(),
-                tonic::Code::Unauthenticated,
-                "{bad}"
-            );
-        }
-        assert!(RequireToken(None).call(Request::new(())).is_ok());
-    }
 
     #[test]
     fn server_tls_errors_name_the_settings() {
