@@ -47,7 +47,7 @@ fn processor_with(
     store: Arc<dyn storage::DocumentStore>,
 ) -> anyhow::Result<Processor> {
     let provider = ProviderClient::with_config(&config.provider_url, config.client_config()?)?;
-    let downloader = Downloader::new(config.download_limits())?;
+    let downloader = Downloader::new(config.download_limits()?)?;
     Ok(Processor::new(
         provider,
         store,
@@ -66,6 +66,7 @@ impl Application {
         // Validate what can be validated before listening.
         documents_api::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
         config.client_config()?;
+        config.download_limits()?;
         config.server.limits()?;
         config.security.required_token()?;
         config.security.server_tls()?;

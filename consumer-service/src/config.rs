@@ -6,7 +6,10 @@ use clap::{Args, Parser, Subcommand};
 use documents_api::ClientConfig;
 use documents_kit::telemetry::LogFormat;
 
-use crate::{download::DownloadLimits, job::JobSettings};
+use crate::{
+    download::{AllowedOrigins, DownloadLimits},
+    job::JobSettings,
+};
 
 /// Headline/type filters used when a request names none.
 pub const DEFAULT_FILTERS: &str = "Annual Report,Full Year,FY,Preliminary Final Report,Appendix 4E";
@@ -114,6 +117,16 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_DOWNLOAD_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub download_max_bytes: usize,
 
+    /// Origins (scheme://host[:port], comma-separated) PDFs may be downloaded from; redirects
+    /// are followed only within them. A name that resolves to a private, loopback or
+    /// link-local address is refused unless listed as an IP address or a single-label name.
+    #[arg(
+        long,
+        env = "CONSUMER_DOWNLOAD_ALLOWED_ORIGINS",
+        default_value = crate::download::DEFAULT_ALLOWED_ORIGINS
+    )]
+    pub download_allowed_origins: String,
+
     /// PDF downloads running at once in this process.
     #[arg(long, env = "CONSUMER_DOWNLOAD_CONCURRENCY", default_value_t = 4)]
     pub download_concurrency: usize,
@@ -172,12 +185,18 @@ impl Config {
         }
     }
 
-    pub fn download_limits(&self) -> DownloadLimits {
-        DownloadLimits {
+    pub fn download_limits(&self) -> anyhow::Result<DownloadLimits> {
+        Ok(DownloadLimits {
             timeout: Duration::from_millis(self.download_timeout_ms),
             max_bytes: self.download_max_bytes,
             concurrency: self.download_concurrency.max(1),
-        }
+            // Empty (a compose file's `VAR=`) counts as unset.
+            allowed: AllowedOrigins::parse(
+                Some(self.download_allowed_origins.as_str())
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or(crate::download::DEFAULT_ALLOWED_ORIGINS),
+            )?,
+        })
     }
 }
 

@@ -270,6 +270,7 @@ impl Exchange {
             .filter(|u| u.starts_with("http://"))
             .unwrap_or_else(|| panic!("unexpected first line from sample-exchange: {line:?}"))
             .to_string();
+        EXCHANGES.lock().expect("exchanges lock").push(url.clone());
         Exchange {
             proc,
             url,
@@ -331,6 +332,9 @@ impl Exchange {
         assert!(r.status().is_success(), "control refused: {}", r.status());
     }
 }
+
+/// The origins of the sample exchanges this process started, which consumers may download from.
+static EXCHANGES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// Listing path of the sample exchange (and of the real site).
 pub const LISTING_PATH: &str = "/asx/v2/statistics/announcements.do";
@@ -566,15 +570,21 @@ impl ConsumerProc {
     }
 }
 
-/// The consumer binary with a clean environment pointing at `db_url` and `provider_urls`.
+/// The consumer binary with a clean environment pointing at `db_url` and `provider_urls`,
+/// allowed to download PDFs from every sample exchange this test process started (what the
+/// provider links its announcements to); `extra_env` may set the allowlist otherwise.
 pub fn consumer_command(db_url: &str, provider_urls: &str, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bin("consumer-service"));
+    let exchanges = EXCHANGES.lock().expect("exchanges lock").join(",");
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db_url)
         .env("PROVIDER_URL", provider_urls)
         .env("PROVIDER_BACKOFF_MS", "20")
         .env("RUST_LOG", "info");
+    if !exchanges.is_empty() {
+        cmd.env("CONSUMER_DOWNLOAD_ALLOWED_ORIGINS", exchanges);
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -3,13 +3,11 @@
 //! Health and reflection are open; the read token opens the read RPCs only, and the others
 //! answer it PERMISSION_DENIED with an ErrorInfo naming the missing scope.
 
-use documents_api::proto::{
-    documents::{
-        admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
-        v1::{
-            document_provider_client::DocumentProviderClient, EnsureDocumentsRequest,
-            GetDocumentRequest, GetDocumentsRequest, InvalidateDocumentsRequest,
-        },
+use documents_api::proto::documents::{
+    admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
+    v1::{
+        document_provider_client::DocumentProviderClient, EnsureDocumentsRequest,
+        GetDocumentRequest, GetDocumentsRequest, InvalidateDocumentsRequest,
     },
 };
 use e2e::harness::{run_grpcurl, Db, Exchange, Provider};
@@ -50,10 +48,12 @@ async fn call_each(channel: &Channel, token: Option<&str>) -> Vec<(&'static str,
         }
     }
     let mut seen = Vec::new();
-    let mut record = |rpc: &'static str, (code, status): (Code, String)| {
-        seen.push((rpc, code, status))
-    };
-    record("GetDocument", outcome(docs.get_document(with(one(), token)).await));
+    let mut record =
+        |rpc: &'static str, (code, status): (Code, String)| seen.push((rpc, code, status));
+    record(
+        "GetDocument",
+        outcome(docs.get_document(with(one(), token)).await),
+    );
     record(
         "GetDocuments",
         outcome(docs.get_documents(with(batch(), token)).await),
@@ -193,7 +193,10 @@ async fn each_rpc_answers_each_credential_by_its_scope() {
     assert!(refused.message().contains("\"admin\" scope"), "{refused:?}");
     let info = refused.get_details_error_info().expect("an ErrorInfo");
     assert_eq!(info.reason, "SCOPE_MISSING");
-    assert_eq!(info.metadata.get("scope").map(String::as_str), Some("admin"));
+    assert_eq!(
+        info.metadata.get("scope").map(String::as_str),
+        Some("admin")
+    );
     assert_eq!(
         info.metadata.get("method").map(String::as_str),
         Some("/documents.v1.DocumentProvider/InvalidateDocuments")
@@ -201,5 +204,8 @@ async fn each_rpc_answers_each_credential_by_its_scope() {
 
     // Reflection needs no token (grpcurl's own path).
     let (ok, out, err) = run_grpcurl(&["-plaintext", &p.addr, "list"]);
-    assert!(ok && out.contains("documents.v1.DocumentProvider"), "{out}{err}");
+    assert!(
+        ok && out.contains("documents.v1.DocumentProvider"),
+        "{out}{err}"
+    );
 }

@@ -230,10 +230,16 @@ async fn binaries_run_a_round_with_the_compose_environment() {
     let provider_addr = free_addr();
     let consumer_addr = free_addr();
     // The offline profile: the operator sets UPSTREAM_BASE_URL to the sample exchange.
-    let shell: BTreeMap<&str, String> = [(
-        "UPSTREAM_BASE_URL",
-        "http://sample-exchange:8700".to_string(),
-    )]
+    let shell: BTreeMap<&str, String> = [
+        (
+            "UPSTREAM_BASE_URL",
+            "http://sample-exchange:8700".to_string(),
+        ),
+        (
+            "CONSUMER_DOWNLOAD_ALLOWED_ORIGINS",
+            "http://sample-exchange:8700".to_string(),
+        ),
+    ]
     .into();
     let db_name = db.url().rsplit('/').next().unwrap().to_string();
     // What the postgres image does on first start: run the roles script.

@@ -398,7 +398,10 @@ async fn victim(admin: &mut PgConnection) -> Vec<String> {
          WHERE source_type = 'announcement'",
         "SELECT json_agg(k ORDER BY source_type, role_name)::text FROM kind_writers k",
     ] {
-        let part: Option<String> = sqlx::query_scalar(sql).fetch_one(&mut *admin).await.unwrap();
+        let part: Option<String> = sqlx::query_scalar(sql)
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
         parts.push(part.unwrap_or_default());
     }
     parts
@@ -540,7 +543,8 @@ async fn the_service_roles_hold_against_an_attacker() {
     let mut conn = PgConnection::connect(&consumer_url).await.unwrap();
     match conn.copy_in_raw("COPY documents FROM STDIN").await {
         Err(sqlx::Error::Database(e))
-            if e.code().as_deref() == Some("0A000") && e.message().contains("row-level security") => {}
+            if e.code().as_deref() == Some("0A000")
+                && e.message().contains("row-level security") => {}
         Err(e) => failures.push(format!("COPY FROM STDIN: unexpected refusal {e}")),
         Ok(copy) => {
             let _ = copy.abort("not refused").await;

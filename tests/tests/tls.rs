@@ -222,7 +222,14 @@ async fn mutual_tls_requires_a_client_certificate_from_its_ca() {
     // A certificate from a CA the server does not trust, for the same name, is refused too.
     let foreign = client(
         &https(&p),
-        Some(client_tls(Some(&pki.ca), Some(&pki.foreign_cert), Some(&pki.foreign_key)).unwrap()),
+        Some(
+            client_tls(
+                Some(&pki.ca),
+                Some(&pki.foreign_cert),
+                Some(&pki.foreign_key),
+            )
+            .unwrap(),
+        ),
         Some("s3cret-from-a-file"),
     );
     let e = foreign

@@ -152,7 +152,11 @@ impl FillContext {
                         (lease.held, lease.last_error, lease.finished_at)
                     {
                         if at > seen.at {
-                            return Err(ItemError::new(Code::from_i32(code), message));
+                            // Recorded by any replica, of any release: scrubbed again.
+                            return Err(ItemError::new(
+                                Code::from_i32(code),
+                                documents_kit::secrets::scrub(&message),
+                            ));
                         }
                     }
                     lease.held
@@ -241,7 +245,10 @@ impl FillContext {
         let content = match fetched {
             Ok(c) => c,
             Err(e) => {
-                let mut err = ItemError::new(e.code(), format!("{ticker}: {e}")).reason(e.reason());
+                // Sources never format a secret; an upstream's or a library's text might.
+                let message = format!("{ticker}: {e}");
+                let mut err = ItemError::new(e.code(), documents_kit::secrets::scrub(&message))
+                    .reason(e.reason());
                 // Until the negative cache lets a new fetch through, trying again only gets
                 // this error back: say when.
                 let ttl = self.settings.negative_cache_ttl;

@@ -394,7 +394,7 @@ impl AnnouncementsSource {
                     ticker.code()
                 ),
             );
-            let page = self.http.get(&url).await?;
+            let page = self.http.get(&url.clone().into()).await?;
             if page.status == StatusCode::NOT_FOUND {
                 return Err(SourceError::Unavailable(format!(
                     "GET {url}: listing answered 404"
@@ -418,7 +418,7 @@ impl AnnouncementsSource {
                 ticker.code().to_lowercase()
             ),
         );
-        let resp = self.http.get(&url).await?;
+        let resp = self.http.get(&url.clone().into()).await?;
         if resp.status == StatusCode::NOT_FOUND {
             return Err(SourceError::NotFound(format!(
                 "company {ticker} is not known to the exchange"

@@ -37,6 +37,77 @@ impl Default for HttpLimits {
     }
 }
 
+/// An upstream request's URL, whose query may carry a secret (an API token the upstream takes
+/// only as a query parameter). Displayed or debugged, the secret's value is replaced, so the URL
+/// can be formatted anywhere; only the request itself carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    url: Url,
+    /// The name of the query parameter whose value is secret.
+    secret_param: Option<&'static str>,
+}
+
+impl UpstreamUrl {
+    /// `url` with `name=value` appended to its query, `value` secret.
+    pub fn with_secret_query(mut url: Url, name: &'static str, value: &str) -> Self {
+        url.query_pairs_mut().append_pair(name, value);
+        Self {
+            url,
+            secret_param: Some(name),
+        }
+    }
+
+    pub fn host_str(&self) -> Option<&str> {
+        self.url.host_str()
+    }
+
+    pub fn path(&self) -> &str {
+        self.url.path()
+    }
+
+    fn shown(&self) -> Url {
+        let Some(secret) = self.secret_param else {
+            return self.url.clone();
+        };
+        let mut shown = self.url.clone();
+        let pairs: Vec<(String, String)> = self
+            .url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == secret {
+                    documents_kit::secrets::REDACTED.to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+        shown
+    }
+}
+
+impl From<Url> for UpstreamUrl {
+    fn from(url: Url) -> Self {
+        Self {
+            url,
+            secret_param: None,
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.shown(), f)
+    }
+}
+
+impl std::fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamUrl({self})")
+    }
+}
+
 /// A successful upstream answer.
 #[derive(Debug)]
 pub struct Fetched {
@@ -96,7 +167,7 @@ impl HttpClient {
     /// GETs `url`. 404 comes back as an answer (sources decide what it means); other 4xx are
     /// Malformed (the request is wrong for this upstream), 5xx and network failures are
     /// Unavailable after the retries.
-    pub async fn get(&self, url: &Url) -> Result<Fetched, SourceError> {
+    pub async fn get(&self, url: &UpstreamUrl) -> Result<Fetched, SourceError> {
         let host = url.host_str().unwrap_or_default().to_string();
         let mut attempt = 0;
         loop {
@@ -124,25 +195,31 @@ impl HttpClient {
         }
     }
 
-    async fn get_once(&self, url: &Url) -> Result<Fetched, SourceError> {
-        let shown = redact(url);
+    async fn get_once(&self, url: &UpstreamUrl) -> Result<Fetched, SourceError> {
+        let shown = url.to_string();
         let host = format!(
             "{}:{}",
-            url.host_str().unwrap_or_default(),
-            url.port_or_known_default().unwrap_or(0)
+            url.url.host_str().unwrap_or_default(),
+            url.url.port_or_known_default().unwrap_or(0)
         );
         // The upstream joins the caller's trace (W3C traceparent), as its child.
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(trace) = documents_kit::trace::TraceContext::current() {
             trace.inject(&mut headers);
         }
-        let resp = match self.client.get(url.clone()).headers(headers).send().await {
+        let resp = match self
+            .client
+            .get(url.url.clone())
+            .headers(headers)
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 METRICS.source_request(&host, if e.is_timeout() { "timeout" } else { "error" });
                 return Err(SourceError::Unavailable(format!(
                     "GET {shown}: {}",
-                    describe(&e)
+                    describe(e)
                 )));
             }
         };
@@ -173,7 +250,7 @@ impl HttpClient {
         let mut body = Vec::new();
         let mut resp = resp;
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            SourceError::Unavailable(format!("GET {shown}: reading body: {}", describe(&e)))
+            SourceError::Unavailable(format!("GET {shown}: reading body: {}", describe(e)))
         })? {
             if body.len() + chunk.len() > max {
                 return Err(SourceError::Malformed(format!(
@@ -190,28 +267,43 @@ impl HttpClient {
     }
 }
 
-/// The URL without its query string, which may carry an API token.
-fn redact(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.query().is_some_and(|q| q.contains("token")) {
-        u.set_query(Some("…"));
-    }
-    u.to_string()
-}
-
-fn describe(e: &reqwest::Error) -> String {
+/// What went wrong, without the URL (reqwest's text repeats the request's whole URL, query and
+/// all; the caller prefixes the redacted one).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
         "connection failed".to_string()
     } else {
         let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
+        let mut src = std::error::Error::source(&e);
         while let Some(inner) = src {
             s.push_str(": ");
             s.push_str(&inner.to_string());
             src = inner.source();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_url_shows_its_secret_as_redacted() {
+        let base = Url::parse("https://eodhd.example/api/eod/BHP.AU?fmt=json").unwrap();
+        let url = UpstreamUrl::with_secret_query(base, "api_token", "s3cret&value");
+        assert_eq!(
+            url.to_string(),
+            "https://eodhd.example/api/eod/BHP.AU?fmt=json&api_token=***"
+        );
+        assert_eq!(
+            format!("{url:?}"),
+            "UpstreamUrl(https://eodhd.example/api/eod/BHP.AU?fmt=json&api_token=***)"
+        );
+        // The request itself carries it.
+        assert_eq!(url.url.query(), Some("fmt=json&api_token=s3cret%26value"));
     }
 }

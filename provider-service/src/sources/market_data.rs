@@ -13,7 +13,7 @@ use documents_store::NewContent;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::{join, HttpClient, Source, SourceError};
+use super::{http::UpstreamUrl, join, HttpClient, Source, SourceError};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -226,16 +226,17 @@ impl Source for MarketDataSource {
     #[tracing::instrument(name = "fetch_market_data", skip(self), fields(ticker = %ticker))]
     async fn fetch(&self, ticker: &Ticker) -> Result<NewContent, SourceError> {
         let from = Utc::now().date_naive() - Days::new(HISTORY_DAYS);
-        let mut path = format!(
+        let path = format!(
             "/api/eod/{}.{}?fmt=json&from={from}",
             ticker.code(),
             suffix(ticker.exchange())
         );
-        if let Some(t) = &self.api_token {
-            path.push_str("&api_token=");
-            path.push_str(t);
-        }
-        let resp = self.http.get(&join(&self.base, &path)).await?;
+        // The upstream takes its token only in the query: the URL hides it when shown.
+        let url = match &self.api_token {
+            Some(t) => UpstreamUrl::with_secret_query(join(&self.base, &path), "api_token", t),
+            None => join(&self.base, &path).into(),
+        };
+        let resp = self.http.get(&url).await?;
         if resp.status == StatusCode::NOT_FOUND {
             return Err(SourceError::NotFound(format!(
                 "no market data for {ticker}"

@@ -204,11 +204,22 @@ mod tests {
         assert!(a.check(READ, Some(&bearer("read-s3cret"))).is_ok());
         let denied = a.check(ADMIN, Some(&bearer("read-s3cret"))).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        assert!(denied.message().contains("\"admin\""), "{}", denied.message());
+        assert!(
+            denied.message().contains("\"admin\""),
+            "{}",
+            denied.message()
+        );
         for scheme in ["bearer", "BEARER", "BeArEr"] {
-            assert!(a.check(READ, Some(&format!("{scheme} read-s3cret"))).is_ok());
+            assert!(a
+                .check(READ, Some(&format!("{scheme} read-s3cret")))
+                .is_ok());
         }
-        for bad in ["Bearer read-s3cre", "Bearer read-s3cret2", "read-s3cret", ""] {
+        for bad in [
+            "Bearer read-s3cre",
+            "Bearer read-s3cret2",
+            "read-s3cret",
+            "",
+        ] {
             assert_eq!(
                 a.check(READ, Some(bad)).unwrap_err().code(),
                 tonic::Code::Unauthenticated,
@@ -222,7 +233,10 @@ mod tests {
         // Health and reflection are open; with no token configured, everything is.
         assert!(a.check("/grpc.health.v1.Health/Check", None).is_ok());
         assert!(a
-            .check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", None)
+            .check(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                None
+            )
             .is_ok());
         assert!(Access::new(None, None, &[]).check(ADMIN, None).is_ok());
     }
@@ -232,7 +246,9 @@ mod tests {
         let a = Access::new(None, Some("read-s3cret"), &[READ]);
         assert!(a.check(READ, Some("Bearer read-s3cret")).is_ok());
         assert_eq!(
-            a.check(ADMIN, Some("Bearer read-s3cret")).unwrap_err().code(),
+            a.check(ADMIN, Some("Bearer read-s3cret"))
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         assert_eq!(

@@ -39,12 +39,14 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     /// The database URL: DATABASE_URL, else the content of DATABASE_URL_FILE, else the default.
     pub fn url(&self) -> anyhow::Result<String> {
-        Ok(crate::security::secret(
+        let url = crate::security::secret(
             self.url.as_deref(),
             self.url_file.as_deref(),
             "DATABASE_URL",
         )?
-        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()))
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        crate::secrets::register_url_password(&url);
+        Ok(url)
     }
 }
 

@@ -95,6 +95,8 @@ macro_rules! server_security_args {
 }
 
 /// A secret from its value or from a file (trimmed); both set is an error. Empty counts as unset.
+/// The value is registered with [`crate::secrets`], so it never leaves the process in a log
+/// line or an error.
 pub fn secret(
     value: Option<&str>,
     file: Option<&str>,
@@ -104,12 +106,16 @@ pub fn secret(
     let file = file.filter(|f| !f.trim().is_empty());
     match (value, file) {
         (Some(_), Some(_)) => anyhow::bail!("{name} and {name}_FILE are both set: set one"),
-        (Some(v), None) => Ok(Some(v.trim().to_string())),
+        (Some(v), None) => {
+            crate::secrets::register(v);
+            Ok(Some(v.trim().to_string()))
+        }
         (None, Some(f)) => {
             let v =
                 std::fs::read_to_string(f).with_context(|| format!("reading {name}_FILE {f:?}"))?;
             let v = v.trim().to_string();
             anyhow::ensure!(!v.is_empty(), "{name}_FILE {f:?} is empty");
+            crate::secrets::register(&v);
             Ok(Some(v))
         }
         (None, None) => Ok(None),
@@ -118,6 +124,13 @@ pub fn secret(
 
 fn read(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {path:?}"))
+}
+
+/// A private key file, registered with [`crate::secrets`] as it is read.
+fn read_key(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let key = read(path, what)?;
+    crate::secrets::register_pem(&String::from_utf8_lossy(&key));
+    Ok(key)
 }
 
 fn set(v: Option<&str>) -> Option<&str> {
@@ -148,8 +161,10 @@ pub fn server_tls(
             Ok(None)
         }
         (Some(c), Some(k)) => {
-            let mut tls = ServerTlsConfig::new()
-                .identity(Identity::from_pem(read(c, &cert_var)?, read(k, &key_var)?));
+            let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+                read(c, &cert_var)?,
+                read_key(k, &key_var)?,
+            ));
             if let Some(ca) = set(client_ca) {
                 tls = tls.client_ca_root(Certificate::from_pem(read(ca, &ca_var)?));
             }
@@ -175,7 +190,7 @@ pub fn client_tls(
         (Some(c), Some(k)) => {
             tls = tls.identity(Identity::from_pem(
                 read(c, "TLS client certificate")?,
-                read(k, "TLS client key")?,
+                read_key(k, "TLS client key")?,
             ))
         }
         (None, None) => {}

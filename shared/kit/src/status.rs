@@ -24,7 +24,8 @@ impl StorageStatus for StorageError {
         } else {
             Code::Internal
         };
-        ItemError::new(code, self.to_string()).reason(self.reason())
+        // A driver's error text may repeat what it was given: no secret goes out with it.
+        ItemError::new(code, crate::secrets::scrub(&self.to_string())).reason(self.reason())
     }
 }
 

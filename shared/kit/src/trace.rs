@@ -37,7 +37,9 @@ where
     let result = ctx.scope_call(work).await;
     if let Some(mut s) = span {
         if let Err(e) = &result {
-            s.set_status(Status::error(e.to_string()));
+            s.set_status(Status::error(
+                crate::secrets::scrub(&e.to_string()).into_owned(),
+            ));
         }
         s.end();
     }
@@ -53,7 +55,8 @@ impl ExportedSpan {
         self.0
             .set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
         if code != tonic::Code::Ok {
-            self.0.set_status(Status::error(message.to_string()));
+            self.0
+                .set_status(Status::error(crate::secrets::scrub(message).into_owned()));
         }
         self.0.end();
     }

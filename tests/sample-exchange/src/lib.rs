@@ -273,6 +273,8 @@ pub struct Control {
     pub half_answer: Vec<String>,
     /// Path-and-query prefixes whose connection is dropped without any answer.
     pub reset: Vec<String>,
+    /// Path-and-query prefix -> a URL answered as a redirect (302 Found) to it.
+    pub redirect: BTreeMap<String, String>,
 }
 
 struct Shared {
@@ -430,6 +432,9 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         std::panic::resume_unwind(Box::new(
             "connection dropped by the sample exchange's control",
         ));
+    }
+    if let Some((_, location)) = control.redirect.iter().find(|(p, _)| hit(p)) {
+        return (StatusCode::FOUND, [(header::LOCATION, location.as_str())]).into_response();
     }
     if let Some((_, code)) = control.status.iter().find(|(p, _)| hit(p)) {
         let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
