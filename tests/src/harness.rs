@@ -687,6 +687,16 @@ impl PrivateCluster {
 
     /// [`PrivateCluster::start`] with more server options (`-c name=value ...`).
     pub fn start_with(options: &str) -> PrivateCluster {
+        Self::start_configured(options, |_| {})
+    }
+
+    /// [`PrivateCluster::start_with`], letting `configure` write into the data folder (files
+    /// such as `pg_hba.conf`, certificates and keys) before the server starts; what it writes is
+    /// then owned by the server's user, private to it.
+    pub fn start_configured(
+        options: &str,
+        configure: impl FnOnce(&std::path::Path),
+    ) -> PrivateCluster {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL binaries under /usr/lib/postgresql")
             .filter_map(|e| e.ok())
@@ -725,6 +735,14 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         );
+        configure(&data);
+        if Self::is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "chown of the data folder");
+        }
         c.pg_ctl_start();
         c
     }
