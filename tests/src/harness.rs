@@ -741,7 +741,10 @@ impl PrivateCluster {
                 .args(["-R", "postgres:postgres"])
                 .arg(&data)
                 .status();
-            assert!(status.is_ok_and(|s| s.success()), "chown of the data folder");
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "chown of the data folder"
+            );
         }
         c.pg_ctl_start();
         c

@@ -213,9 +213,28 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
         .unwrap();
     let mut raw = tonic::client::Grpc::new(channel);
     raw.ready().await.unwrap();
+    // Without a token the caller learns nothing, not even that the method is missing.
+    let made_up = |token: bool| {
+        let mut r = tonic::Request::new(());
+        if token {
+            r.metadata_mut()
+                .insert("authorization", "Bearer s3cret".parse().unwrap());
+        }
+        r
+    };
     let e = raw
         .unary::<(), (), _>(
-            tonic::Request::new(()),
+            made_up(false),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/made.Up/Method"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    raw.ready().await.unwrap();
+    let e = raw
+        .unary::<(), (), _>(
+            made_up(true),
             tonic::codegen::http::uri::PathAndQuery::from_static("/made.Up/Method"),
             tonic_prost::ProstCodec::default(),
         )
@@ -262,14 +281,16 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
         metric_value(&text, &format!("grpc_server_in_flight{{{labels}}}")),
         Some(0.0)
     );
-    assert_eq!(
-        metric_value(
-            &text,
-            "grpc_server_handled_total{grpc_service=\"unknown\",grpc_method=\"unknown\",grpc_code=\"Unimplemented\"}"
-        ),
-        Some(1.0),
-        "{text}"
-    );
+    for code in ["Unimplemented", "Unauthenticated"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                &format!("grpc_server_handled_total{{grpc_service=\"unknown\",grpc_method=\"unknown\",grpc_code=\"{code}\"}}")
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
     assert!(!text.contains("made.Up"), "{text}");
     for (series, at_least) in [
         ("process_resident_memory_bytes", 1e6),
@@ -327,13 +348,13 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
             .iter()
             .filter(|l| l.contains("Unauthenticated"))
             .count(),
-        1,
+        2,
         "{logs}"
     );
     assert_eq!(
         failed.len(),
-        4,
-        "four failed calls, four lines: {failed:#?}"
+        5,
+        "five failed calls, five lines: {failed:#?}"
     );
     assert!(failed.iter().all(|l| l.contains("WARN")), "{failed:#?}");
 }

@@ -43,9 +43,7 @@ fn pki() -> (Pki, [(String, String); 3]) {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, "certuser");
     client_params.distinguished_name = name;
-    let client = client_params
-        .signed_by(&client_key, &ca, &ca_key)
-        .unwrap();
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
     let files = [
         ("ca.pem", ca.pem()),
         ("other-ca.pem", other_ca.pem()),
@@ -127,11 +125,17 @@ async fn postgres_over_tls_with_a_ca_and_client_certificates() {
     let wrong_ca = try_connect(&base(
         "postgres",
         "localhost",
-        &format!("sslmode=verify-full&sslrootcert={}", pki.path("other-ca.pem")),
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            pki.path("other-ca.pem")
+        ),
     ))
     .await
     .unwrap_err();
-    assert!(wrong_ca.to_lowercase().contains("certificate"), "{wrong_ca}");
+    assert!(
+        wrong_ca.to_lowercase().contains("certificate"),
+        "{wrong_ca}"
+    );
 
     // Client certificates: the role that must present one.
     let admin = sqlx::PgPool::connect(&base("postgres", "localhost", &verify))
@@ -177,6 +181,9 @@ async fn postgres_over_tls_with_a_ca_and_client_certificates() {
     .fetch_one(&admin)
     .await
     .unwrap();
-    assert!(encrypted >= 2, "the provider's pool and change feed use TLS");
+    assert!(
+        encrypted >= 2,
+        "the provider's pool and change feed use TLS"
+    );
     e2e::harness::assert_invariants_at(&base("postgres", "localhost", &verify)).await;
 }
