@@ -49,6 +49,7 @@ pub struct ProviderMetrics {
     pub revalidations: Family<KindLabels, Counter>,
     pub invalidated: Family<KindLabels, Counter>,
     pub refresh_ahead: Family<FillLabels, Counter>,
+    pub purge_raced: Family<KindLabels, Counter>,
 }
 
 fn fill_histogram() -> Histogram {
@@ -110,8 +111,15 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         "Fills started by refresh-ahead (not by a caller), by kind and result",
         refresh_ahead.clone(),
     );
+    let purge_raced = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_purge_raced_fills",
+        "Fills whose write a purge made while they fetched kept stale, so they fetched again",
+        purge_raced.clone(),
+    );
     ProviderMetrics {
         registry: Arc::new(Mutex::new(registry)),
+        purge_raced,
         revalidations,
         invalidated,
         refresh_ahead,
@@ -144,6 +152,12 @@ impl ProviderMetrics {
 
     pub fn revalidation(&self, kind: &str) {
         self.revalidations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn purge_raced(&self, kind: &str) {
+        self.purge_raced
             .get_or_create(&KindLabels { kind: kind.into() })
             .inc();
     }

@@ -749,6 +749,84 @@ async fn invalidated_documents_refresh_on_the_next_call_and_keep_their_id() {
     assert!(e.message().starts_with("identifiers[0]: "), "{e:?}");
 }
 
+/// Ban semantics: a purge that lands while a fill fetches keeps what that fill fetched purged.
+/// The fill fetches again under a new claim, so neither its callers nor one that joined it after
+/// the purge get the pre-purge content, and the next call is a hit of the new fetch.
+#[tokio::test(start_paused = true)]
+async fn a_purge_during_a_fetch_keeps_that_fetch_purged() {
+    let store = Arc::new(MemoryStore::new());
+    let src = Scripted::new(Kind::Announcement, Duration::from_secs(2));
+    let p = provisioner(&store, vec![src.clone()], |_| {});
+    let first = one(&p, "GNP", req()).await;
+    assert_eq!((first.version, src.calls()), (1, 1));
+    let forced = Request {
+        force_refresh: true,
+        ..req()
+    };
+    let refresh = tokio::spawn({
+        let p = p.clone();
+        async move { one(&p, "GNP", forced).await }
+    });
+    advance(Duration::from_millis(500)).await;
+    assert_eq!(src.calls(), 2, "the forced fill is fetching");
+    p.invalidate(None, &tickers(&["GNP"]), &[]).await.unwrap();
+    // A caller after the purge joins the running fill.
+    let joiner = tokio::spawn({
+        let p = p.clone();
+        async move { one(&p, "GNP", req()).await }
+    });
+    let (refreshed, joined) = (refresh.await.unwrap(), joiner.await.unwrap());
+    assert_eq!(src.calls(), 3, "fetched again after the purge");
+    // Version 2 (fetched before the purge) is stored still purged and answered to nobody.
+    for r in [&refreshed, &joined] {
+        assert_eq!((r.version, r.outcome), (3, Outcome::Refreshed), "{r:?}");
+    }
+    let stored = store
+        .lookup("announcement", &ids(&["ASX:GNP:announcement"]))
+        .await
+        .unwrap()
+        .heads
+        .remove(0);
+    assert_eq!((stored.version, stored.invalidated), (3, false));
+    let next = one(&p, "GNP", req()).await;
+    assert_eq!((next.outcome, next.version), (Outcome::Hit, 3));
+    assert_eq!(src.calls(), 3);
+
+    // A writer that knows nothing of the rule (an older release) cannot clear a later mark:
+    // its lease claim predates the purge.
+    let claim = store
+        .claim_fill(
+            "announcement",
+            "ASX:GNP:announcement",
+            "old-release",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    p.invalidate(None, &tickers(&["GNP"]), &[]).await.unwrap();
+    let content = NewContent {
+        title: "fetched before the purge".into(),
+        content_markdown: String::new(),
+        content_json: serde_json::json!({ "schema_version": 1 }),
+        tags: vec![],
+    };
+    let written = store
+        .upsert(
+            "announcement",
+            "ASX:GNP:announcement",
+            &content,
+            &[],
+            Some(Fence {
+                token: claim.token.unwrap(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(written.head.invalidated, "the mark stays");
+    let after = one(&p, "GNP", req()).await;
+    assert_eq!((after.outcome, after.version), (Outcome::Refreshed, 5));
+}
+
 #[tokio::test(start_paused = true)]
 async fn refresh_ahead_refreshes_popular_documents_before_they_go_stale() {
     let store = Arc::new(MemoryStore::new());

@@ -365,7 +365,123 @@ async fn refresh_ahead_keeps_a_popular_document_from_missing(db: Db) {
     }
 }
 
+/// Ban semantics across replicas: a purge through replica B while replica A's fill is at a slow
+/// upstream keeps what that fill fetched purged. A fetches again, so its caller and one that
+/// joined its fill after the purge get a version fetched after it; the pre-purge version is
+/// answered to nobody, and the next call on either replica is a hit of the new fetch. A writer
+/// that knows nothing of the rule (an older release, a script) cannot clear a mark either: after
+/// its write the next call refreshes, on the replica it asks and on another.
+async fn a_purge_during_a_fetch_stays_purged(db: Db) {
+    let ex = Exchange::start();
+    let a = Provider::start(db.url(), &ex.url, &[]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    let mut ca = DocumentProviderClient::connect(a.url()).await.unwrap();
+    let mut cb = DocumentProviderClient::connect(b.url()).await.unwrap();
+    let sid = "ASX:GNP:announcement";
+    let v1 = ca
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v1.version, 1);
+    ex.control(&delayed(LISTING_PATH, 3_000)).await;
+    ex.reset().await;
+    let forced = DocumentOptions {
+        force_refresh: true,
+        ..Default::default()
+    };
+    let refresh = tokio::spawn({
+        let mut ca = ca.clone();
+        async move { ca.get_document(get("ASX:GNP", forced)).await }
+    });
+    ex.wait_for_requests(LISTING_PATH, 1).await;
+    let purge = InvalidateDocumentsRequest {
+        identifiers: vec!["ASX:GNP".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        cb.invalidate_documents(purge.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .invalidated,
+        1
+    );
+    // Past the hit view's staleness bound (750 ms): A knows of the purge; its fetch is still
+    // at the upstream, and a caller now joins that fill.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let joiner = tokio::spawn({
+        let mut ca = ca.clone();
+        async move {
+            ca.get_document(get("ASX:GNP", DocumentOptions::default()))
+                .await
+        }
+    });
+    let refreshed = refresh.await.unwrap().unwrap().into_inner();
+    let joined = joiner.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        2,
+        "fetched again after the purge"
+    );
+    for r in [&refreshed, &joined] {
+        assert_eq!((r.version, r.outcome()), (3, Outcome::Refreshed), "{r:?}");
+    }
+    let store = db.store().await;
+    let head = |store: std::sync::Arc<dyn documents_store::DocumentStore>| async move {
+        store
+            .lookup("announcement", &[sid.to_string()])
+            .await
+            .unwrap()
+            .heads
+            .remove(0)
+    };
+    let stored = head(store.clone()).await;
+    assert_eq!((stored.version, stored.invalidated), (3, false));
+    ex.control(&sample_exchange::Control::default()).await;
+    for c in [&mut ca, &mut cb] {
+        let next = c
+            .get_document(get("ASX:GNP", DocumentOptions::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((next.outcome(), next.version), (Outcome::Hit, 3));
+    }
+
+    // A writer that knows nothing of the rule refreshes the document after a purge, as an older
+    // release would (its fill's lease claim predates the purge): the mark stays.
+    let unaware = if db.is_postgres() {
+        "UPDATE documents SET title = 'fetched before the purge', version = version + 1,          last_synced = now(), invalidated_at = NULL WHERE source_id = 'ASX:GNP:announcement'"
+    } else {
+        "UPDATE documents SET title = 'fetched before the purge', version = version + 1,          invalidated_at = NULL WHERE source_id = 'ASX:GNP:announcement'"
+    };
+    for (mut asked, mut other) in [(ca.clone(), cb.clone()), (cb.clone(), ca.clone())] {
+        asked.invalidate_documents(purge.clone()).await.unwrap();
+        assert_eq!(db.execute(unaware).await.unwrap(), 1);
+        let kept = head(store.clone()).await;
+        assert!(kept.invalidated, "the mark stays: {kept:?}");
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let next = asked
+            .get_document(get("ASX:GNP", DocumentOptions::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (next.outcome(), next.version),
+            (Outcome::Refreshed, kept.version + 1)
+        );
+        let other_next = other
+            .get_document(get("ASX:GNP", DocumentOptions::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(other_next.version, next.version, "{other_next:?}");
+    }
+    e2e::harness::assert_invariants(&db).await;
+}
+
 on_both_databases!(
+    a_purge_during_a_fetch_stays_purged,
     refresh_ahead_keeps_a_popular_document_from_missing,
     stale_while_revalidate,
     invalidation_reaches_every_replica,

@@ -82,13 +82,14 @@ impl FillContext {
         ticker: &Ticker,
         source: Arc<dyn Source>,
         per_source: Arc<Semaphore>,
-        seen: Seen,
+        mut seen: Seen,
         forced: bool,
     ) -> FillResult {
         let (kind, sid) = (key.0.as_str(), key.1.as_str());
         if let Some(e) = self.cached_failure(key) {
             return Err(e);
         }
+        let mut purged = 0;
         let storage = |e: StorageError| e.item_error();
         // A holder that renews its lease is followed (callers' deadlines bound their own wait),
         // up to FOLLOW_LIMIT; one that stops renewing is taken over by the next claim.
@@ -128,6 +129,19 @@ impl FillContext {
             match claimed {
                 Some(Ok(filled)) => return Ok(filled),
                 Some(Err(FillError::Failed(e))) => return Err(e),
+                // A purge landed while this fill fetched: what it wrote stays purged, and no
+                // caller gets it. Fetch again at once, under a new claim (a fetch that starts
+                // after the purge), unless purges keep coming.
+                Some(Err(FillError::Purged(written))) => {
+                    purged += 1;
+                    METRICS.purge_raced(kind);
+                    tracing::info!(%sid, version = written.head.version, "purged while fetching; fetching again");
+                    if purged > MAX_PURGED_REFETCHES {
+                        return Ok(written);
+                    }
+                    seen.version = seen.version.max(written.head.version);
+                    continue;
+                }
                 Some(Err(FillError::LeaseLost)) | None => {}
             }
             // Another replica holds the lease: wait for its result.
@@ -266,14 +280,20 @@ impl FillContext {
         match documents_kit::trace::in_span("store", SpanKind::Internal, Vec::new, write).await {
             Ok(w) => {
                 tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");
-                Ok(Filled {
+                let filled = Filled {
                     outcome: if w.inserted {
                         Outcome::Created
                     } else {
                         Outcome::Refreshed
                     },
                     head: w.head,
-                })
+                };
+                // The database kept the mark: the document was purged after this fill claimed
+                // its lease, so what it fetched may predate the purge.
+                if filled.head.invalidated {
+                    return Err(FillError::Purged(filled));
+                }
+                Ok(filled)
             }
             Err(StorageError::LeaseLost(t)) => {
                 tracing::warn!(%sid, token = t, "fill lease lost to another provider; its result will be served");
@@ -329,7 +349,13 @@ pub(super) async fn changed(
 /// Longest a fill follows another replica's live lease before giving up.
 pub(super) const FOLLOW_LIMIT: Duration = Duration::from_secs(300);
 
+/// Fetches a fill makes again when purges keep landing while it fetches; past them it answers
+/// what it wrote (stored still purged, so the next lookup refreshes it).
+pub(super) const MAX_PURGED_REFETCHES: u32 = 2;
+
 pub(super) enum FillError {
     Failed(ItemError),
     LeaseLost,
+    /// Written, but a purge that landed after this fill's claim keeps it stale.
+    Purged(Filled),
 }

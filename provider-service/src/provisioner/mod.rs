@@ -178,10 +178,12 @@ struct Seen {
 
 impl Seen {
     /// Whether `h` is another filler's result this request may answer with: a higher version,
-    /// synced no earlier than a lease length before the lookup (a fill's write commits within
-    /// its lease; a row whose `last_synced` was moved back by hand is not a fresh fill).
+    /// not purged since it was fetched, synced no earlier than a lease length before the lookup
+    /// (a fill's write commits within its lease; a row whose `last_synced` was moved back by hand
+    /// is not a fresh fill).
     fn answers(&self, h: &DocumentHead, lease: Duration) -> bool {
         h.version > self.version
+            && !h.invalidated
             && h.last_synced >= self.at - ChronoDuration::from_std(lease).unwrap_or_default()
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
 };
@@ -37,14 +37,14 @@ struct State {
     leases: HashMap<Key, LeaseRow>,
     attachments: HashMap<String, (String, Vec<u8>)>,
     links: HashMap<String, HashMap<String, String>>,
-    /// Documents invalidated since their last write.
-    invalidated: std::collections::HashSet<Key>,
+    /// Documents invalidated since their last write, and when.
+    invalidated: HashMap<Key, DateTime<Utc>>,
 }
 
 impl State {
     fn head(&self, key: &Key) -> Option<super::DocumentHead> {
         self.documents.get(key).map(|d| super::DocumentHead {
-            invalidated: self.invalidated.contains(key),
+            invalidated: self.invalidated.contains_key(key),
             ..d.head()
         })
     }
@@ -59,6 +59,8 @@ pub struct MemoryStore {
     down: AtomicBool,
     /// Document writes made (for tests that count fills).
     writes: AtomicUsize,
+    /// The clock's latest reading, in microseconds since `started`.
+    last_micros: AtomicU64,
 }
 
 impl Default for MemoryStore {
@@ -75,13 +77,23 @@ impl MemoryStore {
             started: tokio::time::Instant::now(),
             down: AtomicBool::new(false),
             writes: AtomicUsize::new(0),
+            last_micros: AtomicU64::new(0),
         }
     }
 
     /// The store's clock (Tokio's: paused time moves it).
+    /// The store's clock: Tokio's, moved on by at least a microsecond per reading, as two
+    /// statements of a real database never share a moment (so with paused time, a purge and a
+    /// claim made one after the other are still ordered).
     pub fn now(&self) -> DateTime<Utc> {
-        self.epoch
-            + chrono::Duration::from_std(self.started.elapsed()).unwrap_or(chrono::Duration::MAX)
+        let elapsed = self.started.elapsed().as_micros() as u64;
+        let last = self.last_micros.fetch_max(elapsed, Ordering::SeqCst);
+        let micros = if last >= elapsed {
+            self.last_micros.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            elapsed
+        };
+        self.epoch + chrono::Duration::microseconds(micros as i64)
     }
 
     /// Makes every call fail as a database outage would, or answer again.
@@ -185,7 +197,13 @@ impl DocumentStore for MemoryStore {
                 _ => return Err(StorageError::LeaseLost(fence.token)),
             }
         }
-        state.invalidated.remove(&key);
+        // What was fetched before a purge stays purged: the mark goes only for a fill that
+        // claimed its lease after it (as the databases' purge guard does).
+        if let Some(at) = state.invalidated.get(&key).copied() {
+            if state.leases.get(&key).is_some_and(|l| l.claimed_at > at) {
+                state.invalidated.remove(&key);
+            }
+        }
         let (head, inserted) = match state.documents.get_mut(&key) {
             Some(d) => {
                 d.title = content.title.clone();
@@ -214,7 +232,7 @@ impl DocumentStore for MemoryStore {
                     updated_at: now,
                 };
                 let head = d.head();
-                state.documents.insert(key, d);
+                state.documents.insert(key.clone(), d);
                 (head, true)
             }
         };
@@ -231,6 +249,10 @@ impl DocumentStore for MemoryStore {
                 .insert(a.name.clone(), hash);
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
+        let head = super::DocumentHead {
+            invalidated: state.invalidated.contains_key(&key),
+            ..head
+        };
         Ok(Written { head, inserted })
     }
 
@@ -380,7 +402,10 @@ impl DocumentStore for MemoryStore {
             .map(|(k, _)| k.clone())
             .collect();
         let n = matched.len() as u64;
-        state.invalidated.extend(matched);
+        let now = self.now();
+        state
+            .invalidated
+            .extend(matched.into_iter().map(|k| (k, now)));
         Ok(n)
     }
 

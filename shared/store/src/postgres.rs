@@ -26,7 +26,8 @@ static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
     std::sync::LazyLock::new(|| super::tolerant(sqlx::migrate!("./migrations/postgres")));
 
 /// How both document writes end: a conflict on the source key keeps the row (and its ID) and
-/// bumps the version; the new head comes back.
+/// bumps the version; the new head comes back, with the invalidation mark as the purge guard
+/// left it (migration 0012: a purge after this fill's claim stays).
 macro_rules! document_upsert_tail {
     () => {
         "ON CONFLICT (source_type, source_id) DO UPDATE SET \
@@ -34,7 +35,8 @@ macro_rules! document_upsert_tail {
              content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
              content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
              last_synced = now(), updated_at = now(), invalidated_at = NULL \
-         RETURNING id, source_id, tags, version, last_synced"
+         RETURNING id, source_id, tags, version, last_synced, \
+             invalidated_at IS NOT NULL AS invalidated"
     };
 }
 
@@ -326,7 +328,6 @@ fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
         tags: row.try_get("tags")?,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
-        // Written heads (RETURNING) do not select it: a write clears it.
         invalidated: row
             .try_get::<Option<bool>, _>("invalidated")
             .ok()

@@ -233,7 +233,7 @@ fn head_from_row(row: &SqliteRow) -> Result<DocumentHead, StorageError> {
         tags: tags.0,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
-        // Written heads (RETURNING) do not select it: a write clears it.
+        // Written heads (RETURNING) do not select it; the write reads it back.
         invalidated: row
             .try_get::<Option<String>, _>("invalidated_at")
             .ok()
@@ -399,7 +399,15 @@ impl DocumentStore for SqliteStore {
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
-            let head = head_from_row(&row)?;
+            let mut head = head_from_row(&row)?;
+            // The purge guard (migration 0006) may have kept the mark after the statement's
+            // RETURNING was taken: read what it left.
+            let mark: Option<String> =
+                sqlx::query_scalar("SELECT invalidated_at FROM documents WHERE id = ?1")
+                    .bind(&head.id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            head.invalidated = mark.is_some();
             for a in attachments {
                 let hash = a.hash();
                 sqlx::query(
