@@ -16,7 +16,7 @@ use documents_api::{
     DocumentResult, ItemError, Kind, ProviderClient, Ticker,
 };
 use documents_kit::status::StorageStatus as _;
-use documents_store::{DocumentStore, NewAttachment, NewContent, StoredDocument};
+use documents_store::{DocumentStore, Fence, NewAttachment, NewContent, StoredDocument};
 use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -132,10 +132,28 @@ fn holder() -> &'static str {
     HOLDER.get_or_init(|| format!("consumer-{}-{}", std::process::id(), new_request_id()))
 }
 
-/// A round's lease in the database; renewed while held, released when dropped.
+/// A round's lease in the database; renewed while held, released when dropped. Every write of
+/// the round is fenced by its token, and `lost` turns true the moment a renewal finds the lease
+/// taken over (this process was paused past it), so the round stops at once.
 struct RoundLease {
+    token: i64,
+    lost: tokio::sync::watch::Receiver<bool>,
     renew: tokio::task::JoinHandle<()>,
     release: Option<(Arc<dyn DocumentStore>, String, i64)>,
+}
+
+impl RoundLease {
+    /// The round's error once its lease is lost: another consumer runs the round now.
+    fn lost_error(&self) -> ItemError {
+        ItemError::new(
+            Code::Aborted,
+            format!(
+                "round lease lost (token {} is no longer current): another consumer took the                  round over, and this one stopped without writing",
+                self.token
+            ),
+        )
+        .reason("ROUND_LEASE_LOST")
+    }
 }
 
 impl Drop for RoundLease {
@@ -207,12 +225,17 @@ impl Processor {
                 .map_err(storage_error)?;
             if let Some(token) = claim.token {
                 let (store, sid) = (self.store.clone(), own_source.to_string());
+                let (lost_tx, lost) = tokio::sync::watch::channel(false);
                 let renew = tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(ROUND_LEASE / 3).await;
                         match store.renew_fill(kind, &sid, token, ROUND_LEASE).await {
                             Ok(true) => {}
-                            Ok(false) => return,
+                            Ok(false) => {
+                                tracing::warn!(%sid, token, "round lease taken over; stopping the round");
+                                let _ = lost_tx.send(true);
+                                return;
+                            }
                             Err(e) => {
                                 tracing::warn!(%sid, error = %e, "could not renew the round lease")
                             }
@@ -220,6 +243,8 @@ impl Processor {
                     }
                 });
                 return Ok(RoundLease {
+                    token,
+                    lost,
                     renew,
                     release: Some((self.store.clone(), own_source.to_string(), token)),
                 });
@@ -483,7 +508,13 @@ impl Processor {
         // 4. Skip what is stored; download the rest. One round per ticker across consumer
         // processes from here on (the lease), so what another one downloads is seen stored.
         let own_source = parsed.source_id(Kind::AnnouncementDownload.as_str());
-        let _lease = self.lease_round(&own_source, deadline).await?;
+        let lease = self.lease_round(&own_source, deadline).await?;
+        let mut lost = lease.lost.clone();
+        // A write refused for the token, or a renewal that found the lease taken: stop.
+        let fenced = |e: documents_store::StorageError, lease: &RoundLease| match e {
+            documents_store::StorageError::LeaseLost(_) => lease.lost_error(),
+            e => storage_error(e),
+        };
         let previous = self
             .store
             .get_by_source(Kind::AnnouncementDownload.as_str(), &own_source)
@@ -531,7 +562,13 @@ impl Processor {
         let mut attachments = Vec::new();
         let mut finished = 0;
         let kind = Kind::AnnouncementDownload.as_str();
-        while let Some((mut i, r)) = downloads.next().await {
+        loop {
+            let next = tokio::select! {
+                next = downloads.next() => next,
+                // Lost: the downloads still running are dropped with the stream.
+                _ = lost.wait_for(|lost| *lost) => return Err(lease.lost_error()),
+            };
+            let Some((mut i, r)) = next else { break };
             finished += 1;
             match r {
                 Ok(bytes) => {
@@ -554,9 +591,15 @@ impl Processor {
                             false,
                         );
                         self.store
-                            .upsert(kind, &own_source, &progress, &[a], None)
+                            .upsert(
+                                kind,
+                                &own_source,
+                                &progress,
+                                &[a],
+                                Some(Fence::keep(lease.token)),
+                            )
                             .await
-                            .map_err(storage_error)?;
+                            .map_err(|e| fenced(e, &lease))?;
                     } else {
                         attachments.push(a);
                     }
@@ -579,9 +622,15 @@ impl Processor {
         );
         let written = self
             .store
-            .upsert(kind, &own_source, &content, &attachments, None)
+            .upsert(
+                kind,
+                &own_source,
+                &content,
+                &attachments,
+                Some(Fence::last(lease.token)),
+            )
             .await
-            .map_err(storage_error)?;
+            .map_err(|e| fenced(e, &lease))?;
         report.download_document_id = written.head.id;
         report.matched = all_matched.into_iter().map(Into::into).collect();
         report.downloaded = downloaded.into_iter().map(Into::into).collect();

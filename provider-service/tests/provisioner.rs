@@ -346,9 +346,7 @@ async fn an_abandoned_lease_is_taken_over_after_it_expires() {
             GNP,
             &theirs("late"),
             &[],
-            Some(Fence {
-                token: dead.token.unwrap(),
-            }),
+            Some(Fence::last(dead.token.unwrap())),
         )
         .await;
     assert!(late.is_err(), "{late:?}");
@@ -389,7 +387,7 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
                     GNP,
                     &theirs("theirs"),
                     &[],
-                    Some(Fence { token }),
+                    Some(Fence::last(token)),
                 )
                 .await
                 .unwrap()
@@ -426,7 +424,7 @@ async fn another_fill_whose_sync_time_was_moved_back_is_not_taken() {
                     GNP,
                     &theirs("theirs"),
                     &[],
-                    Some(Fence { token }),
+                    Some(Fence::last(token)),
                 )
                 .await
                 .unwrap();
@@ -816,9 +814,7 @@ async fn a_purge_during_a_fetch_keeps_that_fetch_purged() {
             "ASX:GNP:announcement",
             &content,
             &[],
-            Some(Fence {
-                token: claim.token.unwrap(),
-            }),
+            Some(Fence::last(claim.token.unwrap())),
         )
         .await
         .unwrap();

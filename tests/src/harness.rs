@@ -291,9 +291,10 @@ impl Exchange {
 
     /// Requests made to paths starting with `prefix`.
     pub async fn count(&self, prefix: &str) -> u64 {
+        // By path and query: a path prefix, or a whole request with its query.
         self.stats()
             .await
-            .by_path
+            .by_request
             .iter()
             .filter(|(p, _)| p.starts_with(prefix))
             .map(|(_, n)| n)

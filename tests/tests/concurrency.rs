@@ -702,7 +702,7 @@ async fn a_stale_token_cannot_write(db: Db) {
         content_json: serde_json::json!({ "schema_version": 1 }),
         tags: vec![],
     };
-    let fence = |token| Some(documents_store::Fence { token });
+    let fence = |token| Some(documents_store::Fence::last(token));
     let refused = store.upsert(kind, sid, &content, &[], fence(old)).await;
     assert!(
         matches!(refused, Err(documents_store::StorageError::LeaseLost(_))),

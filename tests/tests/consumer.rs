@@ -275,10 +275,118 @@ async fn each_pdf_is_fetched_once(db: Db) {
     assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
 }
 
+/// A round's lease fences its writes. Consumer A is paused (SIGSTOP) in the middle of its
+/// round, past its lease; consumer B takes the round over and finishes it; A resumes. A's late
+/// writes are refused and its report says it lost the round, the round's document is B's, and
+/// each PDF was fetched once, but the one A was downloading when it was paused (twice at most).
+async fn a_paused_round_loses_its_lease_and_writes_nothing(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[("ANNOUNCEMENT_YEARS", "2")]).await;
+    // The announcements document exists before either round asks for it.
+    documents_api::DocumentProvider::get_document(
+        &provider.client(),
+        "ASX:GNP",
+        &documents_api::DocumentOptions::new(),
+    )
+    .await
+    .unwrap();
+    let year = chrono::Utc::now().year();
+    let [first, second] = gnp_annual_keys(year);
+    let [third, fourth] = gnp_annual_keys(year - 1);
+    let pdf = |k: &str| format!("{PDF_PATH}?display=pdf&idsId={k}");
+    // The second PDF is slow: A is paused while downloading it.
+    ex.control(&Control {
+        delay_ms: [(pdf(&second), 2_000)].into(),
+        ..Default::default()
+    })
+    .await;
+    let one_at_a_time = [("CONSUMER_DOWNLOAD_CONCURRENCY", "1")];
+    let a = ConsumerProc::start(db.url(), &provider.url(), &one_at_a_time).await;
+    let b = ConsumerProc::start(db.url(), &provider.url(), &one_at_a_time).await;
+    let mut a_client = a.client().await;
+    let a_round = tokio::spawn(async move {
+        a_client
+            .process_tickers(request(&["ASX:GNP"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .reports
+            .remove(0)
+    });
+    ex.wait_for_requests(&pdf(&second), 1).await;
+    a.proc.signal("STOP");
+    // B waits for A's lease to expire (A renews no more), then takes the round over.
+    let b_report = b
+        .client()
+        .await
+        .process_tickers(request(&["ASX:GNP"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports
+        .remove(0);
+    assert!(b_report.status.is_none(), "{b_report:?}");
+    assert_eq!(
+        keys(&b_report.skipped),
+        vec![first.clone()],
+        "A's checkpoint is kept"
+    );
+    let mut rest = vec![second.clone(), third.clone(), fourth.clone()];
+    rest.sort();
+    assert_eq!(keys(&b_report.downloaded), rest);
+    let store = db.store().await;
+    let own_sid = "ASX:GNP:announcement_download";
+    let finished = store
+        .get_by_source("announcement_download", own_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(finished.content_json["complete"], true);
+
+    a.proc.signal("CONT");
+    let a_report = a_round.await.unwrap();
+    let status = a_report.status.clone().expect("A's round failed");
+    assert_eq!(status.code, Code::Aborted as i32, "{a_report:?}");
+    assert!(status.message.contains("round lease lost"), "{a_report:?}");
+    // A wrote nothing after it resumed: the round's document is still B's.
+    let after = store
+        .get_by_source("announcement_download", own_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.version, &after.content_json),
+        (finished.version, &finished.content_json)
+    );
+    let attachments = store.attachments_of(&after.id).await.unwrap();
+    let mut names: Vec<String> = attachments.into_iter().map(|a| a.name).collect();
+    names.sort();
+    let mut all = vec![first.clone(), second.clone(), third.clone(), fourth.clone()];
+    all.sort();
+    assert_eq!(names, all);
+    let stats = ex.stats().await;
+    for (key, most) in [(&first, 1), (&second, 2), (&third, 1), (&fourth, 1)] {
+        let n = stats.by_request.get(&pdf(key)).copied().unwrap_or(0);
+        assert!(
+            (1..=most).contains(&n),
+            "{key} fetched {n} times: {:?}",
+            stats.by_request
+        );
+    }
+    assert!(
+        a.proc.logs().contains("round lease taken over")
+            || a.proc.logs().contains("round lease lost"),
+        "{}",
+        a.proc.logs()
+    );
+    e2e::harness::assert_invariants(&db).await;
+}
+
 on_both_databases!(
     round_trip_downloads_once,
     one_failure_never_stops_the_others,
-    each_pdf_is_fetched_once
+    each_pdf_is_fetched_once,
+    a_paused_round_loses_its_lease_and_writes_nothing
 );
 
 #[tokio::test]

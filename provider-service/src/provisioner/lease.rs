@@ -276,7 +276,7 @@ impl FillContext {
         };
         let write = self
             .store
-            .upsert(kind, sid, &content, &[], Some(Fence { token }));
+            .upsert(kind, sid, &content, &[], Some(Fence::last(token)));
         match documents_kit::trace::in_span("store", SpanKind::Internal, Vec::new, write).await {
             Ok(w) => {
                 tracing::debug!(%sid, version = w.head.version, token, elapsed_ms = started.elapsed().as_millis() as u64, "filled");

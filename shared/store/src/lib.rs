@@ -270,11 +270,32 @@ pub struct Claim {
     pub head: Option<DocumentHead>,
 }
 
-/// A write made under a fill lease: it only lands while `token` is still the lease's token, and
-/// releases the lease in the same transaction.
+/// A write made under a fill lease: it only lands while `token` is still the lease's token
+/// (otherwise [`StorageError::LeaseLost`], nothing written), in the same transaction as the
+/// check. The last write of a fill or round also releases the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence {
     pub token: i64,
+    /// Release the lease with this write.
+    pub release: bool,
+}
+
+impl Fence {
+    /// The last write under the lease: it releases it.
+    pub fn last(token: i64) -> Self {
+        Self {
+            token,
+            release: true,
+        }
+    }
+
+    /// A write that keeps the lease (a checkpoint of a round still running).
+    pub fn keep(token: i64) -> Self {
+        Self {
+            token,
+            release: false,
+        }
+    }
 }
 
 /// A change to a stored document, as announced by the database.
@@ -337,7 +358,8 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// version + 1, `last_synced` = the database's now. Attachments are stored (deduplicated by
     /// hash) and linked to the document in the same transaction; the document's previous links
     /// are kept unless replaced under the same name. With a `fence`, the write only lands if the
-    /// fill lease still has that token ([`StorageError::LeaseLost`] otherwise), and releases it.
+    /// fill lease still has that token ([`StorageError::LeaseLost`] otherwise), and releases it
+    /// if the fence says so.
     async fn upsert(
         &self,
         source_type: &str,

@@ -189,10 +189,12 @@ impl DocumentStore for MemoryStore {
         if let Some(fence) = fence {
             match state.leases.get_mut(&key) {
                 Some(l) if l.token == fence.token => {
-                    l.holder = None;
-                    l.expires_at = now;
-                    l.finished_at = Some(now);
-                    l.last_error = None;
+                    if fence.release {
+                        l.holder = None;
+                        l.expires_at = now;
+                        l.finished_at = Some(now);
+                        l.last_error = None;
+                    }
                 }
                 _ => return Err(StorageError::LeaseLost(fence.token)),
             }

@@ -101,8 +101,9 @@ impl PostgresStore {
         })
     }
 
-    /// A provider's fill write in one statement (one round trip, atomic): release the lease if
-    /// it still has our token, and write the document only if that release happened.
+    /// A fenced write without attachments in one statement (one round trip, atomic): the lease
+    /// row is updated (released, or only locked) if it still has our token, and the document
+    /// written only if that update happened.
     async fn fenced_upsert(
         &self,
         source_type: &str,
@@ -110,8 +111,8 @@ impl PostgresStore {
         content: &NewContent,
         fence: Fence,
     ) -> Result<Written, StorageError> {
-        let row = bind_document(
-            sqlx::query(concat!(
+        let query = if fence.release {
+            concat!(
                 "WITH lease AS ( \
                      UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
                          last_error_code = NULL, last_error = NULL \
@@ -122,15 +123,25 @@ impl PostgresStore {
                      updated_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
                 document_upsert_tail!()
-            )),
-            source_type,
-            source_id,
-            content,
-        )
-        .bind(fence.token)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StorageError::LeaseLost(fence.token))?;
+            )
+        } else {
+            concat!(
+                "WITH lease AS ( \
+                     UPDATE fill_leases SET token = token \
+                     WHERE source_type = $2 AND source_id = $3 AND token = $9 \
+                     RETURNING 1) \
+                 INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                     content_json, tags, content_hash, version, last_synced, created_at, \
+                     updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
+                document_upsert_tail!()
+            )
+        };
+        let row = bind_document(sqlx::query(query), source_type, source_id, content)
+            .bind(fence.token)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StorageError::LeaseLost(fence.token))?;
         let head = head_from_row(&row)?;
         Ok(Written {
             inserted: head.version == 1,
@@ -459,15 +470,17 @@ impl DocumentStore for PostgresStore {
             if current != Some(f.token) {
                 return Err(StorageError::LeaseLost(f.token));
             }
-            sqlx::query(
-                "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
-                 last_error_code = NULL, last_error = NULL \
-                 WHERE source_type = $1 AND source_id = $2",
-            )
-            .bind(source_type)
-            .bind(source_id)
-            .execute(&mut *tx)
-            .await?;
+            if f.release {
+                sqlx::query(
+                    "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                     last_error_code = NULL, last_error = NULL \
+                     WHERE source_type = $1 AND source_id = $2",
+                )
+                .bind(source_type)
+                .bind(source_id)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let row = bind_document(
             sqlx::query(concat!(

@@ -365,6 +365,8 @@ impl DocumentStore for SqliteStore {
                 if current != Some(f.token) {
                     return Err(StorageError::LeaseLost(f.token));
                 }
+            }
+            if let Some(Fence { release: true, .. }) = fence {
                 sqlx::query(
                     "UPDATE fill_leases SET holder = NULL, expires_at_ms = ?3, finished_at_ms = ?3, \
                      last_error_code = NULL, last_error = NULL \
