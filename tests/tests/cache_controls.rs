@@ -100,6 +100,61 @@ async fn stale_while_revalidate(db: Db) {
     assert_eq!((after.outcome(), after.version), (Outcome::Hit, 2));
 }
 
+/// Stale-while-revalidate across replicas: many callers on three replicas, all with the same
+/// stale document, get it at once, and the upstream gets one request (the replicas' background
+/// fills meet at the document's lease).
+async fn stale_while_revalidate_across_replicas(db: Db) {
+    let ex = Exchange::start();
+    let replicas = [
+        Provider::start(db.url(), &ex.url, &[]).await,
+        Provider::start(db.url(), &ex.url, &[]).await,
+        Provider::start(db.url(), &ex.url, &[]).await,
+    ];
+    let mut clients = Vec::new();
+    for p in &replicas {
+        clients.push(DocumentProviderClient::connect(p.url()).await.unwrap());
+    }
+    let first = clients[0]
+        .get_document(get("ASX:GNP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    age_document(&db, "ASX:GNP:announcement", 30).await;
+    ex.control(&delayed(LISTING_PATH, 2_000)).await;
+    ex.reset().await;
+    let swr = DocumentOptions {
+        stale_while_revalidate_hours: Some(12),
+        ..Default::default()
+    };
+    let answers = futures::future::join_all((0..30).map(|i| {
+        let mut c = clients[i % 3].clone();
+        async move { c.get_document(get("ASX:GNP", swr)).await }
+    }))
+    .await;
+    for a in answers {
+        let a = a.unwrap().into_inner();
+        assert_eq!(
+            (a.outcome(), a.version, a.refreshing, a.document_id.as_str()),
+            (Outcome::Stale, 1, true, first.document_id.as_str())
+        );
+    }
+    for _ in 0..200 {
+        if stored_version(&db, "ASX:GNP:announcement").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_version(&db, "ASX:GNP:announcement").await, 2);
+    // Every replica's background fill has ended (none still waiting to fetch).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ex.count(LISTING_PATH).await,
+        1,
+        "one upstream request for thirty callers on three replicas"
+    );
+    assert_eq!(stored_version(&db, "ASX:GNP:announcement").await, 2);
+}
+
 async fn invalidation_reaches_every_replica(db: Db) {
     let ex = Exchange::start();
     let a = Provider::start(db.url(), &ex.url, &[]).await;
@@ -484,6 +539,7 @@ on_both_databases!(
     a_purge_during_a_fetch_stays_purged,
     refresh_ahead_keeps_a_popular_document_from_missing,
     stale_while_revalidate,
+    stale_while_revalidate_across_replicas,
     invalidation_reaches_every_replica,
     the_admin_view_shows_fills_leases_and_failures
 );
