@@ -50,6 +50,9 @@ pub struct ProviderMetrics {
     pub invalidated: Family<KindLabels, Counter>,
     pub refresh_ahead: Family<FillLabels, Counter>,
     pub purge_raced: Family<KindLabels, Counter>,
+    /// Hits answered from the in-memory view, by kind in the order of `Kind::ALL` (resolved
+    /// once: a hit costs an atomic add).
+    memory_hits: [Counter; 3],
 }
 
 fn fill_histogram() -> Histogram {
@@ -117,9 +120,23 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         "Fills whose write a purge made while they fetched kept stale, so they fetched again",
         purge_raced.clone(),
     );
+    let memory_hits = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_memory_hits",
+        "Hits answered from this replica's in-memory view, without a database round trip",
+        memory_hits.clone(),
+    );
+    let memory_hits = documents_api::Kind::ALL.map(|k| {
+        memory_hits
+            .get_or_create(&KindLabels {
+                kind: k.as_str().into(),
+            })
+            .clone()
+    });
     ProviderMetrics {
         registry: Arc::new(Mutex::new(registry)),
         purge_raced,
+        memory_hits,
         revalidations,
         invalidated,
         refresh_ahead,
@@ -154,6 +171,12 @@ impl ProviderMetrics {
         self.revalidations
             .get_or_create(&KindLabels { kind: kind.into() })
             .inc();
+    }
+
+    pub fn memory_hit(&self, kind: documents_api::Kind) {
+        if let Some(i) = documents_api::Kind::ALL.iter().position(|k| *k == kind) {
+            self.memory_hits[i].inc();
+        }
     }
 
     pub fn purge_raced(&self, kind: &str) {

@@ -145,6 +145,33 @@ pub struct Calls {
     pub calls: Vec<Call>,
 }
 
+/// How calls recovered from a fault ([`Calls::settled_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// No call failed at all: the fault did not reach the callers.
+    NothingFailed,
+    /// Calls failed, and every call from this long after the fault's end succeeded (measured
+    /// to the start of the first call after the last failure).
+    After(Duration),
+    /// The last call failed.
+    Never,
+}
+
+impl Settled {
+    /// How long recovery took, for a fault the callers must have felt: panics (with `calls`)
+    /// when nothing failed (the fault did not happen) or calls never recovered.
+    pub fn felt(self, calls: &Calls) -> Duration {
+        match self {
+            Settled::After(d) => d,
+            Settled::NothingFailed => panic!(
+                "no call failed: the fault never reached the callers: {}",
+                calls.describe()
+            ),
+            Settled::Never => panic!("calls never settled: {}", calls.describe()),
+        }
+    }
+}
+
 impl Calls {
     /// Calls by outcome: "OK" or the gRPC code's name.
     pub fn by_code(&self) -> BTreeMap<String, usize> {
@@ -187,23 +214,25 @@ impl Calls {
         self.calls.iter().map(|c| c.took).max().unwrap_or_default()
     }
 
-    /// How long after `t` calls settled back to success: from `t` to the start of the first call
-    /// after which every call succeeded. `None` if the last call failed.
-    pub fn settled_after(&self, t: Duration) -> Option<Duration> {
+    /// How calls recovered from a fault that ended at `t`.
+    pub fn settled_after(&self, t: Duration) -> Settled {
         let last_failure = self
             .calls
             .iter()
             .filter(|c| c.answer.is_err())
             .map(|c| c.started)
             .max();
-        let from = match last_failure {
-            None => return Some(Duration::ZERO),
-            Some(f) => f,
+        let Some(from) = last_failure else {
+            return Settled::NothingFailed;
         };
-        self.calls
+        match self
+            .calls
             .iter()
             .find(|c| c.started > from && c.answer.is_ok())
-            .map(|c| c.started.saturating_sub(t))
+        {
+            Some(c) => Settled::After(c.started.saturating_sub(t)),
+            None => Settled::Never,
+        }
     }
 
     /// Answers that contradict each other: two document IDs for one source, or a version lower

@@ -166,6 +166,34 @@ async fn invalidation_reaches_every_replica(db: Db) {
         .await
         .unwrap()
         .into_inner();
+    // Bystanders a purge must leave alone: another announcement, and another kind.
+    let bhp = ca
+        .get_document(get("ASX:BHP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let prices = GetDocumentRequest {
+        identifier: "ASX:CBA".into(),
+        kind: "market_data".into(),
+        options: Some(DocumentOptions::default()),
+    };
+    let cba = ca.get_document(prices.clone()).await.unwrap().into_inner();
+    // The bystanders are still hits, on both replicas, at the version they had.
+    let untouched = |ca: DocumentProviderClient<Channel>, cb: DocumentProviderClient<Channel>| {
+        let (bhp_version, cba_version, prices) = (bhp.version, cba.version, prices.clone());
+        async move {
+            for mut c in [ca, cb] {
+                let r = c
+                    .get_document(get("ASX:BHP", DocumentOptions::default()))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!((r.outcome(), r.version), (Outcome::Hit, bhp_version));
+                let r = c.get_document(prices.clone()).await.unwrap().into_inner();
+                assert_eq!((r.outcome(), r.version), (Outcome::Hit, cba_version));
+            }
+        }
+    };
     // Replica B answers it from a fresh read (and, on PostgreSQL, keeps it in memory).
     for _ in 0..2 {
         let hit = cb
@@ -207,8 +235,14 @@ async fn invalidation_reaches_every_replica(db: Db) {
         ),
         (Outcome::Refreshed, 2, created.document_id.as_str())
     );
-    // By tag: the announcement documents carry their ticker's tags.
-    let tag = refreshed.tags.first().cloned().expect("a tag");
+    untouched(ca.clone(), cb.clone()).await;
+    // By tag: the tag only GNP's documents carry.
+    let tag = refreshed
+        .tags
+        .iter()
+        .find(|t| t.starts_with("ticker:"))
+        .cloned()
+        .expect("a ticker tag");
     let n = cb
         .invalidate_documents(InvalidateDocumentsRequest {
             tags: vec![tag],
@@ -218,7 +252,7 @@ async fn invalidation_reaches_every_replica(db: Db) {
         .unwrap()
         .into_inner()
         .invalidated;
-    assert!(n >= 1);
+    assert_eq!(n, 1, "GNP's announcements only");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = ca
         .get_document(get("ASX:GNP", DocumentOptions::default()))
@@ -226,7 +260,8 @@ async fn invalidation_reaches_every_replica(db: Db) {
         .unwrap()
         .into_inner();
     assert_eq!((again.outcome(), again.version), (Outcome::Refreshed, 3));
-    // A whole kind.
+    untouched(ca.clone(), cb.clone()).await;
+    // A whole kind: both announcements, not the market data.
     let n = ca
         .invalidate_documents(InvalidateDocumentsRequest {
             kind: "announcement".into(),
@@ -236,7 +271,7 @@ async fn invalidation_reaches_every_replica(db: Db) {
         .unwrap()
         .into_inner()
         .invalidated;
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let third = cb
         .get_document(get("ASX:GNP", DocumentOptions::default()))
@@ -244,6 +279,17 @@ async fn invalidation_reaches_every_replica(db: Db) {
         .unwrap()
         .into_inner();
     assert_eq!((third.outcome(), third.version), (Outcome::Refreshed, 4));
+    let bhp_again = cb
+        .get_document(get("ASX:BHP", DocumentOptions::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (bhp_again.outcome(), bhp_again.version),
+        (Outcome::Refreshed, 2)
+    );
+    let r = ca.get_document(prices).await.unwrap().into_inner();
+    assert_eq!((r.outcome(), r.version), (Outcome::Hit, cba.version));
     e2e::harness::assert_invariants(&db).await;
 }
 

@@ -115,14 +115,12 @@ async fn killed_filler_is_taken_over(db: Db) {
     );
 
     ex.control(&Control::default()).await;
-    let started = Instant::now();
     let r = b
         .client()
         .get_document("ASX:BHP", &DocumentOptions::new())
         .await
         .unwrap();
     assert_eq!((r.version, r.outcome), (1, Outcome::Created));
-    assert!(started.elapsed() < Duration::from_secs(10));
     let lease = store
         .lease("announcement", "ASX:BHP:announcement")
         .await

@@ -178,9 +178,7 @@ async fn cluster_fault_under_load(fault: ClusterFault) {
     }
     assert_answers_sound(&calls, &cluster.url(), &[Code::Unavailable]).await;
     wait_health_of(&consumer.addr, CONSUMER_SERVICE_NAME, true).await;
-    let settled = calls
-        .settled_after(up_at)
-        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    let settled = calls.settled_after(up_at).felt(&calls);
     assert!(
         settled < Duration::from_secs(10),
         "settled after {settled:?}"
@@ -270,9 +268,13 @@ async fn dropped_connections_under_load() {
         "only {terminated} connections were dropped"
     );
     assert_answers_sound(&calls, db.url(), &[Code::Unavailable]).await;
-    let settled = calls
-        .settled_after(last_at)
-        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    // Dropped connections may go unnoticed (idle ones are replaced); those that fail must
+    // settle.
+    let settled = match calls.settled_after(last_at) {
+        e2e::load::Settled::NothingFailed => Duration::ZERO,
+        e2e::load::Settled::After(d) => d,
+        e2e::load::Settled::Never => panic!("calls never settled: {}", calls.describe()),
+    };
     assert!(
         settled < Duration::from_secs(10),
         "settled after {settled:?}"
@@ -405,9 +407,7 @@ async fn sqlite_locked_by_another_process() {
     let store = storage::connect(db.url(), 2).await.unwrap();
     let disagree = calls.disagreements_with(&*store).await;
     assert!(disagree.is_empty(), "{disagree:#?}");
-    let settled = calls
-        .settled_after(released)
-        .unwrap_or_else(|| panic!("calls never settled: {}", calls.describe()));
+    let settled = calls.settled_after(released).felt(&calls);
     assert!(
         settled < Duration::from_secs(4),
         "settled after {settled:?}"
@@ -484,9 +484,13 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
     });
     wait_health(&p.addr, true, Duration::from_secs(30)).await;
     let c = p.client();
+    // Every identifier answered, by code, as the record reports them.
+    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut count = |code: Code| *tally.entry(format!("{code:?}")).or_default() += 1;
     c.get_document("ASX:GNP", &DocumentOptions::new())
         .await
         .unwrap();
+    count(Code::Ok);
 
     // The fault.
     let set_mode = |mode: u32| {
@@ -529,7 +533,16 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
             let ids: Vec<String> = (0..4).map(|i| format!("ASX:R{n}{b}{i}")).collect();
             async move { c.get_documents(&ids, &DocumentOptions::new()).await }
         });
-        futures::future::join_all(batches).await;
+        for batch in futures::future::join_all(batches).await {
+            match batch {
+                Ok(results) => {
+                    for r in results {
+                        count(r.error.as_ref().map_or(Code::Ok, |e| e.code));
+                    }
+                }
+                Err(e) => count(e.code()),
+            }
+        }
         n += 1;
     }
     wait_health(&p.addr, false, Duration::from_secs(15)).await;
@@ -539,6 +552,8 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    count(refused.code());
+    count(refused.code());
     assert!(
         refused.message().contains("read-only") || refused.message().contains("cannot be written"),
         "the message names the cause: {}",
@@ -576,6 +591,9 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
         .unwrap();
     let written = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(written, 12, "every write after the fault: {results:#?}");
+    for r in &results {
+        count(r.error.as_ref().map_or(Code::Ok, |e| e.code));
+    }
     let recovery = ended.elapsed();
     let rows = e2e::harness::invariants_within(&url, SETTLE).await;
     Record {
@@ -586,12 +604,8 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
             noticed.as_millis(),
             recovery.as_millis()
         ),
-        sent: 14,
-        outcomes: [
-            ("OK".to_string(), 13),
-            ("Unavailable".to_string(), 1),
-        ]
-        .into(),
+        sent: tally.values().sum(),
+        outcomes: tally,
         recovery_ms: Some(recovery.as_millis() as u64),
         rows_checked: Some(rows),
         test: format!("db_faults::read_only_{engine}_storage_recovers_without_restart"),

@@ -157,12 +157,33 @@ async fn warm(client: &ProviderClient) -> (String, i64) {
     last
 }
 
+/// Hits the view answered from memory, from the viewer's metrics.
+async fn memory_hits(metrics: &str) -> f64 {
+    let text = e2e::harness::scrape_metrics(metrics).await;
+    e2e::harness::metric_value(&text, "documents_memory_hits_total{kind=\"announcement\"}")
+        .unwrap_or(0.0)
+}
+
+/// Warms the view and checks that it answered from memory meanwhile (a view that never
+/// answers would pass every staleness check).
+async fn warm_from_memory(client: &ProviderClient, metrics: &str) -> (String, i64) {
+    let before = memory_hits(metrics).await;
+    let warmed = warm(client).await;
+    let after = memory_hits(metrics).await;
+    assert!(
+        after > before,
+        "no hit was answered from memory ({before} -> {after})"
+    );
+    warmed
+}
+
 #[tokio::test]
 async fn the_hit_view_is_never_staler_than_its_bound() {
     let db = Db::postgres();
     let ex = Exchange::start();
     // Only `viewer` keeps a hit view (and so the only LISTEN connection); `writer` refreshes.
-    let viewer = Provider::start(db.url(), &ex.url, &[]).await;
+    let metrics = e2e::harness::free_addr();
+    let viewer = Provider::start(db.url(), &ex.url, &[("PROVIDER_METRICS_ADDR", &metrics)]).await;
     let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
     let (a, b) = (viewer.client(), writer.client());
     let created = a
@@ -172,13 +193,13 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
     assert!(created.created);
 
     // 1. The feed goes silent, then another replica refreshes the document.
-    let (id, v1) = warm(&a).await;
+    let (id, v1) = warm_from_memory(&a, &metrics).await;
     let frozen = Frozen::new(listener_backend(db.url()).await);
     refresh_is_seen_within_bound(&a, &b, &id, v1).await;
     drop(frozen);
 
     // 2. The feed goes silent again, then the row is deleted.
-    let (id, _) = warm(&a).await;
+    let (id, _) = warm_from_memory(&a, &metrics).await;
     let frozen = Frozen::new(listener_backend(db.url()).await);
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
     delete_is_seen_within_bound(&a, &id, async {
@@ -188,7 +209,7 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
     drop(frozen);
 
     // 3. A change that does not fire the trigger (the feed never hears of it).
-    let (id, v) = warm(&a).await;
+    let (id, v) = warm_from_memory(&a, &metrics).await;
     let mut conn = pool.acquire().await.unwrap();
     sqlx::query("SET session_replication_role = replica")
         .execute(&mut *conn)
@@ -217,7 +238,8 @@ async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
     };
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let viewer = Provider::start(db.url(), &ex.url, &[]).await;
+    let metrics = e2e::harness::free_addr();
+    let viewer = Provider::start(db.url(), &ex.url, &[("PROVIDER_METRICS_ADDR", &metrics)]).await;
     let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
     let (a, b) = (viewer.client(), writer.client());
     a.get_document("ASX:GNP", &DocumentOptions::new())
@@ -248,7 +270,7 @@ async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
     refresh_is_seen_within_bound(&a, &b, &id, v1).await;
 
     // 2. The row is deleted by hand.
-    let (id, _) = warm(&a).await;
+    let (id, _) = warm_from_memory(&a, &metrics).await;
     let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
     delete_is_seen_within_bound(&a, &id, async {
         sqlx::query(DELETE).execute(&pool).await.unwrap();

@@ -67,6 +67,13 @@ async fn a_flood_beyond_the_limit_is_shed() {
         ok >= 4,
         "the calls within the limit are served ({ok} ok, {shed} shed)"
     );
+    // And never more than the limit at once: each admitted call makes one upstream request at a
+    // time, so the upstream never saw more than four in flight.
+    let most = ex.stats().await.max_in_flight;
+    assert!(
+        (1..=4).contains(&most),
+        "{most} upstream requests in flight at once: more calls than the limit were let through"
+    );
     Record {
         class: "bad input".into(),
         case: "flood: 40 one-second calls at once on one connection (limit 4 in flight)".into(),

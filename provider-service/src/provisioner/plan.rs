@@ -90,6 +90,7 @@ impl Provisioner {
             keys.retain(
                 |(sid, _, indices)| match cache.fresh(req.kind, sid, req.cache_hours) {
                     Some(head) => {
+                        METRICS.memory_hit(req.kind);
                         let filled = Ok(Filled {
                             head,
                             outcome: Outcome::Hit,
