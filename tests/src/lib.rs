@@ -1,9 +1,10 @@
 //! End-to-end test support: the harness that starts
 //! the real binaries on free ports with a fresh database each ([`harness`]), a recorded mixed
-//! load ([`load`]), process figures from /proc ([`procfs`]) and the reliability records
+//! load ([`load`]), the history checker ([`history`]), process figures from /proc ([`procfs`]) and the reliability records
 //! ([`record`]).
 
 pub mod harness;
+pub mod history;
 pub mod load;
 pub mod procfs;
 pub mod record;

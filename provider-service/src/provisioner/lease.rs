@@ -90,6 +90,11 @@ impl FillContext {
             return Err(e);
         }
         let mut purged = 0;
+        if documents_kit::switches::off(documents_kit::switches::COALESCE_ACROSS_REPLICAS) {
+            return self
+                .unleased_fill(ticker, source.as_ref(), kind, sid, per_source)
+                .await;
+        }
         let storage = |e: StorageError| e.item_error();
         // A holder that renews its lease is followed (callers' deadlines bound their own wait),
         // up to FOLLOW_LIMIT; one that stops renewing is taken over by the next claim.
@@ -133,6 +138,9 @@ impl FillContext {
                 // caller gets it. Fetch again at once, under a new claim (a fetch that starts
                 // after the purge), unless purges keep coming.
                 Some(Err(FillError::Purged(written))) => {
+                    if documents_kit::switches::off(documents_kit::switches::PURGE_REFETCH) {
+                        return Ok(written);
+                    }
                     purged += 1;
                     METRICS.purge_raced(kind);
                     tracing::info!(%sid, version = written.head.version, "purged while fetching; fetching again");
@@ -157,7 +165,7 @@ impl FillContext {
             if let Some(h) = self.newer_than(kind, sid, seen).await.map_err(storage)? {
                 return Ok(Filled {
                     head: h,
-                    outcome: Outcome::Hit,
+                    outcome: seen.filled_by_another(),
                 });
             }
             let held = match self.store.lease(kind, sid).await.map_err(storage)? {
@@ -220,7 +228,7 @@ impl FillContext {
             release(None).await;
             return Ok(Filled {
                 head: h,
-                outcome: Outcome::Hit,
+                outcome: seen.filled_by_another(),
             });
         }
         let started = Instant::now();
@@ -310,6 +318,46 @@ impl FillContext {
                 Err(FillError::Failed(err))
             }
         }
+    }
+
+    /// A fill that claims no lease (the history checker's switch that turns coalescing across
+    /// replicas off): fetch under the permits, write unfenced.
+    async fn unleased_fill(
+        &self,
+        ticker: &Ticker,
+        source: &dyn Source,
+        kind: &str,
+        sid: &str,
+        per_source: Arc<Semaphore>,
+    ) -> FillResult {
+        let fetched = {
+            let _source = per_source
+                .acquire_owned()
+                .await
+                .map_err(|_| shutting_down())?;
+            let _global = self
+                .global
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| shutting_down())?;
+            source.fetch(ticker).await
+        };
+        let content = fetched
+            .map_err(|e| ItemError::new(e.code(), format!("{ticker}: {e}")).reason(e.reason()))?;
+        let w = self
+            .store
+            .upsert(kind, sid, &content, &[], None)
+            .await
+            .map_err(|e| e.item_error())?;
+        Ok(Filled {
+            outcome: if w.inserted {
+                Outcome::Created
+            } else {
+                Outcome::Refreshed
+            },
+            head: w.head,
+        })
     }
 
     pub(super) async fn newer_than(

@@ -181,6 +181,17 @@ impl Seen {
     /// not purged since it was fetched, synced no earlier than a lease length before the lookup
     /// (a fill's write commits within its lease; a row whose `last_synced` was moved back by hand
     /// is not a fresh fill).
+    /// How an answer this request got from another filler's write is reported: as the fill it
+    /// is (created, or refreshed since the lookup), the same as for a request that joined a
+    /// fill in its own process; never as a hit of a document that was already fresh.
+    fn filled_by_another(&self) -> Outcome {
+        if self.version == 0 {
+            Outcome::Created
+        } else {
+            Outcome::Refreshed
+        }
+    }
+
     fn answers(&self, h: &DocumentHead, lease: Duration) -> bool {
         h.version > self.version
             && !h.invalidated

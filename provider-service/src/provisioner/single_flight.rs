@@ -23,6 +23,9 @@ impl Provisioner {
         source_id: &str,
         arrived: Instant,
     ) -> Option<FillFuture> {
+        if documents_kit::switches::off(documents_kit::switches::COALESCE_IN_PROCESS) {
+            return None;
+        }
         let map = self.in_flight.lock().expect("in-flight map poisoned");
         map.get(&(req.kind, source_id.to_string()))
             .filter(|f| !req.force_refresh || (f.forced && f.started >= arrived))
@@ -59,7 +62,10 @@ impl Provisioner {
         loop {
             let (fut, join) = {
                 let mut map = self.in_flight.lock().expect("in-flight map poisoned");
-                match map.get(&key) {
+                let running = map.get(&key).filter(|_| {
+                    !documents_kit::switches::off(documents_kit::switches::COALESCE_IN_PROCESS)
+                });
+                match running {
                     Some(f) if !req.force_refresh || (f.forced && f.started >= arrived) => {
                         METRICS.coalesced(req.kind.as_str());
                         (f.fut.clone(), true)

@@ -18,5 +18,6 @@ pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod switches;
 pub mod telemetry;
 pub mod trace;

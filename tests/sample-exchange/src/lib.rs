@@ -303,11 +303,17 @@ impl Default for Shared {
     }
 }
 
-/// One request in the log: when it arrived (ms since the server started), its path, and the
-/// W3C `traceparent` it carried (the trace it belongs to).
+/// One request in the log: when it arrived and when its answer was done (ms since the server
+/// started; not done while it is still being answered), its path, and the W3C `traceparent` it
+/// carried (the trace it belongs to).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Logged {
     pub at_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<f64>,
+    /// The request's number, in arrival order.
+    #[serde(default)]
+    pub seq: u64,
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
@@ -316,13 +322,17 @@ pub struct Logged {
 /// Requests kept in the log at most.
 const LOG_LIMIT: usize = 20_000;
 
-/// Counts a request as in flight until dropped.
-struct InFlightGuard(AppState);
+/// Counts a request as in flight until dropped, and then logs when it was done.
+struct InFlightGuard(AppState, u64);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if let Ok(mut s) = self.0 .0.lock() {
             s.in_flight -= 1;
+            let end = s.started.elapsed().as_secs_f64() * 1000.0;
+            if let Some(entry) = s.log.iter_mut().rev().find(|l| l.seq == self.1) {
+                entry.end_ms = Some(end);
+            }
         }
     }
 }
@@ -408,14 +418,18 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         if s.log.len() >= LOG_LIMIT {
             s.log.remove(0);
         }
+        let seq = s.total;
         s.log.push(Logged {
             at_ms,
+            end_ms: None,
+            seq,
             path: full.clone(),
             traceparent,
         });
-        s.control.clone()
+        (s.control.clone(), seq)
     };
-    let _in_flight = InFlightGuard(state.clone());
+    let (control, seq) = control;
+    let _in_flight = InFlightGuard(state.clone(), seq);
     let hit = |prefix: &String| full.starts_with(prefix.as_str());
     let extra: u64 = control
         .delay_ms
