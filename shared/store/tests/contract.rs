@@ -514,9 +514,15 @@ async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn Documen
     );
     // A later write keeps earlier links and replaces one under the same name.
     let c = pdf("second", b"%PDF-three");
-    s.upsert(KIND, &sid("GNP"), &content("v2", &[]), &[c.clone()], None)
-        .await
-        .unwrap();
+    s.upsert(
+        KIND,
+        &sid("GNP"),
+        &content("v2", &[]),
+        std::slice::from_ref(&c),
+        None,
+    )
+    .await
+    .unwrap();
     let refs = s.attachments_of(&w.head.id).await.unwrap();
     assert_eq!(
         refs.iter().map(|r| r.hash.as_str()).collect::<Vec<_>>(),
