@@ -16,7 +16,7 @@ use documents_api::{
     DocumentResult, ItemError, Kind, ProviderClient, Ticker,
 };
 use documents_kit::status::StorageStatus as _;
-use documents_store::{DocumentStore, Fence, NewAttachment, NewContent, StoredDocument};
+use documents_store::{DocumentStore, Fence, NewAttachment, NewContent, SourceKey, StoredDocument};
 use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -139,7 +139,7 @@ struct RoundLease {
     token: i64,
     lost: tokio::sync::watch::Receiver<bool>,
     renew: tokio::task::JoinHandle<()>,
-    release: Option<(Arc<dyn DocumentStore>, String, i64)>,
+    release: Option<(Arc<dyn DocumentStore>, SourceKey, i64)>,
 }
 
 impl RoundLease {
@@ -159,11 +159,10 @@ impl RoundLease {
 impl Drop for RoundLease {
     fn drop(&mut self) {
         self.renew.abort();
-        if let Some((store, sid, token)) = self.release.take() {
+        if let Some((store, key, token)) = self.release.take() {
             tokio::spawn(async move {
-                let kind = Kind::AnnouncementDownload.as_str();
-                if let Err(e) = store.release_fill(kind, &sid, token, None).await {
-                    tracing::warn!(%sid, error = %e, "could not release the round lease; it expires");
+                if let Err(e) = store.release_fill(&key, token, None).await {
+                    tracing::warn!(%key, error = %e, "could not release the round lease; it expires");
                 }
             });
         }
@@ -212,24 +211,23 @@ impl Processor {
     /// is `own_source` (the lease on it), up to `deadline`.
     async fn lease_round(
         &self,
-        own_source: &str,
+        own_source: &SourceKey,
         deadline: Option<Instant>,
     ) -> Result<RoundLease, ItemError> {
-        let kind = Kind::AnnouncementDownload.as_str();
         let mut backoff = Duration::from_millis(20);
         loop {
             let claim = self
                 .store
-                .claim_fill(kind, own_source, holder(), ROUND_LEASE)
+                .claim_fill(own_source, holder(), ROUND_LEASE)
                 .await
                 .map_err(storage_error)?;
             if let Some(token) = claim.token {
-                let (store, sid) = (self.store.clone(), own_source.to_string());
+                let (store, sid) = (self.store.clone(), own_source.clone());
                 let (lost_tx, lost) = tokio::sync::watch::channel(false);
                 let renew = tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(ROUND_LEASE / 3).await;
-                        match store.renew_fill(kind, &sid, token, ROUND_LEASE).await {
+                        match store.renew_fill(&sid, token, ROUND_LEASE).await {
                             Ok(true) => {}
                             Ok(false) => {
                                 tracing::warn!(%sid, token, "round lease taken over; stopping the round");
@@ -246,7 +244,7 @@ impl Processor {
                     token,
                     lost,
                     renew,
-                    release: Some((self.store.clone(), own_source.to_string(), token)),
+                    release: Some((self.store.clone(), own_source.clone(), token)),
                 });
             }
             // Another consumer runs a round of this ticker: wait for it.
@@ -507,7 +505,7 @@ impl Processor {
 
         // 4. Skip what is stored; download the rest. One round per ticker across consumer
         // processes from here on (the lease), so what another one downloads is seen stored.
-        let own_source = parsed.source_id(Kind::AnnouncementDownload.as_str());
+        let own_source = SourceKey::new(Kind::AnnouncementDownload, parsed.clone());
         let lease = self.lease_round(&own_source, deadline).await?;
         // Fenced unless the history checker switched fencing off (then the round is never told
         // it lost its lease, and goes on as it did before fencing).
@@ -526,7 +524,7 @@ impl Processor {
         };
         let previous = self
             .store
-            .get_by_source(Kind::AnnouncementDownload.as_str(), &own_source)
+            .get_by_source(&own_source)
             .await
             .map_err(storage_error)?;
         let stored: HashMap<String, String> = match &previous {
@@ -570,7 +568,6 @@ impl Processor {
         let mut failed = Vec::new();
         let mut attachments = Vec::new();
         let mut finished = 0;
-        let kind = Kind::AnnouncementDownload.as_str();
         loop {
             let next = tokio::select! {
                 next = downloads.next() => next,
@@ -601,7 +598,6 @@ impl Processor {
                         );
                         self.store
                             .upsert(
-                                kind,
                                 &own_source,
                                 &progress,
                                 &[a],
@@ -632,7 +628,6 @@ impl Processor {
         let written = self
             .store
             .upsert(
-                kind,
                 &own_source,
                 &content,
                 &attachments,
@@ -669,13 +664,13 @@ impl Processor {
                     ),
                 )
             })?;
-        let expected = ticker.source_id(Kind::Announcement.as_str());
-        if doc.source_type != Kind::Announcement.as_str() || doc.source_id != expected {
+        let expected = SourceKey::new(Kind::Announcement, ticker.clone());
+        if doc.key != expected {
             return Err(ItemError::new(
                 Code::FailedPrecondition,
                 format!(
-                    "document {} is {}/{}, not the expected announcement/{expected}",
-                    doc.id, doc.source_type, doc.source_id
+                    "document {} is {}, not the expected {expected}",
+                    doc.id, doc.key
                 ),
             ));
         }
@@ -695,8 +690,8 @@ impl Processor {
     pub async fn stored(&self, ticker: &str) -> Result<pb::GetStoredResponse, Status> {
         let t = Ticker::parse(ticker).map_err(|e| invalid_argument("ticker", e))?;
         let get = |kind: Kind| {
-            let sid = t.source_id(kind.as_str());
-            async move { self.store.get_by_source(kind.as_str(), &sid).await }
+            let key = SourceKey::new(kind, t.clone());
+            async move { self.store.get_by_source(&key).await }
         };
         let announcements = get(Kind::Announcement)
             .await
@@ -727,8 +722,8 @@ impl Processor {
 fn stored_document(d: StoredDocument) -> pb::StoredDocument {
     pb::StoredDocument {
         document_id: d.id,
-        source_type: d.source_type,
-        source_id: d.source_id,
+        source_type: d.key.kind().as_str().to_string(),
+        source_id: d.key.source_id(),
         title: d.title,
         version: d.version,
         tags: d.tags,

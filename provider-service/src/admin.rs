@@ -52,8 +52,8 @@ impl Admin for AdminService {
         let d = p.describe(kind, &ticker).await.map_err(|e| e.status())?;
         let head = d.head.as_ref();
         Ok(Response::new(pb::DocumentState {
-            source_id: d.source_id,
-            kind: d.kind.as_str().to_string(),
+            source_id: d.key.source_id(),
+            kind: d.key.kind().as_str().to_string(),
             stored: head.is_some(),
             document_id: head.map(|h| h.id.clone()).unwrap_or_default(),
             version: head.map_or(0, |h| h.version),
@@ -78,12 +78,12 @@ impl Admin for AdminService {
         let local = p
             .local_fills()
             .into_iter()
-            .map(|(kind, source_id, running, forced, ahead)| pb::LocalFill {
-                source_id,
-                kind: kind.as_str().to_string(),
-                running_ms: running.as_millis() as u64,
-                forced,
-                refresh_ahead: ahead,
+            .map(|f| pb::LocalFill {
+                source_id: f.key.source_id(),
+                kind: f.key.kind().as_str().to_string(),
+                running_ms: f.running_for.as_millis() as u64,
+                forced: f.forced,
+                refresh_ahead: f.refresh_ahead,
             })
             .collect();
         let leases = p
@@ -93,8 +93,8 @@ impl Admin for AdminService {
             .map_err(|e| e.status())?
             .into_iter()
             .map(|l| pb::HeldLease {
-                source_id: l.source_id,
-                kind: l.source_type,
+                source_id: l.key.source_id(),
+                kind: l.key.kind().as_str().to_string(),
                 lease: Some(lease(l.token, l.holding)),
             })
             .collect();

@@ -105,8 +105,7 @@ impl Application {
         let ready = tokio::spawn(async move {
             let store = storage::connect_until_ready(&url, max_conn, migrate).await;
             let provisioner = Arc::new(Provisioner::new(store.clone(), sources, settings));
-            provisioner.sweep_abandoned_leases(&loops);
-            provisioner.start_refresh_ahead(&loops);
+            provisioner.start_background(&loops);
             let _ = cell.set(provisioner);
             set_serving(&health, PROVIDER_SERVICE_NAME, true).await;
             documents_kit::server::watch_database(

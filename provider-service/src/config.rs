@@ -220,7 +220,7 @@ impl Config {
             hit_cache: self.hit_cache,
             hit_cache_max_age: Duration::from_millis(self.hit_cache_max_age_ms),
             refresh_ahead: (self.refresh_ahead_secs > 0).then(|| {
-                crate::refresh_ahead::RefreshAhead {
+                crate::provisioner::RefreshAhead {
                     margin: Duration::from_secs(self.refresh_ahead_secs),
                     min_calls: self.refresh_ahead_min_calls.max(1),
                 }

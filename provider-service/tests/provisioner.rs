@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 use documents_api::{DocumentResult, Kind, Outcome, Ticker};
-use documents_store::{memory::MemoryStore, DocumentStore, Fence, NewContent};
+use documents_store::{memory::MemoryStore, DocumentStore, Fence, NewContent, SourceKey};
 use provider_service::{
     provisioner::{Asked, Provisioner, Request, Settings},
     sources::{Source, SourceError, Sources},
@@ -140,7 +140,13 @@ fn tickers(list: &[&str]) -> Vec<Ticker> {
     list.iter().map(|s| Ticker::parse(s).unwrap()).collect()
 }
 
-const GNP: &str = "ASX:GNP:announcement";
+static GNP: std::sync::LazyLock<SourceKey> =
+    std::sync::LazyLock::new(|| key("ASX:GNP:announcement"));
+
+/// A source key from its text.
+fn key(text: &str) -> SourceKey {
+    text.parse().expect("a source key")
+}
 
 /// Content another replica writes.
 fn theirs(title: &str) -> NewContent {
@@ -165,7 +171,7 @@ async fn missing_then_fresh_then_stale_refreshes_in_place() {
     assert!(hit.fresh && !hit.created);
     assert_eq!(src.calls(), 1);
     // Older than the window: refreshed in place, same ID, version + 1.
-    store.age("announcement", GNP, Duration::from_secs(25 * 3600));
+    store.age(&GNP, Duration::from_secs(25 * 3600));
     let refreshed = one(&p, "ASX.GNP", req()).await;
     assert_eq!(
         (refreshed.outcome, refreshed.version),
@@ -328,7 +334,7 @@ async fn an_abandoned_lease_is_taken_over_after_it_expires() {
     let p = provisioner(&store, vec![src.clone()], |_| {});
     // A replica that claimed the fill and died: its lease is never renewed nor released.
     let dead = store
-        .claim_fill("announcement", GNP, "dead-replica", Duration::from_secs(2))
+        .claim_fill(&GNP, "dead-replica", Duration::from_secs(2))
         .await
         .unwrap();
     let started = Instant::now();
@@ -342,19 +348,14 @@ async fn an_abandoned_lease_is_taken_over_after_it_expires() {
     // The dead replica's late write is fenced off.
     let late = store
         .upsert(
-            "announcement",
-            GNP,
+            &GNP,
             &theirs("late"),
             &[],
             Some(Fence::last(dead.token.unwrap())),
         )
         .await;
     assert!(late.is_err(), "{late:?}");
-    let stored = store
-        .get_by_source("announcement", GNP)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = store.get_by_source(&GNP).await.unwrap().unwrap();
     assert_eq!((stored.version, stored.title.contains("late")), (1, false));
 }
 
@@ -365,7 +366,7 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
     let p = provisioner(&store, vec![src.clone()], |_| {});
     let ttl = Duration::from_secs(2);
     let token = store
-        .claim_fill("announcement", GNP, "other-replica", ttl)
+        .claim_fill(&GNP, "other-replica", ttl)
         .await
         .unwrap()
         .token
@@ -376,19 +377,10 @@ async fn a_live_lease_is_followed_until_its_holder_writes() {
         tokio::spawn(async move {
             for _ in 0..60 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                assert!(store
-                    .renew_fill("announcement", GNP, token, ttl)
-                    .await
-                    .unwrap());
+                assert!(store.renew_fill(&GNP, token, ttl).await.unwrap());
             }
             store
-                .upsert(
-                    "announcement",
-                    GNP,
-                    &theirs("theirs"),
-                    &[],
-                    Some(Fence::last(token)),
-                )
+                .upsert(&GNP, &theirs("theirs"), &[], Some(Fence::last(token)))
                 .await
                 .unwrap()
         })
@@ -409,7 +401,7 @@ async fn another_fill_whose_sync_time_was_moved_back_is_not_taken() {
     let src = Scripted::new(Kind::Announcement, Duration::from_millis(10));
     let p = provisioner(&store, vec![src.clone()], |_| {});
     let token = store
-        .claim_fill("announcement", GNP, "other-replica", Duration::from_secs(2))
+        .claim_fill(&GNP, "other-replica", Duration::from_secs(2))
         .await
         .unwrap()
         .token
@@ -419,17 +411,11 @@ async fn another_fill_whose_sync_time_was_moved_back_is_not_taken() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             store
-                .upsert(
-                    "announcement",
-                    GNP,
-                    &theirs("theirs"),
-                    &[],
-                    Some(Fence::last(token)),
-                )
+                .upsert(&GNP, &theirs("theirs"), &[], Some(Fence::last(token)))
                 .await
                 .unwrap();
             // In the same instant, before anyone looks: the row is aged by hand.
-            store.age("announcement", GNP, Duration::from_secs(2 * 3600));
+            store.age(&GNP, Duration::from_secs(2 * 3600));
         })
     };
     let r = one(
@@ -475,11 +461,7 @@ async fn failures_are_remembered_briefly_and_keep_the_old_version() {
         3,
         "tried again after the negative cache expired"
     );
-    let stored = store
-        .get_by_source("announcement", GNP)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = store.get_by_source(&GNP).await.unwrap().unwrap();
     assert_eq!(
         (stored.id.as_str(), stored.version),
         (created.document_id.as_str(), 1),
@@ -495,7 +477,7 @@ async fn stale_if_error_serves_the_stored_version_within_its_age_only() {
         s.negative_cache_ttl = Duration::ZERO
     });
     one(&p, "GNP", req()).await;
-    store.age("announcement", GNP, Duration::from_secs(30 * 3600));
+    store.age(&GNP, Duration::from_secs(30 * 3600));
     src.fail_with(Some(SourceError::Unavailable("upstream down".into())));
     let accepted = one(
         &p,
@@ -537,7 +519,7 @@ async fn stale_if_error_serves_the_stored_version_within_its_age_only() {
     )
     .await;
     assert_eq!(refreshed.version, 2);
-    store.age("announcement", GNP, Duration::from_secs(1800));
+    store.age(&GNP, Duration::from_secs(1800));
     src.fail_with(Some(SourceError::Unavailable("upstream down".into())));
     let zero = one(
         &p,
@@ -670,7 +652,7 @@ async fn stale_while_revalidate_answers_at_once_and_one_fill_follows() {
     let p = provisioner(&store, vec![src.clone()], |_| {});
     one(&p, "GNP", req()).await;
     assert_eq!(src.calls(), 1);
-    store.age("announcement", GNP, Duration::from_secs(30 * 3600));
+    store.age(&GNP, Duration::from_secs(30 * 3600));
     let swr = Request {
         stale_while_revalidate_hours: Some(12),
         ..req()
@@ -692,7 +674,7 @@ async fn stale_while_revalidate_answers_at_once_and_one_fill_follows() {
     let after = one(&p, "GNP", swr).await;
     assert_eq!((after.outcome, after.version), (Outcome::Hit, 2));
     // Beyond the window plus its grace: an ordinary fill the caller waits for.
-    store.age("announcement", GNP, Duration::from_secs(40 * 3600));
+    store.age(&GNP, Duration::from_secs(40 * 3600));
     let started = Instant::now();
     let late = one(&p, "GNP", swr).await;
     assert_eq!((late.outcome, late.refreshing), (Outcome::Refreshed, false));
@@ -780,7 +762,7 @@ async fn a_purge_during_a_fetch_keeps_that_fetch_purged() {
         assert_eq!((r.version, r.outcome), (3, Outcome::Refreshed), "{r:?}");
     }
     let stored = store
-        .lookup("announcement", &ids(&["ASX:GNP:announcement"]))
+        .lookup(&[key("ASX:GNP:announcement")])
         .await
         .unwrap()
         .heads
@@ -793,12 +775,7 @@ async fn a_purge_during_a_fetch_keeps_that_fetch_purged() {
     // A writer that knows nothing of the rule (an older release) cannot clear a later mark:
     // its lease claim predates the purge.
     let claim = store
-        .claim_fill(
-            "announcement",
-            "ASX:GNP:announcement",
-            "old-release",
-            Duration::from_secs(2),
-        )
+        .claim_fill(&GNP, "old-release", Duration::from_secs(2))
         .await
         .unwrap();
     p.invalidate(None, &tickers(&["GNP"]), &[]).await.unwrap();
@@ -809,13 +786,7 @@ async fn a_purge_during_a_fetch_keeps_that_fetch_purged() {
         tags: vec![],
     };
     let written = store
-        .upsert(
-            "announcement",
-            "ASX:GNP:announcement",
-            &content,
-            &[],
-            Some(Fence::last(claim.token.unwrap())),
-        )
+        .upsert(&GNP, &content, &[], Some(Fence::last(claim.token.unwrap())))
         .await
         .unwrap();
     assert!(written.head.invalidated, "the mark stays");
@@ -828,20 +799,20 @@ async fn refresh_ahead_refreshes_popular_documents_before_they_go_stale() {
     let store = Arc::new(MemoryStore::new());
     let src = Scripted::new(Kind::Announcement, Duration::from_secs(1));
     let p = provisioner(&store, vec![src.clone()], |s| {
-        s.refresh_ahead = Some(provider_service::refresh_ahead::RefreshAhead {
+        s.refresh_ahead = Some(provider_service::provisioner::RefreshAhead {
             margin: Duration::from_secs(60),
             min_calls: 2,
         })
     });
-    p.start_refresh_ahead(&documents_kit::shutdown::Background::new());
+    p.start_background(&documents_kit::shutdown::Background::new());
     one(&p, "GNP", req()).await; // created: asked once
     one(&p, "GNP", req()).await; // a hit: asked twice, popular
     one(&p, "BHP", req()).await; // asked once: not popular
     assert_eq!(src.calls(), 2);
     // Both are 30 s from going stale for the 24 h window.
     let almost = Duration::from_secs(24 * 3600 - 30);
-    store.age("announcement", GNP, almost);
-    store.age("announcement", "ASX:BHP:announcement", almost);
+    store.age(&GNP, almost);
+    store.age(&key("ASX:BHP:announcement"), almost);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(src.calls(), 3, "only the popular one was refreshed ahead");
     let gnp = one(&p, "GNP", req()).await;

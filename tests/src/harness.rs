@@ -156,6 +156,11 @@ impl Drop for Db {
     }
 }
 
+/// A source key from its text form (`EXCH:CODE:kind`), for the tests' own reads and writes.
+pub fn key(text: impl AsRef<str>) -> documents_store::SourceKey {
+    text.as_ref().parse().expect("a source key")
+}
+
 /// An HTTP client for the tests' own requests (the sample exchange's stats and knobs, metrics
 /// pages), on the process's TLS provider like the services'.
 pub fn http() -> reqwest::Client {

@@ -288,8 +288,8 @@ impl Calls {
         }
         let mut out = Vec::new();
         for (source, a) in newest {
-            let kind = source.rsplit_once(':').map_or("", |(_, k)| k);
-            match store.get_by_source(kind, source).await {
+            let key: documents_store::SourceKey = source.parse().expect("a source key");
+            match store.get_by_source(&key).await {
                 Ok(Some(d)) if d.id == a.document_id && d.version >= a.version => {}
                 Ok(Some(d)) => out.push(format!(
                     "{source}: answered {} v{}, stored {} v{}",

@@ -287,7 +287,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     );
     let store = db.store().await;
     assert!(store
-        .lookup("announcement", &["ASX:GNP:announcement".into()])
+        .lookup(&[e2e::harness::key("ASX:GNP:announcement")])
         .await
         .unwrap()
         .heads

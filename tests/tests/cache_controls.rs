@@ -35,7 +35,7 @@ fn get(identifier: &str, options: DocumentOptions) -> GetDocumentRequest {
 async fn stored_version(db: &Db, source_id: &str) -> i64 {
     db.store()
         .await
-        .lookup("announcement", &[source_id.to_string()])
+        .lookup(&[e2e::harness::key(source_id)])
         .await
         .unwrap()
         .heads
@@ -531,7 +531,7 @@ async fn a_purge_during_a_fetch_stays_purged(db: Db) {
     let store = db.store().await;
     let head = |store: std::sync::Arc<dyn documents_store::DocumentStore>| async move {
         store
-            .lookup("announcement", &[sid.to_string()])
+            .lookup(&[e2e::harness::key(sid)])
             .await
             .unwrap()
             .heads

@@ -65,7 +65,7 @@ async fn one_fill_across_two_replicas(db: Db) {
     assert_eq!(
         db.store()
             .await
-            .lookup("announcement", &["ASX:GNP:announcement".into()])
+            .lookup(&[e2e::harness::key("ASX:GNP:announcement")])
             .await
             .unwrap()
             .heads
@@ -107,7 +107,7 @@ async fn killed_filler_is_taken_over(db: Db) {
     let store = db.store().await;
     assert!(
         store
-            .get_by_source("announcement", "ASX:BHP:announcement")
+            .get_by_source(&e2e::harness::key("ASX:BHP:announcement"))
             .await
             .unwrap()
             .is_none(),
@@ -122,7 +122,7 @@ async fn killed_filler_is_taken_over(db: Db) {
         .unwrap();
     assert_eq!((r.version, r.outcome), (1, Outcome::Created));
     let lease = store
-        .lease("announcement", "ASX:BHP:announcement")
+        .lease(&e2e::harness::key("ASX:BHP:announcement"))
         .await
         .unwrap()
         .unwrap();
@@ -630,13 +630,22 @@ async fn truncate_is_seen_by_the_providers() {
 /// with a new token that fences off anything the old fill might still write.
 async fn a_holder_reclaims_its_own_lease(db: Db) {
     let store = db.store().await;
-    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let sid = "ASX:GNP:announcement";
     let minute = Duration::from_secs(60);
-    let first = store.claim_fill(kind, sid, "a", minute).await.unwrap();
+    let first = store
+        .claim_fill(&e2e::harness::key(sid), "a", minute)
+        .await
+        .unwrap();
     assert_eq!(first.token, Some(1));
-    let other = store.claim_fill(kind, sid, "b", minute).await.unwrap();
+    let other = store
+        .claim_fill(&e2e::harness::key(sid), "b", minute)
+        .await
+        .unwrap();
     assert_eq!(other.token, None, "another holder must wait for the expiry");
-    let again = store.claim_fill(kind, sid, "a", minute).await.unwrap();
+    let again = store
+        .claim_fill(&e2e::harness::key(sid), "a", minute)
+        .await
+        .unwrap();
     assert_eq!(again.token, Some(2));
     assert_invariants(&db).await;
 }
@@ -679,16 +688,16 @@ async fn a_waiter_follows_a_renewed_lease(db: Db) {
 /// and a renewal with it reports the lease lost.
 async fn a_stale_token_cannot_write(db: Db) {
     let store = db.store().await;
-    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let sid = "ASX:GNP:announcement";
     let old = store
-        .claim_fill(kind, sid, "a", Duration::from_millis(1))
+        .claim_fill(&e2e::harness::key(sid), "a", Duration::from_millis(1))
         .await
         .unwrap()
         .token
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let new = store
-        .claim_fill(kind, sid, "b", Duration::from_secs(60))
+        .claim_fill(&e2e::harness::key(sid), "b", Duration::from_secs(60))
         .await
         .unwrap()
         .token
@@ -701,22 +710,28 @@ async fn a_stale_token_cannot_write(db: Db) {
         tags: vec![],
     };
     let fence = |token| Some(documents_store::Fence::last(token));
-    let refused = store.upsert(kind, sid, &content, &[], fence(old)).await;
+    let refused = store
+        .upsert(&e2e::harness::key(sid), &content, &[], fence(old))
+        .await;
     assert!(
         matches!(refused, Err(documents_store::StorageError::LeaseLost(_))),
         "{refused:?}"
     );
-    assert!(store.get_by_source(kind, sid).await.unwrap().is_none());
+    assert!(store
+        .get_by_source(&e2e::harness::key(sid))
+        .await
+        .unwrap()
+        .is_none());
     assert!(!store
-        .renew_fill(kind, sid, old, Duration::from_secs(60))
+        .renew_fill(&e2e::harness::key(sid), old, Duration::from_secs(60))
         .await
         .unwrap());
     assert!(store
-        .renew_fill(kind, sid, new, Duration::from_secs(60))
+        .renew_fill(&e2e::harness::key(sid), new, Duration::from_secs(60))
         .await
         .unwrap());
     let written = store
-        .upsert(kind, sid, &content, &[], fence(new))
+        .upsert(&e2e::harness::key(sid), &content, &[], fence(new))
         .await
         .unwrap();
     assert_eq!(written.head.version, 1);
@@ -727,9 +742,9 @@ async fn a_stale_token_cannot_write(db: Db) {
 /// its expiry; its token stays, so the next claim still gets a newer one.
 async fn an_abandoned_lease_is_released(db: Db) {
     let store = db.store().await;
-    let (kind, sid) = ("announcement", "ASX:GNP:announcement");
+    let sid = "ASX:GNP:announcement";
     let token = store
-        .claim_fill(kind, sid, "gone", Duration::from_millis(1))
+        .claim_fill(&e2e::harness::key(sid), "gone", Duration::from_millis(1))
         .await
         .unwrap()
         .token
@@ -758,10 +773,10 @@ async fn an_abandoned_lease_is_released(db: Db) {
         1
     );
     assert!(store.check_invariants().await.unwrap().is_empty());
-    let lease = store.lease(kind, sid).await.unwrap().unwrap();
+    let lease = store.lease(&e2e::harness::key(sid)).await.unwrap().unwrap();
     assert_eq!(lease.token, token);
     let next = store
-        .claim_fill(kind, sid, "b", Duration::from_secs(60))
+        .claim_fill(&e2e::harness::key(sid), "b", Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(next.token, Some(token + 1));

@@ -82,8 +82,7 @@ async fn round_trip_downloads_once(db: Db) {
     // What is stored: the provider's document, the consumer's own, and the PDFs.
     let store = db.store().await;
     let own = store.get(&r.download_document_id).await.unwrap().unwrap();
-    assert_eq!(own.source_type, "announcement_download");
-    assert_eq!(own.source_id, "ASX:GNP:announcement_download");
+    assert_eq!(own.key, e2e::harness::key("ASX:GNP:announcement_download"));
     assert_eq!(own.content_json["source_document_id"], r.document_id);
     assert_eq!(own.content_json["downloaded"].as_array().unwrap().len(), 2);
     let attachments = store.attachments_of(&own.id).await.unwrap();
@@ -202,7 +201,7 @@ async fn each_pdf_is_fetched_once(db: Db) {
     assert!(fetched.iter().all(|(_, n)| *n == 1), "{fetched:?}");
     let store = db.store().await;
     let own = store
-        .get_by_source("announcement_download", "ASX:CBA:announcement_download")
+        .get_by_source(&e2e::harness::key("ASX:CBA:announcement_download"))
         .await
         .unwrap()
         .unwrap();
@@ -337,7 +336,7 @@ async fn a_paused_round_loses_its_lease_and_writes_nothing(db: Db) {
     let store = db.store().await;
     let own_sid = "ASX:GNP:announcement_download";
     let finished = store
-        .get_by_source("announcement_download", own_sid)
+        .get_by_source(&e2e::harness::key(own_sid))
         .await
         .unwrap()
         .unwrap();
@@ -350,7 +349,7 @@ async fn a_paused_round_loses_its_lease_and_writes_nothing(db: Db) {
     assert!(status.message.contains("round lease lost"), "{a_report:?}");
     // A wrote nothing after it resumed: the round's document is still B's.
     let after = store
-        .get_by_source("announcement_download", own_sid)
+        .get_by_source(&e2e::harness::key(own_sid))
         .await
         .unwrap()
         .unwrap();

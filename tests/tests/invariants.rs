@@ -59,8 +59,7 @@ async fn checker_finds_what_is_wrong(db: Db) {
     let store = db.store().await;
     store
         .upsert(
-            "announcement_download",
-            "ASX:ZZZ:announcement_download",
+            &e2e::harness::key("ASX:ZZZ:announcement_download"),
             &documents_store::NewContent {
                 title: "t".into(),
                 content_markdown: String::new(),
@@ -77,7 +76,7 @@ async fn checker_finds_what_is_wrong(db: Db) {
         .await
         .unwrap();
     let orphaned = store
-        .get_by_source("announcement_download", "ASX:ZZZ:announcement_download")
+        .get_by_source(&e2e::harness::key("ASX:ZZZ:announcement_download"))
         .await
         .unwrap()
         .unwrap();
@@ -103,8 +102,7 @@ async fn checker_finds_what_is_wrong(db: Db) {
     }
     let claim = store
         .claim_fill(
-            "announcement",
-            "ASX:QQQ:announcement",
+            &e2e::harness::key("ASX:QQQ:announcement"),
             "test",
             std::time::Duration::from_millis(1),
         )
@@ -146,7 +144,7 @@ async fn the_database_refuses_history_rewrites(db: Db) {
     let before = db
         .store()
         .await
-        .get_by_source("announcement", "ASX:GNP:announcement")
+        .get_by_source(&e2e::harness::key("ASX:GNP:announcement"))
         .await
         .unwrap()
         .unwrap();
@@ -164,7 +162,7 @@ async fn the_database_refuses_history_rewrites(db: Db) {
     let after = db
         .store()
         .await
-        .get_by_source("announcement", "ASX:GNP:announcement")
+        .get_by_source(&e2e::harness::key("ASX:GNP:announcement"))
         .await
         .unwrap()
         .unwrap();

@@ -51,9 +51,11 @@ async fn provider_killed_during_a_batch_of_fills(db: Db) {
     let store = db.store().await;
     let written = store
         .lookup(
-            "announcement",
             &ids.iter()
                 .map(|i| format!("{i}:announcement"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(e2e::harness::key)
                 .collect::<Vec<_>>(),
         )
         .await
@@ -188,11 +190,7 @@ async fn consumer_killed_during_its_downloads(db: Db) {
     let own = "ASX:GNP:announcement_download";
     let deadline = Instant::now() + SETTLE;
     loop {
-        if let Some(d) = store
-            .get_by_source("announcement_download", own)
-            .await
-            .unwrap()
-        {
+        if let Some(d) = store.get_by_source(&e2e::harness::key(own)).await.unwrap() {
             if !store.attachments_of(&d.id).await.unwrap().is_empty() {
                 break;
             }
@@ -277,7 +275,7 @@ async fn a_killed_fillers_lease_is_swept(db: Db) {
     let cut = call.await.unwrap();
     let store = db.store().await;
     let lease = store
-        .lease("announcement", "ASX:S0777:announcement")
+        .lease(&e2e::harness::key("ASX:S0777:announcement"))
         .await
         .unwrap()
         .unwrap();

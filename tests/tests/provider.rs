@@ -88,7 +88,7 @@ async fn freshness_semantics(db: Db) {
         .unwrap()
         .expect("document stored");
     assert_eq!(doc.version, 5);
-    assert_eq!(doc.source_type, "announcement");
+    assert_eq!(doc.key.kind(), documents_api::Kind::Announcement);
     let items = doc.content_json["announcements"].as_array().unwrap();
     assert!(!items.is_empty());
     assert!(items
@@ -228,7 +228,7 @@ async fn failing_source_keeps_the_old_document(db: Db) {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(store
-        .get_by_source("announcement", "ASX:BHP:announcement")
+        .get_by_source(&e2e::harness::key("ASX:BHP:announcement"))
         .await
         .unwrap()
         .is_none());
@@ -294,7 +294,7 @@ async fn market_data_kind(db: Db) {
         r.tags
     );
     let doc = db.store().await.get(&r.document_id).await.unwrap().unwrap();
-    assert_eq!(doc.source_type, "market_data");
+    assert_eq!(doc.key.kind(), documents_api::Kind::MarketData);
     let bars = doc.content_json["bars"].as_array().unwrap();
     assert!(bars.len() > 200, "{} bars", bars.len());
     let err = client

@@ -318,7 +318,7 @@ async fn no_secret_leaves_the_process(db: Db) {
     ));
     let store = db.store().await;
     let lease = store
-        .lease("market_data", "ASX:BHP:market_data")
+        .lease(&e2e::harness::key("ASX:BHP:market_data"))
         .await
         .unwrap()
         .expect("BHP's lease");

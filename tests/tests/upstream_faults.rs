@@ -116,7 +116,7 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
         before.insert(
             c.ticker,
             store
-                .get_by_source("announcement", &sid)
+                .get_by_source(&e2e::harness::key(&sid))
                 .await
                 .unwrap()
                 .unwrap(),
@@ -180,7 +180,7 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             // The old document is untouched (only its age was changed by the test).
             let sid = format!("{}:announcement", c.ticker);
             let now = store
-                .get_by_source("announcement", &sid)
+                .get_by_source(&e2e::harness::key(&sid))
                 .await
                 .unwrap()
                 .unwrap();

@@ -1,17 +1,17 @@
 //! Answers: a document's result for each position that asked for it, freshness and
 //! stale-while-revalidate judged against the caller's window.
 
-use super::*;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use documents_api::{DocumentResult, ItemError, Outcome};
+use documents_store::{DocumentHead, SourceKey};
 
-pub(super) fn shutting_down() -> ItemError {
-    ItemError::new(Code::Unavailable, "provider is shutting down").reason("SHUTTING_DOWN")
-}
+use super::{fill::FillResult, request::Request};
 
-/// The results for every position `indices` of the request that asked for document `sid`.
+/// The results for every position `indices` of the request that asked for document `key`.
 pub(super) fn answer_all(
     identifiers: &[String],
     indices: Vec<usize>,
-    sid: &str,
+    key: &SourceKey,
     req: Request,
     filled: &FillResult,
     previous: Option<&DocumentHead>,
@@ -19,7 +19,7 @@ pub(super) fn answer_all(
 ) -> Vec<DocumentResult> {
     indices
         .into_iter()
-        .map(|i| answer(&identifiers[i], i, sid, req, filled, previous, now))
+        .map(|i| answer(&identifiers[i], i, key, req, filled, previous, now))
         .collect()
 }
 
@@ -27,16 +27,17 @@ pub(super) fn answer_all(
 pub(super) fn answer(
     identifier: &str,
     index: usize,
-    sid: &str,
+    key: &SourceKey,
     req: Request,
     filled: &FillResult,
     previous: Option<&DocumentHead>,
     now: DateTime<Utc>,
 ) -> DocumentResult {
     let kind = req.kind.as_str();
+    let sid = key.source_id();
     let ok = |head: &DocumentHead, outcome: Outcome, error: Option<ItemError>| DocumentResult {
         identifier: identifier.to_string(),
-        source_id: sid.to_string(),
+        source_id: sid.clone(),
         kind: kind.to_string(),
         document_id: head.id.clone(),
         tags: head.tags.clone(),
@@ -60,7 +61,7 @@ pub(super) fn answer(
                 ..DocumentResult::failed(
                     identifier,
                     kind,
-                    sid.to_string(),
+                    sid.clone(),
                     ItemError {
                         message: format!(
                             "{}; the stored version is {} old, more than options.stale_if_error_hours ({max} h) accepts",
@@ -73,7 +74,7 @@ pub(super) fn answer(
             },
             _ => DocumentResult {
                 index: index as u32,
-                ..DocumentResult::failed(identifier, kind, sid.to_string(), e.clone())
+                ..DocumentResult::failed(identifier, kind, sid.clone(), e.clone())
             },
         },
     }

@@ -1,31 +1,331 @@
-//! Planning a call (one identifier or a batch): parsed identifiers to keys, one lookup for all of
-//! them, fresh ones answered at once (or stale-while-revalidate), the rest joined to or started
-//! as fills. The plan is the results known at once and the fills still to answer; the caller
-//! puts them in request order or streams them.
+//! Planning a call (one identifier or a batch), step by step: the identifiers parsed into keys
+//! (each document once, bad identifiers answered at once), hits answered from memory, fills
+//! already running here joined, the rest looked up in one query and classified: fresh ones
+//! answered, stale ones within a stale-while-revalidate window answered with a refresh behind
+//! them, the others filled. The plan is the results known at once and the fills still to
+//! answer; the caller puts them in request order or streams them.
 
-use super::*;
+use std::{collections::HashMap, sync::Arc};
 
-/// A planned batch: the results known at once, and the fills still to answer (each with the
+use chrono::{DateTime, Utc};
+use documents_api::{DocumentResult, ItemError, Outcome, Ticker};
+use documents_kit::{status::StorageStatus as _, trace::TraceContext};
+use documents_store::{DocumentHead, DocumentStore, Lookup, SourceKey, StorageError};
+use futures::{
+    future::BoxFuture,
+    stream::{self, FuturesUnordered},
+    FutureExt, StreamExt,
+};
+use tokio::time::Instant;
+use tonic::Code;
+
+use super::{
+    answer::{answer, answer_all, is_fresh, may_revalidate},
+    fill::{FillResult, Filled, Seen},
+    fills::Fills,
+    hit_view::{HitView, Stamp},
+    refresh_ahead::Popularity,
+    request::{Asked, Request},
+};
+use crate::metrics::METRICS;
+
+/// A planned call: the results known at once, and the fills still to answer (each with the
 /// results of every position that asked for its document).
-pub(super) struct Planned {
-    pub(super) immediate: Vec<DocumentResult>,
-    pub(super) pending: Vec<BoxFuture<'static, Vec<DocumentResult>>>,
+#[derive(Default)]
+pub struct Planned {
+    pub immediate: Vec<DocumentResult>,
+    pub pending: Vec<BoxFuture<'static, Vec<DocumentResult>>>,
 }
 
 impl Planned {
     /// The results as each is ready: the immediate ones, then the fills' as they finish.
-    pub(super) fn into_stream(self) -> impl futures::Stream<Item = DocumentResult> {
+    pub fn into_stream(self) -> impl futures::Stream<Item = DocumentResult> {
         let pending: FuturesUnordered<_> = self.pending.into_iter().collect();
         stream::iter(self.immediate).chain(pending.flat_map(stream::iter))
     }
 }
 
-/// The answers, once `fill` is done, of the positions `indices` that asked for `sid`.
+/// What a plan reads from and starts fills with.
+pub struct Planner<'a> {
+    pub fills: &'a Arc<Fills>,
+    pub store: &'a Arc<dyn DocumentStore>,
+    pub hit_view: Option<&'a Arc<HitView>>,
+    pub popularity: Option<&'a Popularity>,
+}
+
+/// One document a call asks for: its key, its ticker and every position asking for it.
+struct Wanted {
+    key: SourceKey,
+    ticker: Ticker,
+    indices: Vec<usize>,
+}
+
+/// The identifiers as sent, shared by the answers of every fill of the call.
+type Identifiers = Arc<Vec<String>>;
+
+impl Planner<'_> {
+    pub async fn plan(&self, asked: Vec<Asked>, req: Request) -> Planned {
+        let arrived = Instant::now();
+        let mut planned = Planned::default();
+        let (identifiers, mut wanted) = self.parse(asked, req, &mut planned.immediate);
+        self.hits_in_memory(&mut wanted, req, &identifiers, &mut planned.immediate);
+        self.join_running(
+            &mut wanted,
+            req,
+            arrived,
+            &identifiers,
+            &mut planned.pending,
+        );
+        if wanted.is_empty() {
+            return planned;
+        }
+        match self.lookup(&wanted).await {
+            Ok(lookup) => self.classify(wanted, lookup, req, arrived, &identifiers, &mut planned),
+            Err(e) => {
+                let err = e.item_error();
+                for w in wanted {
+                    for i in w.indices {
+                        planned.immediate.push(DocumentResult {
+                            index: i as u32,
+                            ..DocumentResult::failed(
+                                &identifiers[i],
+                                req.kind.as_str(),
+                                w.key.source_id(),
+                                err.clone(),
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        planned
+    }
+
+    /// The identifiers parsed: each distinct document once (in first-seen order) with every
+    /// position asking for it; a bad identifier is answered at once.
+    fn parse(
+        &self,
+        asked: Vec<Asked>,
+        req: Request,
+        immediate: &mut Vec<DocumentResult>,
+    ) -> (Identifiers, Vec<Wanted>) {
+        let mut wanted: Vec<Wanted> = Vec::new();
+        let mut position: HashMap<SourceKey, usize> = HashMap::new();
+        let mut identifiers = Vec::with_capacity(asked.len());
+        for (i, Asked { identifier, ticker }) in asked.into_iter().enumerate() {
+            match ticker {
+                Err(e) => immediate.push(DocumentResult {
+                    index: i as u32,
+                    ..DocumentResult::failed(
+                        &identifier,
+                        req.kind.as_str(),
+                        String::new(),
+                        ItemError::new(Code::InvalidArgument, format!("identifier: {e}"))
+                            .reason("INVALID_IDENTIFIER")
+                            .field("identifier"),
+                    )
+                }),
+                Ok(ticker) => {
+                    let key = SourceKey::new(req.kind, ticker.clone());
+                    if let Some(popularity) = self.popularity {
+                        popularity.asked(&key, req.cache_hours);
+                    }
+                    match position.get(&key) {
+                        Some(at) => wanted[*at].indices.push(i),
+                        None => {
+                            position.insert(key.clone(), wanted.len());
+                            wanted.push(Wanted {
+                                key,
+                                ticker,
+                                indices: vec![i],
+                            });
+                        }
+                    }
+                }
+            }
+            identifiers.push(identifier);
+        }
+        (Arc::new(identifiers), wanted)
+    }
+
+    /// Fresh documents this process already knows need no database round trip.
+    fn hits_in_memory(
+        &self,
+        wanted: &mut Vec<Wanted>,
+        req: Request,
+        identifiers: &Identifiers,
+        immediate: &mut Vec<DocumentResult>,
+    ) {
+        let (Some(view), false) = (self.hit_view, req.force_refresh) else {
+            return;
+        };
+        wanted.retain(|w| match view.fresh(&w.key, req.cache_hours) {
+            Some(head) => {
+                METRICS.memory_hit(req.kind);
+                let hit = Ok(Filled {
+                    head,
+                    outcome: Outcome::Hit,
+                });
+                for i in &w.indices {
+                    immediate.push(answer(
+                        &identifiers[*i],
+                        *i,
+                        &w.key,
+                        req,
+                        &hit,
+                        None,
+                        Utc::now(),
+                    ));
+                }
+                false
+            }
+            None => true,
+        });
+    }
+
+    /// A document this process is filling right now: join that fill; the database has nothing
+    /// fresher to say. (Not with stale-if-error or stale-while-revalidate, which need the
+    /// stored version.)
+    fn join_running(
+        &self,
+        wanted: &mut Vec<Wanted>,
+        req: Request,
+        arrived: Instant,
+        identifiers: &Identifiers,
+        pending: &mut Vec<BoxFuture<'static, Vec<DocumentResult>>>,
+    ) {
+        if req.stale_if_error_hours.is_some() || req.stale_while_revalidate_hours.is_some() {
+            return;
+        }
+        wanted.retain(|w| match self.fills.join(&w.key, &req, arrived) {
+            Some(fill) => {
+                pending.push(when_filled(
+                    fill,
+                    identifiers.clone(),
+                    w.indices.clone(),
+                    w.key.clone(),
+                    req,
+                    None,
+                    None,
+                ));
+                false
+            }
+            None => true,
+        });
+    }
+
+    /// One query for every document still wanted; what it reads is remembered by the view
+    /// (unless the document changed meanwhile).
+    async fn lookup(&self, wanted: &[Wanted]) -> Result<Lookup, StorageError> {
+        let keys: Vec<SourceKey> = wanted.iter().map(|w| w.key.clone()).collect();
+        let stamps: HashMap<&SourceKey, Stamp> = match self.hit_view {
+            Some(view) => keys.iter().map(|k| (k, view.stamp(k))).collect(),
+            None => HashMap::new(),
+        };
+        let sent = Instant::now();
+        let lookup = self.store.lookup(&keys).await?;
+        if let Some(view) = self.hit_view {
+            view.observe_clock(lookup.now, sent.into_std());
+            for h in &lookup.heads {
+                if let Some(stamp) = stamps.get(&h.key) {
+                    view.remember(h, *stamp);
+                }
+            }
+        }
+        Ok(lookup)
+    }
+
+    /// Each looked-up document answered (fresh), answered stale with a refresh behind it
+    /// (stale-while-revalidate), or filled.
+    fn classify(
+        &self,
+        wanted: Vec<Wanted>,
+        lookup: Lookup,
+        req: Request,
+        arrived: Instant,
+        identifiers: &Identifiers,
+        planned: &mut Planned,
+    ) {
+        let mut heads: HashMap<SourceKey, DocumentHead> = lookup
+            .heads
+            .into_iter()
+            .map(|h| (h.key.clone(), h))
+            .collect();
+        let now = lookup.now;
+        for Wanted {
+            key,
+            ticker,
+            indices,
+        } in wanted
+        {
+            let previous = heads.remove(&key);
+            match previous {
+                Some(h) if is_fresh(&h, now, req) => {
+                    let hit = Ok(Filled {
+                        head: h,
+                        outcome: Outcome::Hit,
+                    });
+                    planned.immediate.extend(answer_all(
+                        identifiers,
+                        indices,
+                        &key,
+                        req,
+                        &hit,
+                        None,
+                        now,
+                    ));
+                }
+                Some(h) if may_revalidate(&h, now, req) => {
+                    // One background refresh per document: one already running here is left
+                    // to finish (callers keep getting the stored version meanwhile).
+                    if !self.fills.filling(&key) {
+                        METRICS.revalidation(req.kind.as_str());
+                        let seen = Seen {
+                            at: now,
+                            version: h.version,
+                        };
+                        let fill = self.fills.fill(req, key.clone(), ticker, arrived, seen);
+                        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
+                        tokio::spawn(trace.scope_call(fill));
+                    }
+                    let stale = Ok(Filled {
+                        head: h,
+                        outcome: Outcome::Stale,
+                    });
+                    for i in indices {
+                        planned.immediate.push(DocumentResult {
+                            refreshing: true,
+                            ..answer(&identifiers[i], i, &key, req, &stale, None, now)
+                        });
+                    }
+                }
+                _ => {
+                    let seen = Seen {
+                        at: now,
+                        version: previous.as_ref().map_or(0, |h| h.version),
+                    };
+                    let fill = self.fills.fill(req, key.clone(), ticker, arrived, seen);
+                    planned.pending.push(when_filled(
+                        fill,
+                        identifiers.clone(),
+                        indices,
+                        key,
+                        req,
+                        previous,
+                        Some(now),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The answers, once `fill` is done, of the positions `indices` that asked for `key`.
 fn when_filled(
     fill: impl std::future::Future<Output = FillResult> + Send + 'static,
-    identifiers: Arc<Vec<String>>,
+    identifiers: Identifiers,
     indices: Vec<usize>,
-    sid: String,
+    key: SourceKey,
     req: Request,
     previous: Option<DocumentHead>,
     now: Option<DateTime<Utc>>,
@@ -36,7 +336,7 @@ fn when_filled(
         answer_all(
             &identifiers,
             indices,
-            &sid,
+            &key,
             req,
             &filled,
             previous.as_ref(),
@@ -44,212 +344,4 @@ fn when_filled(
         )
     }
     .boxed()
-}
-
-impl Provisioner {
-    pub(super) async fn plan(self: Arc<Self>, asked: Vec<Asked>, req: Request) -> Planned {
-        let arrived = Instant::now();
-        let kind = req.kind.as_str();
-        let mut immediate = Vec::new();
-        // source_id -> (ticker, indices asking for it), in first-seen order.
-        let mut keys: Vec<(String, Ticker, Vec<usize>)> = Vec::new();
-        let mut position: HashMap<String, usize> = HashMap::new();
-        let mut identifiers = Vec::with_capacity(asked.len());
-        for (i, Asked { identifier, ticker }) in asked.into_iter().enumerate() {
-            match ticker {
-                Err(e) => immediate.push(DocumentResult {
-                    index: i as u32,
-                    ..DocumentResult::failed(
-                        &identifier,
-                        kind,
-                        String::new(),
-                        ItemError::new(Code::InvalidArgument, format!("identifier: {e}"))
-                            .reason("INVALID_IDENTIFIER")
-                            .field("identifier"),
-                    )
-                }),
-                Ok(t) => {
-                    let sid = t.source_id(kind);
-                    if let Some(popularity) = &self.popularity {
-                        popularity.asked(req.kind, &t, &sid, req.cache_hours);
-                    }
-                    match position.get(&sid) {
-                        Some(at) => keys[*at].2.push(i),
-                        None => {
-                            position.insert(sid.clone(), keys.len());
-                            keys.push((sid, t, vec![i]));
-                        }
-                    }
-                }
-            }
-            identifiers.push(identifier);
-        }
-        let identifiers = Arc::new(identifiers);
-        // Fresh documents this process already knows need no database round trip.
-        if let (Some(cache), false) = (&self.hit_cache, req.force_refresh) {
-            keys.retain(
-                |(sid, _, indices)| match cache.fresh(req.kind, sid, req.cache_hours) {
-                    Some(head) => {
-                        METRICS.memory_hit(req.kind);
-                        let filled = Ok(Filled {
-                            head,
-                            outcome: Outcome::Hit,
-                        });
-                        for i in indices {
-                            immediate.push(answer(
-                                &identifiers[*i],
-                                *i,
-                                sid,
-                                req,
-                                &filled,
-                                None,
-                                Utc::now(),
-                            ));
-                        }
-                        false
-                    }
-                    None => true,
-                },
-            );
-        }
-        // A document this process is filling right now: join that fill; the database has
-        // nothing fresher to say. (Not with stale-if-error, which needs the stored version.)
-        let mut pending = Vec::new();
-        if req.stale_if_error_hours.is_none() && req.stale_while_revalidate_hours.is_none() {
-            keys.retain(
-                |(sid, _, indices)| match self.in_flight_fill(req, sid, arrived) {
-                    Some(fill) => {
-                        pending.push(when_filled(
-                            fill,
-                            identifiers.clone(),
-                            indices.clone(),
-                            sid.clone(),
-                            req,
-                            None,
-                            None,
-                        ));
-                        false
-                    }
-                    None => true,
-                },
-            );
-        }
-        if keys.is_empty() {
-            return Planned { immediate, pending };
-        }
-        let ids: Vec<String> = keys.iter().map(|(s, ..)| s.clone()).collect();
-        let stamps: HashMap<String, Stamp> = match &self.hit_cache {
-            Some(cache) => ids
-                .iter()
-                .map(|sid| (sid.clone(), cache.stamp(req.kind, sid)))
-                .collect(),
-            None => HashMap::new(),
-        };
-        let sent = Instant::now();
-        let lookup = match self.store().lookup(kind, &ids).await {
-            Ok(l) => {
-                if let Some(cache) = &self.hit_cache {
-                    cache.observe_clock(l.now, sent.into_std());
-                    for h in &l.heads {
-                        if let Some(stamp) = stamps.get(&h.source_id) {
-                            cache.remember(req.kind, h, *stamp);
-                        }
-                    }
-                }
-                l
-            }
-            Err(e) => {
-                let err = e.item_error();
-                for (sid, _, indices) in keys {
-                    for i in indices {
-                        immediate.push(DocumentResult {
-                            index: i as u32,
-                            ..DocumentResult::failed(
-                                &identifiers[i],
-                                kind,
-                                sid.clone(),
-                                err.clone(),
-                            )
-                        });
-                    }
-                }
-                return Planned { immediate, pending };
-            }
-        };
-        let mut heads: HashMap<String, DocumentHead> = lookup
-            .heads
-            .into_iter()
-            .map(|h| (h.source_id.clone(), h))
-            .collect();
-        let now = lookup.now;
-        for (sid, ticker, indices) in keys {
-            let previous = heads.remove(&sid);
-            match previous {
-                Some(h) if is_fresh(&h, now, req) => {
-                    let filled = Ok(Filled {
-                        head: h,
-                        outcome: Outcome::Hit,
-                    });
-                    immediate.extend(answer_all(
-                        &identifiers,
-                        indices,
-                        &sid,
-                        req,
-                        &filled,
-                        None,
-                        now,
-                    ));
-                }
-                Some(h) if may_revalidate(&h, now, req) => {
-                    // Stale-while-revalidate: the stored version now, one fill behind it.
-                    let seen = Seen {
-                        at: now,
-                        version: h.version,
-                    };
-                    // One background task per document: a refresh already running here is
-                    // left to finish (callers keep getting the stored version meanwhile).
-                    if !self.filling(req.kind, &sid) {
-                        METRICS.revalidation(req.kind.as_str());
-                        let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
-                        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
-                        tokio::spawn(trace.scope_call(fill));
-                    }
-                    for i in indices {
-                        immediate.push(DocumentResult {
-                            refreshing: true,
-                            ..answer(
-                                &identifiers[i],
-                                i,
-                                &sid,
-                                req,
-                                &Ok(Filled {
-                                    head: h.clone(),
-                                    outcome: Outcome::Stale,
-                                }),
-                                None,
-                                now,
-                            )
-                        });
-                    }
-                }
-                _ => {
-                    let seen = Seen {
-                        at: now,
-                        version: previous.as_ref().map_or(0, |h| h.version),
-                    };
-                    let fill = self.fill(req, ticker, sid.clone(), arrived, seen);
-                    pending.push(when_filled(
-                        fill,
-                        identifiers.clone(),
-                        indices,
-                        sid,
-                        req,
-                        previous,
-                        Some(now),
-                    ));
-                }
-            }
-        }
-        Planned { immediate, pending }
-    }
 }

@@ -1,80 +1,103 @@
 //! In-process single flight: one fill task per document at a time, whoever asks. Callers join
 //! the fill in flight (or start one); the fill runs detached, so a caller that gives up does not
-//! cancel it, and every waiter gets its result.
+//! cancel it, and every waiter gets its result (a panic included, as an error).
 
-use super::*;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
-pub(super) struct InFlight {
-    pub(super) id: u64,
-    pub(super) started: Instant,
-    /// A forced refresh: it fetches even when a newer version appeared since its lookup.
-    pub(super) forced: bool,
-    /// Started by refresh-ahead.
-    pub(super) ahead: bool,
-    pub(super) fut: FillFuture,
+use documents_api::ItemError;
+use documents_kit::trace::TraceContext;
+use documents_store::SourceKey;
+use futures::{future::BoxFuture, FutureExt};
+use tokio::time::Instant;
+use tonic::Code;
+
+use super::{
+    fill::{FillFuture, FillResult},
+    request::Request,
+};
+use crate::metrics::METRICS;
+
+/// The fills running in this process, one per document.
+#[derive(Default)]
+pub struct SingleFlight {
+    running: Arc<Mutex<HashMap<SourceKey, InFlight>>>,
+    next_id: AtomicU64,
 }
 
-impl Provisioner {
-    /// The fill of `source_id` running in this process, if a request that arrived at `arrived`
-    /// may share it.
-    pub(super) fn in_flight_fill(
-        &self,
-        req: Request,
-        source_id: &str,
-        arrived: Instant,
-    ) -> Option<FillFuture> {
-        if documents_kit::switches::off(documents_kit::switches::COALESCE_IN_PROCESS) {
-            return None;
-        }
-        let map = self.in_flight.lock().expect("in-flight map poisoned");
-        map.get(&(req.kind, source_id.to_string()))
-            .filter(|f| !req.force_refresh || (f.forced && f.started >= arrived))
+struct InFlight {
+    id: u64,
+    started: Instant,
+    /// A forced refresh: it fetches even when a newer version appeared since its lookup.
+    forced: bool,
+    /// Started by refresh-ahead.
+    ahead: bool,
+    fut: FillFuture,
+}
+
+/// A fill running in this process, as the admin view lists it.
+#[derive(Debug, Clone)]
+pub struct LocalFill {
+    pub key: SourceKey,
+    pub running_for: Duration,
+    pub forced: bool,
+    pub refresh_ahead: bool,
+}
+
+impl InFlight {
+    /// Whether a request that arrived at `arrived` may share this fill: any request, unless it
+    /// is a forced refresh, which only shares a forced fill that started after it arrived.
+    fn joinable(&self, req: &Request, arrived: Instant) -> bool {
+        !documents_kit::switches::off(documents_kit::switches::COALESCE_IN_PROCESS)
+            && (!req.force_refresh || (self.forced && self.started >= arrived))
+    }
+}
+
+impl SingleFlight {
+    /// The fill of `key` running here, if a request that arrived at `arrived` may share it.
+    pub fn join(&self, key: &SourceKey, req: &Request, arrived: Instant) -> Option<FillFuture> {
+        let running = self.running.lock().expect("in-flight map poisoned");
+        running
+            .get(key)
+            .filter(|f| f.joinable(req, arrived))
             .inspect(|_| METRICS.coalesced(req.kind.as_str()))
             .map(|f| f.fut.clone())
     }
 
-    /// Joins the fill in flight for the key, or starts one. A forced refresh only joins a fill
-    /// that started after the request arrived; an older one is awaited and then a new one made.
-    pub(super) fn fill(
-        self: &Arc<Self>,
-        req: Request,
-        ticker: Ticker,
-        source_id: String,
-        arrived: Instant,
-        seen: Seen,
-    ) -> impl std::future::Future<Output = FillResult> + Send + 'static {
-        let this = self.clone();
-        async move {
-            this.join_or_start(req, ticker, source_id, arrived, seen)
-                .await
-        }
-    }
-
-    pub(super) async fn join_or_start(
+    /// Joins the fill of `key` running here, or starts one with `work`. A request that may not
+    /// share the running fill (a forced refresh that arrived after it started) waits for it to
+    /// end, then starts its own.
+    pub async fn join_or_start(
         &self,
+        key: SourceKey,
         req: Request,
-        ticker: Ticker,
-        source_id: String,
         arrived: Instant,
-        seen: Seen,
+        work: impl Fn() -> BoxFuture<'static, FillResult>,
     ) -> FillResult {
-        let key: FillKey = (req.kind, source_id);
         loop {
             let (fut, join) = {
-                let mut map = self.in_flight.lock().expect("in-flight map poisoned");
-                let running = map.get(&key).filter(|_| {
-                    !documents_kit::switches::off(documents_kit::switches::COALESCE_IN_PROCESS)
-                });
-                match running {
-                    Some(f) if !req.force_refresh || (f.forced && f.started >= arrived) => {
+                let mut running = self.running.lock().expect("in-flight map poisoned");
+                match running.get(&key) {
+                    Some(f) if f.joinable(&req, arrived) => {
                         METRICS.coalesced(req.kind.as_str());
                         (f.fut.clone(), true)
                     }
-                    Some(f) => (f.fut.clone(), false),
-                    None => {
-                        let (id, fut) =
-                            self.start_fill(&key, ticker.clone(), seen, req.force_refresh);
-                        map.insert(
+                    Some(f)
+                        if !documents_kit::switches::off(
+                            documents_kit::switches::COALESCE_IN_PROCESS,
+                        ) =>
+                    {
+                        (f.fut.clone(), false)
+                    }
+                    _ => {
+                        let (id, fut) = self.spawn(&key, work());
+                        running.insert(
                             key.clone(),
                             InFlight {
                                 id,
@@ -95,42 +118,46 @@ impl Provisioner {
         }
     }
 
-    /// Spawns the fill task. The task removes its own in-flight entry when it ends, however it
-    /// ends (including a panic, through the guard's Drop).
-    pub(super) fn start_fill(
-        &self,
-        key: &FillKey,
-        ticker: Ticker,
-        seen: Seen,
-        forced: bool,
-    ) -> (u64, FillFuture) {
-        let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlightGuard {
-            map: self.in_flight.clone(),
+    /// Whether a fill of `key` runs here.
+    pub fn filling(&self, key: &SourceKey) -> bool {
+        self.running
+            .lock()
+            .expect("in-flight map poisoned")
+            .contains_key(key)
+    }
+
+    /// The fills running here, the longest-running first.
+    pub fn list(&self) -> Vec<LocalFill> {
+        let running = self.running.lock().expect("in-flight map poisoned");
+        let mut fills: Vec<LocalFill> = running
+            .iter()
+            .map(|(key, f)| LocalFill {
+                key: key.clone(),
+                running_for: f.started.elapsed(),
+                forced: f.forced,
+                refresh_ahead: f.ahead,
+            })
+            .collect();
+        fills.sort_by_key(|f| std::cmp::Reverse(f.running_for));
+        fills
+    }
+
+    /// Spawns `work` as the fill task of `key`, in the trace (and log span) of the call that
+    /// started it. The task removes its own entry when it ends, however it ends (a panic
+    /// included, through the guard's Drop).
+    fn spawn(&self, key: &SourceKey, work: BoxFuture<'static, FillResult>) -> (u64, FillFuture) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let guard = Remove {
+            running: self.running.clone(),
             key: key.clone(),
             id,
         };
-        let ctx = self.ctx.clone();
-        let source = self.sources.get(&key.0).cloned();
-        let per_source = self.per_source.get(&key.0).cloned();
-        let key = key.clone();
-        // The fill belongs to the trace (and log span) of the call that started it.
-        let trace =
-            documents_kit::trace::TraceContext::current().unwrap_or_else(TraceContext::root);
+        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
         let span = tracing::Span::current();
         let handle = tokio::spawn(tracing::Instrument::instrument(
             trace.scope_call(async move {
                 let _guard = guard;
-                let (Some(source), Some(per_source)) = (source, per_source) else {
-                    return Err(ItemError::new(
-                        Code::InvalidArgument,
-                        format!("kind: {} has no source", key.0),
-                    )
-                    .reason("KIND_NOT_PROVIDED")
-                    .field("kind"));
-                };
-                ctx.run_fill(&key, &ticker, source, per_source, seen, forced)
-                    .await
+                work.await
             }),
             span,
         ));
@@ -157,17 +184,18 @@ impl Provisioner {
     }
 }
 
-pub(super) struct InFlightGuard {
-    pub(super) map: Arc<Mutex<HashMap<FillKey, InFlight>>>,
-    pub(super) key: FillKey,
-    pub(super) id: u64,
+/// Removes a fill's entry when its task ends (unless a newer fill took the entry meanwhile).
+struct Remove {
+    running: Arc<Mutex<HashMap<SourceKey, InFlight>>>,
+    key: SourceKey,
+    id: u64,
 }
 
-impl Drop for InFlightGuard {
+impl Drop for Remove {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
-                map.remove(&self.key);
+        if let Ok(mut running) = self.running.lock() {
+            if running.get(&self.key).is_some_and(|f| f.id == self.id) {
+                running.remove(&self.key);
             }
         }
     }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+pub use documents_domain::{Kind, SourceKey};
 pub use postgres::{PostgresStore, STATEMENT_TIMEOUT};
 pub use sqlite::SqliteStore;
 
@@ -128,7 +129,7 @@ impl StorageError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentHead {
     pub id: String,
-    pub source_id: String,
+    pub key: SourceKey,
     pub tags: Vec<String>,
     pub version: i64,
     pub last_synced: DateTime<Utc>,
@@ -147,8 +148,7 @@ pub struct Lookup {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDocument {
     pub id: String,
-    pub source_type: String,
-    pub source_id: String,
+    pub key: SourceKey,
     pub title: String,
     pub content_markdown: String,
     pub content_json: serde_json::Value,
@@ -164,7 +164,7 @@ impl StoredDocument {
     pub fn head(&self) -> DocumentHead {
         DocumentHead {
             id: self.id.clone(),
-            source_id: self.source_id.clone(),
+            key: self.key.clone(),
             tags: self.tags.clone(),
             version: self.version,
             last_synced: self.last_synced,
@@ -254,8 +254,7 @@ pub struct Holding {
 /// A fill lease held now, by any process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
-    pub source_type: String,
-    pub source_id: String,
+    pub key: SourceKey,
     pub token: i64,
     pub holding: Holding,
 }
@@ -301,12 +300,8 @@ impl Fence {
 /// A change to a stored document, as announced by the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The document of (source_type, source_id) now has `version` (0: deleted).
-    Document {
-        source_type: String,
-        source_id: String,
-        version: i64,
-    },
+    /// The document of `key` now has `version` (0: deleted).
+    Document { key: SourceKey, version: i64 },
     /// The feed (re)connected: changes before this may have been missed, forget what you know.
     Reset,
     /// The feed is down: changes are not being announced until the next `Reset`.
@@ -346,15 +341,11 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StorageError>;
 
-    /// Heads of the documents of `source_type` with any of `source_ids`, in one query, with the
-    /// database's clock.
-    async fn lookup(
-        &self,
-        source_type: &str,
-        source_ids: &[String],
-    ) -> Result<Lookup, StorageError>;
+    /// Heads of the documents of `keys` that exist, in one query per kind (one, in practice),
+    /// with the database's clock.
+    async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError>;
 
-    /// Inserts the document for (source_type, source_id), or refreshes it in place: same ID,
+    /// Inserts the document of `key`, or refreshes it in place: same ID,
     /// version + 1, `last_synced` = the database's now. Attachments are stored (deduplicated by
     /// hash) and linked to the document in the same transaction; the document's previous links
     /// are kept unless replaced under the same name. With a `fence`, the write only lands if the
@@ -362,8 +353,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// if the fence says so.
     async fn upsert(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         content: &NewContent,
         attachments: &[NewAttachment],
         fence: Option<Fence>,
@@ -376,8 +366,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// release (the database was down) does not stall the process that took it.
     async fn claim_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Claim, StorageError>;
@@ -386,8 +375,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// is no longer current: another filler took the lease over.
     async fn renew_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         ttl: std::time::Duration,
     ) -> Result<bool, StorageError>;
@@ -400,8 +388,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Releases a lease this filler holds (same token), recording the fill's error if it failed.
     async fn release_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError>;
@@ -421,20 +408,16 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn close(&self) {}
 
     /// The lease of a document, if one was ever claimed.
-    async fn lease(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<Lease>, StorageError>;
+    async fn lease(&self, key: &SourceKey) -> Result<Option<Lease>, StorageError>;
 
-    /// Marks documents stale without touching them otherwise: those of `source_type` (every
-    /// kind when `None`) whose source key is in `source_ids` or that carry one of `tags`; with
-    /// neither, every document of `source_type`. Answers how many were marked. Their next
-    /// write clears the mark.
+    /// Marks documents stale without touching them otherwise: those of `kind` (every kind when
+    /// `None`) whose key is in `keys` or that carry one of `tags`; with neither, every document
+    /// of `kind`. Answers how many were marked. A write whose fill claimed its lease after the
+    /// mark clears it (the purge guard).
     async fn invalidate(
         &self,
-        source_type: Option<&str>,
-        source_ids: &[String],
+        kind: Option<Kind>,
+        keys: &[SourceKey],
         tags: &[String],
     ) -> Result<u64, StorageError>;
 
@@ -445,11 +428,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError>;
 
     /// A whole document by source key.
-    async fn get_by_source(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<StoredDocument>, StorageError>;
+    async fn get_by_source(&self, key: &SourceKey) -> Result<Option<StoredDocument>, StorageError>;
 
     /// The attachments a document references.
     async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError>;
@@ -618,6 +597,41 @@ pub(crate) fn check_compatible(
         }),
         _ => Ok(()),
     }
+}
+
+/// The typed key of a stored row, from its two columns; a row this release cannot read back is
+/// corrupt to it.
+pub(crate) fn key_of(source_type: &str, source_id: &str) -> Result<SourceKey, StorageError> {
+    SourceKey::from_columns(source_type, source_id)
+        .map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+/// The key of a row in a listing of every kind (the held leases): a row this release cannot
+/// read back (a kind a newer release added) is left out of the listing, with a warning.
+pub(crate) fn known_key(
+    source_type: Result<String, sqlx::Error>,
+    source_id: Result<String, sqlx::Error>,
+) -> Option<SourceKey> {
+    let (source_type, source_id) = (source_type.ok()?, source_id.ok()?);
+    match SourceKey::from_columns(&source_type, &source_id) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!(error = %e, "left out of the listing");
+            None
+        }
+    }
+}
+
+/// `keys` grouped by kind, each with its `source_id` texts, in the order kinds first appear.
+pub(crate) fn by_kind(keys: &[SourceKey]) -> Vec<(Kind, Vec<String>)> {
+    let mut groups: Vec<(Kind, Vec<String>)> = Vec::new();
+    for k in keys {
+        match groups.iter_mut().find(|(kind, _)| *kind == k.kind()) {
+            Some((_, ids)) => ids.push(k.source_id()),
+            None => groups.push((k.kind(), vec![k.source_id()])),
+        }
+    }
+    groups
 }
 
 /// A fresh, unused document ID.

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Claim, DocumentStore, Fence, HeldLease, Holding,
-    Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument, Written,
+    new_document_id, AttachmentRef, Backend, Claim, DocumentStore, Fence, HeldLease, Holding, Kind,
+    Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError, StoredDocument, Written,
 };
 
-type Key = (String, String);
+type Key = SourceKey;
 
 #[derive(Debug, Clone)]
 struct LeaseRow {
@@ -107,12 +107,9 @@ impl MemoryStore {
     }
 
     /// Moves a document's `last_synced` back by `by`, as if it had aged.
-    pub fn age(&self, source_type: &str, source_id: &str, by: std::time::Duration) {
+    pub fn age(&self, key: &SourceKey, by: std::time::Duration) {
         let mut state = self.state.lock().expect("memory store lock");
-        if let Some(d) = state
-            .documents
-            .get_mut(&(source_type.to_string(), source_id.to_string()))
-        {
+        if let Some(d) = state.documents.get_mut(key) {
             d.last_synced -= chrono::Duration::from_std(by).expect("duration");
         }
     }
@@ -122,10 +119,6 @@ impl MemoryStore {
             return Err(StorageError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         Ok(())
-    }
-
-    fn key(source_type: &str, source_id: &str) -> Key {
-        (source_type.to_string(), source_id.to_string())
     }
 }
 
@@ -158,33 +151,25 @@ impl DocumentStore for MemoryStore {
         self.up()
     }
 
-    async fn lookup(
-        &self,
-        source_type: &str,
-        source_ids: &[String],
-    ) -> Result<Lookup, StorageError> {
+    async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError> {
         self.up()?;
         let state = self.state.lock().expect("memory store lock");
         Ok(Lookup {
             now: self.now(),
-            heads: source_ids
-                .iter()
-                .filter_map(|sid| state.head(&Self::key(source_type, sid)))
-                .collect(),
+            heads: keys.iter().filter_map(|k| state.head(k)).collect(),
         })
     }
 
     async fn upsert(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         content: &NewContent,
         attachments: &[NewAttachment],
         fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
         self.up()?;
         let now = self.now();
-        let key = Self::key(source_type, source_id);
+        let key = key.clone();
         let mut state = self.state.lock().expect("memory store lock");
         if let Some(fence) = fence {
             match state.leases.get_mut(&key) {
@@ -221,8 +206,7 @@ impl DocumentStore for MemoryStore {
             None => {
                 let d = StoredDocument {
                     id: new_document_id(),
-                    source_type: source_type.to_string(),
-                    source_id: source_id.to_string(),
+                    key: key.clone(),
                     title: content.title.clone(),
                     content_markdown: content.content_markdown.clone(),
                     content_json: content.content_json.clone(),
@@ -260,14 +244,13 @@ impl DocumentStore for MemoryStore {
 
     async fn claim_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Claim, StorageError> {
         self.up()?;
         let now = self.now();
-        let key = Self::key(source_type, source_id);
+        let key = key.clone();
         let mut state = self.state.lock().expect("memory store lock");
         let lease = state.leases.entry(key.clone()).or_insert(LeaseRow {
             holder: None,
@@ -297,15 +280,14 @@ impl DocumentStore for MemoryStore {
 
     async fn renew_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         ttl: std::time::Duration,
     ) -> Result<bool, StorageError> {
         self.up()?;
         let now = self.now();
         let mut state = self.state.lock().expect("memory store lock");
-        match state.leases.get_mut(&Self::key(source_type, source_id)) {
+        match state.leases.get_mut(key) {
             Some(l) if l.token == token && l.holder.is_some() => {
                 l.expires_at = now + chrono::Duration::from_std(ttl).expect("ttl");
                 Ok(true)
@@ -333,15 +315,14 @@ impl DocumentStore for MemoryStore {
 
     async fn release_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError> {
         self.up()?;
         let now = self.now();
         let mut state = self.state.lock().expect("memory store lock");
-        if let Some(l) = state.leases.get_mut(&Self::key(source_type, source_id)) {
+        if let Some(l) = state.leases.get_mut(key) {
             if l.token == token {
                 l.holder = None;
                 l.expires_at = now;
@@ -356,50 +337,41 @@ impl DocumentStore for MemoryStore {
         (0, 0)
     }
 
-    async fn lease(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<Lease>, StorageError> {
+    async fn lease(&self, key: &SourceKey) -> Result<Option<Lease>, StorageError> {
         self.up()?;
         let now = self.now();
         let state = self.state.lock().expect("memory store lock");
-        Ok(state
-            .leases
-            .get(&Self::key(source_type, source_id))
-            .map(|l| {
-                let held = l.holder.is_some() && l.expires_at > now;
-                Lease {
-                    token: l.token,
-                    held,
-                    last_error: l.last_error.clone(),
-                    finished_at: l.finished_at,
-                    holding: l.holder.clone().filter(|_| held).map(|holder| Holding {
-                        holder,
-                        claimed_at: l.claimed_at,
-                        expires_at: l.expires_at,
-                    }),
-                }
-            }))
+        Ok(state.leases.get(key).map(|l| {
+            let held = l.holder.is_some() && l.expires_at > now;
+            Lease {
+                token: l.token,
+                held,
+                last_error: l.last_error.clone(),
+                finished_at: l.finished_at,
+                holding: l.holder.clone().filter(|_| held).map(|holder| Holding {
+                    holder,
+                    claimed_at: l.claimed_at,
+                    expires_at: l.expires_at,
+                }),
+            }
+        }))
     }
 
     async fn invalidate(
         &self,
-        source_type: Option<&str>,
-        source_ids: &[String],
+        kind: Option<Kind>,
+        keys: &[SourceKey],
         tags: &[String],
     ) -> Result<u64, StorageError> {
         self.up()?;
         let mut state = self.state.lock().expect("memory store lock");
-        let everything = source_ids.is_empty() && tags.is_empty();
+        let everything = keys.is_empty() && tags.is_empty();
         let matched: Vec<Key> = state
             .documents
             .iter()
-            .filter(|((kind, sid), d)| {
-                source_type.is_none_or(|k| k == kind)
-                    && (everything
-                        || source_ids.contains(sid)
-                        || d.tags.iter().any(|t| tags.contains(t)))
+            .filter(|(key, d)| {
+                kind.is_none_or(|k| k == key.kind())
+                    && (everything || keys.contains(key) || d.tags.iter().any(|t| tags.contains(t)))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -419,9 +391,8 @@ impl DocumentStore for MemoryStore {
             .leases
             .iter()
             .filter(|(_, l)| l.holder.is_some() && l.expires_at > now)
-            .map(|((kind, sid), l)| HeldLease {
-                source_type: kind.clone(),
-                source_id: sid.clone(),
+            .map(|(key, l)| HeldLease {
+                key: key.clone(),
                 token: l.token,
                 holding: Holding {
                     holder: l.holder.clone().unwrap_or_default(),
@@ -438,17 +409,10 @@ impl DocumentStore for MemoryStore {
         Ok(state.documents.values().find(|d| d.id == id).cloned())
     }
 
-    async fn get_by_source(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<StoredDocument>, StorageError> {
+    async fn get_by_source(&self, key: &SourceKey) -> Result<Option<StoredDocument>, StorageError> {
         self.up()?;
         let state = self.state.lock().expect("memory store lock");
-        Ok(state
-            .documents
-            .get(&Self::key(source_type, source_id))
-            .cloned())
+        Ok(state.documents.get(key).cloned())
     }
 
     async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {

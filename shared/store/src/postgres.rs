@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 
 use super::{
     new_document_id, AttachmentRef, Backend, Change, Claim, DocumentHead, DocumentStore, Fence,
-    HeldLease, Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument,
-    Written,
+    HeldLease, Holding, Kind, Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError,
+    StoredDocument, Written,
 };
 
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -35,7 +35,7 @@ macro_rules! document_upsert_tail {
              content_json = EXCLUDED.content_json, tags = EXCLUDED.tags, \
              content_hash = EXCLUDED.content_hash, version = documents.version + 1, \
              last_synced = now(), updated_at = now(), invalidated_at = NULL \
-         RETURNING id, source_id, tags, version, last_synced, \
+         RETURNING id, source_type, source_id, tags, version, last_synced, \
              invalidated_at IS NOT NULL AS invalidated"
     };
 }
@@ -106,11 +106,11 @@ impl PostgresStore {
     /// written only if that update happened.
     async fn fenced_upsert(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         content: &NewContent,
         fence: Fence,
     ) -> Result<Written, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
         let query = if fence.release {
             concat!(
                 "WITH lease AS ( \
@@ -137,7 +137,7 @@ impl PostgresStore {
                 document_upsert_tail!()
             )
         };
-        let row = bind_document(sqlx::query(query), source_type, source_id, content)
+        let row = bind_document(sqlx::query(query), source_type, &source_id, content)
             .bind(fence.token)
             .fetch_optional(&self.pool)
             .await?
@@ -321,13 +321,14 @@ fn own_heartbeat(beat: &str, feed_id: &str) -> Option<tokio::time::Instant> {
     Some(heartbeat_base() + Duration::from_micros(micros.parse().ok()?))
 }
 
+/// A document's announcement, `<source_type> <source_id> <version>`; `None` for anything else,
+/// a key of a kind this release does not know included (nothing here holds such a document).
 fn parse_change(payload: &str) -> Option<Change> {
     let mut parts = payload.rsplitn(2, ' ');
     let version = parts.next()?.parse().ok()?;
     let (source_type, source_id) = parts.next()?.split_once(' ')?;
     Some(Change::Document {
-        source_type: source_type.to_string(),
-        source_id: source_id.to_string(),
+        key: SourceKey::from_columns(source_type, source_id).ok()?,
         version,
     })
 }
@@ -335,7 +336,7 @@ fn parse_change(payload: &str) -> Option<Change> {
 fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
     Ok(DocumentHead {
         id: row.try_get("id")?,
-        source_id: row.try_get("source_id")?,
+        key: super::key_of(row.try_get("source_type")?, row.try_get("source_id")?)?,
         tags: row.try_get("tags")?,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
@@ -352,8 +353,7 @@ crate::reads::engine_reads!(PgPool);
 fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
     Ok(StoredDocument {
         id: row.try_get("id")?,
-        source_type: row.try_get("source_type")?,
-        source_id: row.try_get("source_id")?,
+        key: super::key_of(row.try_get("source_type")?, row.try_get("source_id")?)?,
         title: row.try_get("title")?,
         content_markdown: row.try_get("content_markdown")?,
         content_json: row.try_get("content_json")?,
@@ -417,44 +417,49 @@ impl DocumentStore for PostgresStore {
         })
     }
 
-    async fn lookup(
-        &self,
-        source_type: &str,
-        source_ids: &[String],
-    ) -> Result<Lookup, StorageError> {
-        // The LEFT JOIN always yields one row, so the database clock comes back even on a miss.
-        let rows = sqlx::query(
-            "SELECT n.db_now, d.id, d.source_id, d.tags, d.version, d.last_synced, \
-                    d.invalidated_at IS NOT NULL AS invalidated \
-             FROM (SELECT now() AS db_now) n \
-             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
-        )
-        .bind(source_type)
-        .bind(source_ids)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError> {
         let mut now = Utc::now();
-        let mut heads = Vec::with_capacity(rows.len());
-        for row in &rows {
-            now = row.try_get("db_now")?;
-            // The LEFT JOIN's empty side: no document, only the clock.
-            if row.try_get::<Option<String>, _>("id")?.is_some() {
-                heads.push(head_from_row(row)?);
+        let mut heads = Vec::with_capacity(keys.len());
+        for (kind, source_ids) in super::by_kind(keys) {
+            // The LEFT JOIN always yields one row, so the database clock comes back even on a
+            // miss.
+            let rows = sqlx::query(
+                "SELECT n.db_now, d.id, d.source_type, d.source_id, d.tags, d.version, \
+                        d.last_synced, d.invalidated_at IS NOT NULL AS invalidated \
+                 FROM (SELECT now() AS db_now) n \
+                 LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
+            )
+            .bind(kind.as_str())
+            .bind(&source_ids)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                now = row.try_get("db_now")?;
+                // The LEFT JOIN's empty side: no document, only the clock.
+                if row.try_get::<Option<String>, _>("id")?.is_some() {
+                    heads.push(head_from_row(row)?);
+                }
             }
+        }
+        if keys.is_empty() {
+            now = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&self.pool)
+                .await?;
         }
         Ok(Lookup { now, heads })
     }
 
     async fn upsert(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         content: &NewContent,
         attachments: &[NewAttachment],
         fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         if let (Some(f), true) = (fence, attachments.is_empty()) {
-            return self.fenced_upsert(source_type, source_id, content, f).await;
+            return self.fenced_upsert(key, content, f).await;
         }
         let mut tx = self.pool.begin().await?;
         if let Some(f) = fence {
@@ -546,11 +551,12 @@ impl DocumentStore for PostgresStore {
 
     async fn claim_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         holder: &str,
         ttl: Duration,
     ) -> Result<Claim, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let row = sqlx::query(
             "WITH claimed AS ( \
                  INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
@@ -561,7 +567,8 @@ impl DocumentStore for PostgresStore {
                  WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
                      OR fill_leases.holder = EXCLUDED.holder \
                  RETURNING token) \
-             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_id, d.tags, d.version, d.last_synced, \
+             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_type, d.source_id, d.tags, \
+                    d.version, d.last_synced, \
                     d.invalidated_at IS NOT NULL AS invalidated \
              FROM (SELECT 1) one \
              LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
@@ -587,7 +594,7 @@ impl DocumentStore for PostgresStore {
         // show: read the document again. A first claim (token 1) waited for nobody.
         if token > 1 {
             head = sqlx::query(
-                "SELECT id, source_id, tags, version, last_synced, \
+                "SELECT id, source_type, source_id, tags, version, last_synced, \
                         invalidated_at IS NOT NULL AS invalidated FROM documents \
                  WHERE source_type = $1 AND source_id = $2",
             )
@@ -607,11 +614,12 @@ impl DocumentStore for PostgresStore {
 
     async fn renew_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         ttl: Duration,
     ) -> Result<bool, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let done = sqlx::query(
             "UPDATE fill_leases SET expires_at = now() + $4 * interval '1 millisecond' \
              WHERE source_type = $1 AND source_id = $2 AND token = $3 AND holder IS NOT NULL",
@@ -638,11 +646,12 @@ impl DocumentStore for PostgresStore {
 
     async fn release_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         sqlx::query(
             "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
              last_error_code = $4, last_error = $5 \
@@ -658,11 +667,9 @@ impl DocumentStore for PostgresStore {
         Ok(())
     }
 
-    async fn lease(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<Lease>, StorageError> {
+    async fn lease(&self, key: &SourceKey) -> Result<Option<Lease>, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let row = sqlx::query(
             "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, holder, \
                     claimed_at, expires_at, last_error_code, last_error, finished_at \
@@ -699,10 +706,12 @@ impl DocumentStore for PostgresStore {
 
     async fn invalidate(
         &self,
-        source_type: Option<&str>,
-        source_ids: &[String],
+        kind: Option<Kind>,
+        keys: &[SourceKey],
         tags: &[String],
     ) -> Result<u64, StorageError> {
+        let source_type = kind.map(Kind::as_str);
+        let source_ids: Vec<String> = keys.iter().map(SourceKey::source_id).collect();
         let done = sqlx::query(
             "UPDATE documents SET invalidated_at = now() \
              WHERE ($1::text IS NULL OR source_type = $1) \
@@ -710,7 +719,7 @@ impl DocumentStore for PostgresStore {
                     OR (cardinality($2) = 0 AND cardinality($3) = 0))",
         )
         .bind(source_type)
-        .bind(source_ids)
+        .bind(&source_ids)
         .bind(tags)
         .execute(&self.pool)
         .await?;
@@ -725,10 +734,15 @@ impl DocumentStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
+            .filter_map(|r| {
+                Some((
+                    r,
+                    super::known_key(r.try_get("source_type"), r.try_get("source_id"))?,
+                ))
+            })
+            .map(|(r, key)| {
                 Ok(HeldLease {
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
+                    key,
                     token: r.try_get("token")?,
                     holding: Holding {
                         holder: r
@@ -746,11 +760,9 @@ impl DocumentStore for PostgresStore {
         read_document(&self.pool, id).await
     }
 
-    async fn get_by_source(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<StoredDocument>, StorageError> {
+    async fn get_by_source(&self, key: &SourceKey) -> Result<Option<StoredDocument>, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         read_document_by_source(&self.pool, source_type, source_id).await
     }
 
@@ -772,11 +784,12 @@ mod tests {
         assert_eq!(
             parse_change("announcement ASX:GNP:announcement 7"),
             Some(Change::Document {
-                source_type: "announcement".into(),
-                source_id: "ASX:GNP:announcement".into(),
+                key: "ASX:GNP:announcement".parse().unwrap(),
                 version: 7
             })
         );
         assert_eq!(parse_change("garbage"), None);
+        // A kind this release does not know: nothing here holds such a document.
+        assert_eq!(parse_change("dividends ASX:GNP:dividends 3"), None);
     }
 }

@@ -26,8 +26,8 @@ use tokio::sync::broadcast;
 
 use super::{
     new_document_id, AttachmentRef, Backend, Change, Claim, DocumentHead, DocumentStore, Fence,
-    HeldLease, Holding, Lease, Lookup, NewAttachment, NewContent, StorageError, StoredDocument,
-    Written,
+    HeldLease, Holding, Kind, Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError,
+    StoredDocument, Written,
 };
 
 static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -211,8 +211,7 @@ fn document_from_row(row: &SqliteRow) -> Result<StoredDocument, StorageError> {
     let tags: Json<Vec<String>> = row.try_get("tags")?;
     Ok(StoredDocument {
         id: row.try_get("id")?,
-        source_type: row.try_get("source_type")?,
-        source_id: row.try_get("source_id")?,
+        key: super::key_of(row.try_get("source_type")?, row.try_get("source_id")?)?,
         title: row.try_get("title")?,
         content_markdown: row.try_get("content_markdown")?,
         content_json: content_json.0,
@@ -229,7 +228,7 @@ fn head_from_row(row: &SqliteRow) -> Result<DocumentHead, StorageError> {
     let tags: Json<Vec<String>> = row.try_get("tags")?;
     Ok(DocumentHead {
         id: row.try_get("id")?,
-        source_id: row.try_get("source_id")?,
+        key: super::key_of(row.try_get("source_type")?, row.try_get("source_id")?)?,
         tags: tags.0,
         version: row.try_get("version")?,
         last_synced: row.try_get("last_synced")?,
@@ -319,34 +318,37 @@ impl DocumentStore for SqliteStore {
         Some(rx)
     }
 
-    async fn lookup(
-        &self,
-        source_type: &str,
-        source_ids: &[String],
-    ) -> Result<Lookup, StorageError> {
-        let ids =
-            serde_json::to_string(source_ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError> {
         let now = Utc::now();
-        let rows = sqlx::query(
-            "SELECT id, source_id, tags, version, last_synced, invalidated_at FROM documents \
-             WHERE source_type = ?1 AND source_id IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(source_type)
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?;
-        let heads = rows.iter().map(head_from_row).collect::<Result<_, _>>()?;
+        let mut heads = Vec::with_capacity(keys.len());
+        for (kind, source_ids) in super::by_kind(keys) {
+            let ids = serde_json::to_string(&source_ids)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let rows = sqlx::query(
+                "SELECT id, source_type, source_id, tags, version, last_synced, invalidated_at \
+                 FROM documents \
+                 WHERE source_type = ?1 AND source_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(kind.as_str())
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                heads.push(head_from_row(row)?);
+            }
+        }
         Ok(Lookup { now, heads })
     }
 
     async fn upsert(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         content: &NewContent,
         attachments: &[NewAttachment],
         fence: Option<Fence>,
     ) -> Result<Written, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let now = Utc::now();
         // BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on the busy
         // timeout instead of failing on a lock upgrade.
@@ -388,7 +390,7 @@ impl DocumentStore for SqliteStore {
                      content_hash = excluded.content_hash, version = documents.version + 1, \
                      last_synced = excluded.last_synced, updated_at = excluded.updated_at, \
                      invalidated_at = NULL \
-                 RETURNING id, source_id, tags, version, last_synced",
+                 RETURNING id, source_type, source_id, tags, version, last_synced",
             )
             .bind(new_document_id())
             .bind(source_type)
@@ -458,11 +460,12 @@ impl DocumentStore for SqliteStore {
 
     async fn claim_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         holder: &str,
         ttl: Duration,
     ) -> Result<Claim, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let now = Utc::now().timestamp_millis();
         let token: Option<i64> = sqlx::query_scalar(
             "INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at_ms, expires_at_ms) \
@@ -482,8 +485,8 @@ impl DocumentStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         let head = sqlx::query(
-            "SELECT id, source_id, tags, version, last_synced, invalidated_at FROM documents \
-             WHERE source_type = ?1 AND source_id = ?2",
+            "SELECT id, source_type, source_id, tags, version, last_synced, invalidated_at \
+             FROM documents WHERE source_type = ?1 AND source_id = ?2",
         )
         .bind(source_type)
         .bind(source_id)
@@ -497,11 +500,12 @@ impl DocumentStore for SqliteStore {
 
     async fn renew_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         ttl: Duration,
     ) -> Result<bool, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let done = sqlx::query(
             "UPDATE fill_leases SET expires_at_ms = ?4 \
              WHERE source_type = ?1 AND source_id = ?2 AND token = ?3 AND holder IS NOT NULL",
@@ -527,11 +531,12 @@ impl DocumentStore for SqliteStore {
 
     async fn release_fill(
         &self,
-        source_type: &str,
-        source_id: &str,
+        key: &SourceKey,
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         sqlx::query(
             "UPDATE fill_leases SET holder = NULL, expires_at_ms = ?4, finished_at_ms = ?4, \
              last_error_code = ?5, last_error = ?6 \
@@ -548,11 +553,9 @@ impl DocumentStore for SqliteStore {
         Ok(())
     }
 
-    async fn lease(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<Lease>, StorageError> {
+    async fn lease(&self, key: &SourceKey) -> Result<Option<Lease>, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         let row = sqlx::query(
             "SELECT token, holder, claimed_at_ms, expires_at_ms, last_error_code, last_error, \
                     finished_at_ms \
@@ -591,10 +594,12 @@ impl DocumentStore for SqliteStore {
 
     async fn invalidate(
         &self,
-        source_type: Option<&str>,
-        source_ids: &[String],
+        kind: Option<Kind>,
+        keys: &[SourceKey],
         tags: &[String],
     ) -> Result<u64, StorageError> {
+        let source_type = kind.map(Kind::as_str);
+        let source_ids: Vec<String> = keys.iter().map(SourceKey::source_id).collect();
         let json = |v: &[String]| {
             serde_json::to_string(v).map_err(|e| StorageError::Corrupt(e.to_string()))
         };
@@ -607,7 +612,7 @@ impl DocumentStore for SqliteStore {
                     OR (json_array_length(?2) = 0 AND json_array_length(?3) = 0))",
         )
         .bind(source_type)
-        .bind(json(source_ids)?)
+        .bind(json(&source_ids)?)
         .bind(json(tags)?)
         .bind(Utc::now())
         .execute(&self.pool)
@@ -625,13 +630,18 @@ impl DocumentStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
+            .filter_map(|r| {
+                Some((
+                    r,
+                    super::known_key(r.try_get("source_type"), r.try_get("source_id"))?,
+                ))
+            })
+            .map(|(r, key)| {
                 let ms = |c: &str| -> Result<DateTime<Utc>, StorageError> {
                     Ok(DateTime::from_timestamp_millis(r.try_get(c)?).unwrap_or_default())
                 };
                 Ok(HeldLease {
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
+                    key,
                     token: r.try_get("token")?,
                     holding: Holding {
                         holder: r
@@ -649,11 +659,9 @@ impl DocumentStore for SqliteStore {
         read_document(&self.pool, id).await
     }
 
-    async fn get_by_source(
-        &self,
-        source_type: &str,
-        source_id: &str,
-    ) -> Result<Option<StoredDocument>, StorageError> {
+    async fn get_by_source(&self, key: &SourceKey) -> Result<Option<StoredDocument>, StorageError> {
+        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+        let source_id = source_id.as_str();
         read_document_by_source(&self.pool, source_type, source_id).await
     }
 

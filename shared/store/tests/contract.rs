@@ -8,13 +8,22 @@
 use std::{sync::Arc, time::Duration};
 
 use documents_store::{
-    memory::MemoryStore, DocumentStore, Fence, NewAttachment, NewContent, StorageError,
+    memory::MemoryStore, DocumentStore, Fence, Kind, NewAttachment, NewContent, SourceKey,
+    StorageError,
 };
 
-const KIND: &str = "announcement";
+const KIND: Kind = Kind::Announcement;
 
-fn sid(code: &str) -> String {
-    format!("ASX:{code}:{KIND}")
+/// The announcement document of `code`.
+fn sid(code: &str) -> SourceKey {
+    key(KIND, code)
+}
+
+fn key(kind: Kind, code: &str) -> SourceKey {
+    SourceKey::new(
+        kind,
+        documents_domain::Ticker::parse(&format!("ASX:{code}")).unwrap(),
+    )
 }
 
 fn content(title: &str, tags: &[&str]) -> NewContent {
@@ -144,59 +153,52 @@ engines!(
 
 async fn a_lookup_answers_what_is_stored_with_the_database_clock(s: Arc<dyn DocumentStore>) {
     let before = chrono::Utc::now() - chrono::Duration::seconds(5);
-    let empty = s.lookup(KIND, &[sid("GNP")]).await.unwrap();
+    let empty = s.lookup(&[sid("GNP")]).await.unwrap();
     assert!(empty.heads.is_empty());
     assert!(
         empty.now > before,
         "the database's clock comes back on a miss too"
     );
     let gnp = s
-        .upsert(KIND, &sid("GNP"), &content("GNP", &["a"]), &[], None)
+        .upsert(&sid("GNP"), &content("GNP", &["a"]), &[], None)
         .await
         .unwrap();
-    s.upsert(KIND, &sid("BHP"), &content("BHP", &[]), &[], None)
+    s.upsert(&sid("BHP"), &content("BHP", &[]), &[], None)
         .await
         .unwrap();
     let found = s
-        .lookup(KIND, &[sid("GNP"), sid("BHP"), sid("CBA")])
+        .lookup(&[sid("GNP"), sid("BHP"), sid("CBA")])
         .await
         .unwrap();
-    let mut sids: Vec<&str> = found.heads.iter().map(|h| h.source_id.as_str()).collect();
-    sids.sort();
-    assert_eq!(sids, [sid("BHP"), sid("GNP")]);
-    let head = found
-        .heads
-        .iter()
-        .find(|h| h.source_id == sid("GNP"))
-        .unwrap();
+    let mut keys: Vec<&SourceKey> = found.heads.iter().map(|h| &h.key).collect();
+    keys.sort();
+    assert_eq!(keys, [&sid("BHP"), &sid("GNP")]);
+    let head = found.heads.iter().find(|h| h.key == sid("GNP")).unwrap();
     assert_eq!(head, &gnp.head);
     assert_eq!(head.tags, ["a"]);
     // Another kind with the same code is another document.
     assert!(s
-        .lookup("market_data", &[sid("GNP")])
+        .lookup(&[key(Kind::MarketData, "GNP")])
         .await
         .unwrap()
         .heads
         .is_empty());
     let doc = s.get(&gnp.head.id).await.unwrap().unwrap();
     assert_eq!((doc.title.as_str(), doc.version), ("GNP", 1));
-    assert_eq!(
-        doc,
-        s.get_by_source(KIND, &sid("GNP")).await.unwrap().unwrap()
-    );
+    assert_eq!(doc, s.get_by_source(&sid("GNP")).await.unwrap().unwrap());
     assert!(s.get("no-such-id").await.unwrap().is_none());
 }
 
 async fn a_refresh_keeps_the_id_and_raises_the_version(s: Arc<dyn DocumentStore>) {
     let first = s
-        .upsert(KIND, &sid("GNP"), &content("one", &[]), &[], None)
+        .upsert(&sid("GNP"), &content("one", &[]), &[], None)
         .await
         .unwrap();
     assert!(first.inserted);
     assert_eq!(first.head.version, 1);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = s
-        .upsert(KIND, &sid("GNP"), &content("two", &["t"]), &[], None)
+        .upsert(&sid("GNP"), &content("two", &["t"]), &[], None)
         .await
         .unwrap();
     assert!(!second.inserted);
@@ -216,45 +218,39 @@ async fn a_refresh_keeps_the_id_and_raises_the_version(s: Arc<dyn DocumentStore>
 
 async fn a_lease_has_one_holder_until_it_expires_or_is_released(s: Arc<dyn DocumentStore>) {
     let ttl = Duration::from_millis(300);
-    let a = s.claim_fill(KIND, &sid("GNP"), "a", ttl).await.unwrap();
+    let a = s.claim_fill(&sid("GNP"), "a", ttl).await.unwrap();
     assert_eq!(a.token, Some(1));
     assert!(a.head.is_none(), "no document yet");
     // Held: another holder is refused, the same one may claim again (a new token).
     assert_eq!(
-        s.claim_fill(KIND, &sid("GNP"), "b", ttl)
-            .await
-            .unwrap()
-            .token,
+        s.claim_fill(&sid("GNP"), "b", ttl).await.unwrap().token,
         None
     );
-    let again = s.claim_fill(KIND, &sid("GNP"), "a", ttl).await.unwrap();
+    let again = s.claim_fill(&sid("GNP"), "a", ttl).await.unwrap();
     assert_eq!(again.token, Some(2));
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert!(lease.held);
     assert_eq!(lease.holding.as_ref().unwrap().holder, "a");
     assert_eq!(s.held_leases().await.unwrap().len(), 1);
     // Expired: another holder takes it over, with the next token.
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    let b = s.claim_fill(KIND, &sid("GNP"), "b", ttl).await.unwrap();
+    let b = s.claim_fill(&sid("GNP"), "b", ttl).await.unwrap();
     assert_eq!(b.token, Some(3));
     // Released: free for anyone at once; the token stays.
-    s.release_fill(KIND, &sid("GNP"), 3, None).await.unwrap();
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    s.release_fill(&sid("GNP"), 3, None).await.unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert!(!lease.held && lease.holding.is_none());
     assert_eq!(lease.token, 3);
     assert!(s.held_leases().await.unwrap().is_empty());
     assert_eq!(
-        s.claim_fill(KIND, &sid("GNP"), "c", ttl)
-            .await
-            .unwrap()
-            .token,
+        s.claim_fill(&sid("GNP"), "c", ttl).await.unwrap().token,
         Some(4)
     );
     // A claim reads the document as it is after the claim.
-    s.upsert(KIND, &sid("BHP"), &content("BHP", &[]), &[], None)
+    s.upsert(&sid("BHP"), &content("BHP", &[]), &[], None)
         .await
         .unwrap();
-    let claim = s.claim_fill(KIND, &sid("BHP"), "c", ttl).await.unwrap();
+    let claim = s.claim_fill(&sid("BHP"), "c", ttl).await.unwrap();
     assert_eq!(claim.head.map(|h| h.version), Some(1));
     // A holder that went away: swept once expired past the grace, token kept.
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
@@ -264,20 +260,20 @@ async fn a_lease_has_one_holder_until_it_expires_or_is_released(s: Arc<dyn Docum
             .unwrap(),
         2
     );
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert!(!lease.held && lease.token == 4);
 }
 
 async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentStore>) {
     let ttl = Duration::from_secs(10);
     let old = s
-        .claim_fill(KIND, &sid("GNP"), "a", ttl)
+        .claim_fill(&sid("GNP"), "a", ttl)
         .await
         .unwrap()
         .token
         .unwrap();
     let current = s
-        .claim_fill(KIND, &sid("GNP"), "a", ttl)
+        .claim_fill(&sid("GNP"), "a", ttl)
         .await
         .unwrap()
         .token
@@ -285,7 +281,6 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
     // A write under a token that was taken over: refused, nothing written.
     let e = s
         .upsert(
-            KIND,
             &sid("GNP"),
             &content("late", &[]),
             &[],
@@ -294,10 +289,9 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
         .await
         .unwrap_err();
     assert!(matches!(e, StorageError::LeaseLost(t) if t == old), "{e:?}");
-    assert!(s.get_by_source(KIND, &sid("GNP")).await.unwrap().is_none());
+    assert!(s.get_by_source(&sid("GNP")).await.unwrap().is_none());
     let e = s
         .upsert(
-            KIND,
             &sid("GNP"),
             &content("late", &[]),
             &[pdf("x", b"%PDF-late")],
@@ -313,7 +307,6 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
         .is_none());
     // A checkpoint under the current token lands and keeps the lease.
     s.upsert(
-        KIND,
         &sid("GNP"),
         &content("checkpoint", &[]),
         &[pdf("x", b"%PDF-1")],
@@ -321,11 +314,10 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
     )
     .await
     .unwrap();
-    assert!(s.lease(KIND, &sid("GNP")).await.unwrap().unwrap().held);
+    assert!(s.lease(&sid("GNP")).await.unwrap().unwrap().held);
     // The last write lands and releases it.
     let last = s
         .upsert(
-            KIND,
             &sid("GNP"),
             &content("final", &[]),
             &[],
@@ -334,17 +326,11 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
         .await
         .unwrap();
     assert_eq!(last.head.version, 2);
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert!(!lease.held && lease.last_error.is_none());
     // No lease at all: a fenced write is refused.
     let e = s
-        .upsert(
-            KIND,
-            &sid("BHP"),
-            &content("x", &[]),
-            &[],
-            Some(Fence::last(1)),
-        )
+        .upsert(&sid("BHP"), &content("x", &[]), &[], Some(Fence::last(1)))
         .await
         .unwrap_err();
     assert!(matches!(e, StorageError::LeaseLost(1)), "{e:?}");
@@ -353,7 +339,7 @@ async fn a_fenced_write_lands_only_under_the_current_token(s: Arc<dyn DocumentSt
 async fn renewals_and_failures_are_recorded_on_the_lease(s: Arc<dyn DocumentStore>) {
     let ttl = Duration::from_millis(300);
     let t = s
-        .claim_fill(KIND, &sid("GNP"), "a", ttl)
+        .claim_fill(&sid("GNP"), "a", ttl)
         .await
         .unwrap()
         .token
@@ -361,45 +347,41 @@ async fn renewals_and_failures_are_recorded_on_the_lease(s: Arc<dyn DocumentStor
     // Renewed past its first expiry: still held.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(s.renew_fill(KIND, &sid("GNP"), t, ttl).await.unwrap());
+        assert!(s.renew_fill(&sid("GNP"), t, ttl).await.unwrap());
     }
-    assert!(s.lease(KIND, &sid("GNP")).await.unwrap().unwrap().held);
+    assert!(s.lease(&sid("GNP")).await.unwrap().unwrap().held);
     assert_eq!(
-        s.claim_fill(KIND, &sid("GNP"), "b", ttl)
-            .await
-            .unwrap()
-            .token,
+        s.claim_fill(&sid("GNP"), "b", ttl).await.unwrap().token,
         None
     );
     // Released with a failure: its code and message stay for followers to answer.
-    s.release_fill(KIND, &sid("GNP"), t, Some((14, "upstream down")))
+    s.release_fill(&sid("GNP"), t, Some((14, "upstream down")))
         .await
         .unwrap();
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert_eq!(lease.last_error, Some((14, "upstream down".to_string())));
     assert!(lease.finished_at.is_some());
     // A renewal or release under a stale token changes nothing.
     let t2 = s
-        .claim_fill(KIND, &sid("GNP"), "b", ttl)
+        .claim_fill(&sid("GNP"), "b", ttl)
         .await
         .unwrap()
         .token
         .unwrap();
-    assert!(!s.renew_fill(KIND, &sid("GNP"), t, ttl).await.unwrap());
-    s.release_fill(KIND, &sid("GNP"), t, None).await.unwrap();
-    let lease = s.lease(KIND, &sid("GNP")).await.unwrap().unwrap();
+    assert!(!s.renew_fill(&sid("GNP"), t, ttl).await.unwrap());
+    s.release_fill(&sid("GNP"), t, None).await.unwrap();
+    let lease = s.lease(&sid("GNP")).await.unwrap().unwrap();
     assert!(lease.held && lease.token == t2);
 }
 
 async fn invalidation_marks_what_it_names_and_a_later_fill_clears_it(s: Arc<dyn DocumentStore>) {
     for (code, tags) in [("GNP", ["gnp", "asx"]), ("BHP", ["bhp", "asx"])] {
-        s.upsert(KIND, &sid(code), &content(code, &tags), &[], None)
+        s.upsert(&sid(code), &content(code, &tags), &[], None)
             .await
             .unwrap();
     }
     s.upsert(
-        "market_data",
-        &sid("GNP"),
+        &key(Kind::MarketData, "GNP"),
         &content("prices", &["gnp"]),
         &[],
         None,
@@ -408,8 +390,8 @@ async fn invalidation_marks_what_it_names_and_a_later_fill_clears_it(s: Arc<dyn 
     .unwrap();
     let marked = |s: Arc<dyn DocumentStore>| async move {
         let mut m = Vec::new();
-        for (kind, code) in [(KIND, "GNP"), (KIND, "BHP"), ("market_data", "GNP")] {
-            if s.lookup(kind, &[sid(code)]).await.unwrap().heads[0].invalidated {
+        for (kind, code) in [(KIND, "GNP"), (KIND, "BHP"), (Kind::MarketData, "GNP")] {
+            if s.lookup(&[key(kind, code)]).await.unwrap().heads[0].invalidated {
                 m.push(format!("{kind} {code}"));
             }
         }
@@ -429,14 +411,13 @@ async fn invalidation_marks_what_it_names_and_a_later_fill_clears_it(s: Arc<dyn 
     // A fill that claims after the purge clears the mark with its write.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let t = s
-        .claim_fill(KIND, &sid("GNP"), "a", Duration::from_secs(10))
+        .claim_fill(&sid("GNP"), "a", Duration::from_secs(10))
         .await
         .unwrap()
         .token
         .unwrap();
     let w = s
         .upsert(
-            KIND,
             &sid("GNP"),
             &content("fresh", &[]),
             &[],
@@ -449,11 +430,11 @@ async fn invalidation_marks_what_it_names_and_a_later_fill_clears_it(s: Arc<dyn 
 }
 
 async fn a_write_under_a_claim_older_than_a_purge_stays_purged(s: Arc<dyn DocumentStore>) {
-    s.upsert(KIND, &sid("GNP"), &content("v1", &[]), &[], None)
+    s.upsert(&sid("GNP"), &content("v1", &[]), &[], None)
         .await
         .unwrap();
     let t = s
-        .claim_fill(KIND, &sid("GNP"), "a", Duration::from_secs(10))
+        .claim_fill(&sid("GNP"), "a", Duration::from_secs(10))
         .await
         .unwrap()
         .token
@@ -462,18 +443,12 @@ async fn a_write_under_a_claim_older_than_a_purge_stays_purged(s: Arc<dyn Docume
     s.invalidate(Some(KIND), &[sid("GNP")], &[]).await.unwrap();
     // Fetched before the purge (its claim is older): stored, still purged.
     let w = s
-        .upsert(
-            KIND,
-            &sid("GNP"),
-            &content("v2", &[]),
-            &[],
-            Some(Fence::last(t)),
-        )
+        .upsert(&sid("GNP"), &content("v2", &[]), &[], Some(Fence::last(t)))
         .await
         .unwrap();
     assert_eq!(w.head.version, 2);
     assert!(w.head.invalidated, "the mark stays");
-    assert!(s.lookup(KIND, &[sid("GNP")]).await.unwrap().heads[0].invalidated);
+    assert!(s.lookup(&[sid("GNP")]).await.unwrap().heads[0].invalidated);
 }
 
 async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn DocumentStore>) {
@@ -481,7 +456,6 @@ async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn Documen
     let b = pdf("second", b"%PDF-two");
     let w = s
         .upsert(
-            KIND,
             &sid("GNP"),
             &content("v1", &[]),
             &[a.clone(), b.clone()],
@@ -500,7 +474,6 @@ async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn Documen
     // The same bytes under another document: stored once.
     let other = s
         .upsert(
-            KIND,
             &sid("BHP"),
             &content("x", &[]),
             &[pdf("copy", b"%PDF-one")],
@@ -515,7 +488,6 @@ async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn Documen
     // A later write keeps earlier links and replaces one under the same name.
     let c = pdf("second", b"%PDF-three");
     s.upsert(
-        KIND,
         &sid("GNP"),
         &content("v2", &[]),
         std::slice::from_ref(&c),
@@ -538,7 +510,6 @@ async fn attachments_are_content_addressed_and_linked_by_name(s: Arc<dyn Documen
 async fn the_invariants_hold_on_what_the_contract_writes(s: Arc<dyn DocumentStore>) {
     assert_eq!(s.check_invariants().await.unwrap(), Vec::<String>::new());
     s.upsert(
-        KIND,
         &sid("GNP"),
         &content("v1", &[]),
         &[pdf("a", b"%PDF-a")],
@@ -547,20 +518,14 @@ async fn the_invariants_hold_on_what_the_contract_writes(s: Arc<dyn DocumentStor
     .await
     .unwrap();
     let t = s
-        .claim_fill(KIND, &sid("BHP"), "a", Duration::from_secs(10))
+        .claim_fill(&sid("BHP"), "a", Duration::from_secs(10))
         .await
         .unwrap()
         .token
         .unwrap();
-    s.upsert(
-        KIND,
-        &sid("BHP"),
-        &content("v1", &[]),
-        &[],
-        Some(Fence::last(t)),
-    )
-    .await
-    .unwrap();
+    s.upsert(&sid("BHP"), &content("v1", &[]), &[], Some(Fence::last(t)))
+        .await
+        .unwrap();
     assert_eq!(s.check_invariants().await.unwrap(), Vec::<String>::new());
     s.ping().await.unwrap();
 }

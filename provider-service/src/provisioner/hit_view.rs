@@ -26,8 +26,7 @@ use std::{
 };
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use documents_api::Kind;
-use documents_store::{Change, DocumentHead};
+use documents_store::{Change, DocumentHead, SourceKey};
 use tokio::sync::broadcast;
 
 /// Entries kept at most; past it the cache starts over (hits then refill it from lookups).
@@ -40,7 +39,7 @@ const SAFETY_MARGIN_MS: u64 = 1_000;
 /// a hit reflects every change committed more than this long before it was answered.
 pub const STALENESS_BOUND: Duration = Duration::from_millis(750);
 
-type Key = (Kind, String);
+type Key = SourceKey;
 
 /// What the cache knows of one document: the highest version announced or read, and the head
 /// if it may be served (a change announced after the head was read leaves only the version).
@@ -63,7 +62,7 @@ pub struct Stamp {
     changes: u64,
 }
 
-pub struct HitCache {
+pub struct HitView {
     entries: RwLock<HashMap<Key, Slot>>,
     /// Bumped whenever the feed restarts; reads begun in an older epoch are not remembered.
     epoch: AtomicU64,
@@ -95,7 +94,7 @@ impl ClockSample {
     }
 }
 
-impl HitCache {
+impl HitView {
     /// A cache fed by `changes` whose entries are answered for at most `max_age`; it starts
     /// unused until the feed connects and its first heartbeat comes back.
     pub fn new(changes: broadcast::Receiver<Change>, max_age: Duration) -> Arc<Self> {
@@ -117,16 +116,9 @@ impl HitCache {
             let change = changes.recv().await;
             let Some(cache) = cache.upgrade() else { return };
             match change {
-                Ok(Change::Document {
-                    source_type,
-                    source_id,
-                    version,
-                }) => {
-                    let Ok(kind) = source_type.parse::<Kind>() else {
-                        continue;
-                    };
-                    let mut entries = cache.entries.write().expect("hit cache lock");
-                    let slot = entries.entry((kind, source_id)).or_default();
+                Ok(Change::Document { key, version }) => {
+                    let mut entries = cache.entries.write().expect("hit view lock");
+                    let slot = entries.entry(key).or_default();
                     // This process's own write coming back: the head is that write. The first
                     // announcement of that version is ours (announcements come in commit order,
                     // and another writer would have raised the version).
@@ -171,21 +163,19 @@ impl HitCache {
     }
 
     fn start_over(&self) {
-        let mut entries = self.entries.write().expect("hit cache lock");
+        let mut entries = self.entries.write().expect("hit view lock");
         // Only a heartbeat sent after this point proves the feed caught up again.
         self.caught_up_until.store(0, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.clear();
     }
 
-    /// The stamp to pass to [`HitCache::remember`] for a read of the document that starts now.
-    pub fn stamp(&self, kind: Kind, source_id: &str) -> Stamp {
-        let entries = self.entries.read().expect("hit cache lock");
+    /// The stamp to pass to [`HitView::remember`] for a read of the document that starts now.
+    pub fn stamp(&self, key: &SourceKey) -> Stamp {
+        let entries = self.entries.read().expect("hit view lock");
         Stamp {
             epoch: self.epoch.load(Ordering::Acquire),
-            changes: entries
-                .get(&(kind, source_id.to_string()))
-                .map_or(0, |s| s.changes),
+            changes: entries.get(key).map_or(0, |s| s.changes),
         }
     }
 
@@ -212,13 +202,13 @@ impl HitCache {
     }
 
     /// A cached head that is fresh within `cache_hours`, if any.
-    pub fn fresh(&self, kind: Kind, source_id: &str, cache_hours: u32) -> Option<DocumentHead> {
+    pub fn fresh(&self, key: &SourceKey, cache_hours: u32) -> Option<DocumentHead> {
         if cache_hours == 0 || !self.live.load(Ordering::Acquire) || !self.caught_up() {
             return None;
         }
         let now = self.db_now_upper_bound()?;
-        let entries = self.entries.read().expect("hit cache lock");
-        let (head, stored) = entries.get(&(kind, source_id.to_string()))?.head.as_ref()?;
+        let entries = self.entries.read().expect("hit view lock");
+        let (head, stored) = entries.get(key)?.head.as_ref()?;
         (stored.elapsed() < self.max_age
             && now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours)))
         .then(|| head.clone())
@@ -226,13 +216,13 @@ impl HitCache {
 
     /// Whether memory holds a head for the document (for the admin view; a held head is
     /// answered only while fresh and within the staleness bounds).
-    pub fn holds(&self, kind: Kind, source_id: &str) -> bool {
+    pub fn holds(&self, key: &SourceKey) -> bool {
         self.live.load(Ordering::Acquire)
             && self
                 .entries
                 .read()
-                .expect("hit cache lock")
-                .get(&(kind, source_id.to_string()))
+                .expect("hit view lock")
+                .get(key)
                 .is_some_and(|e| e.head.is_some())
     }
 
@@ -243,12 +233,12 @@ impl HitCache {
                 < self.caught_up_until.load(Ordering::Acquire)
     }
 
-    /// Remembers the head this process just wrote (a fill's result), like [`HitCache::remember`];
+    /// Remembers the head this process just wrote (a fill's result), like [`HitView::remember`];
     /// the write's own announcement, when it comes, then keeps it instead of dropping it.
-    pub fn remember_written(&self, kind: Kind, head: &DocumentHead, stamp: Stamp) {
-        self.remember(kind, head, stamp);
-        let mut entries = self.entries.write().expect("hit cache lock");
-        if let Some(slot) = entries.get_mut(&(kind, head.source_id.clone())) {
+    pub fn remember_written(&self, head: &DocumentHead, stamp: Stamp) {
+        self.remember(head, stamp);
+        let mut entries = self.entries.write().expect("hit view lock");
+        if let Some(slot) = entries.get_mut(&head.key) {
             if slot
                 .head
                 .as_ref()
@@ -261,19 +251,19 @@ impl HitCache {
 
     /// Remembers a head read from or written to the database, unless the document changed or
     /// the feed restarted since the read began (`stamp`), or a newer version is known.
-    pub fn remember(&self, kind: Kind, head: &DocumentHead, stamp: Stamp) {
+    pub fn remember(&self, head: &DocumentHead, stamp: Stamp) {
         // An invalidated document is stale for everyone until rewritten: never a hit.
         if !self.live.load(Ordering::Acquire) || head.invalidated {
             return;
         }
-        let mut entries = self.entries.write().expect("hit cache lock");
+        let mut entries = self.entries.write().expect("hit view lock");
         if entries.len() >= MAX_ENTRIES {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             entries.clear();
             return;
         }
         let current_epoch = self.epoch.load(Ordering::Acquire) == stamp.epoch;
-        let slot = entries.entry((kind, head.source_id.clone())).or_default();
+        let slot = entries.entry(head.key.clone()).or_default();
         if current_epoch
             && slot.changes == stamp.changes
             && head.version >= slot.version
@@ -301,7 +291,7 @@ mod tests {
     fn head(version: i64) -> DocumentHead {
         DocumentHead {
             id: "doc-1".into(),
-            source_id: "ASX:GNP:announcement".into(),
+            key: SID.parse().unwrap(),
             tags: vec![],
             version,
             last_synced: Utc::now(),
@@ -312,9 +302,9 @@ mod tests {
     const SID: &str = "ASX:GNP:announcement";
 
     /// A view whose feed has connected and proved itself once, holding `head(1)`.
-    async fn warmed(max_age: Duration) -> (Arc<HitCache>, broadcast::Sender<Change>) {
+    async fn warmed(max_age: Duration) -> (Arc<HitView>, broadcast::Sender<Change>) {
         let (tx, rx) = broadcast::channel(16);
-        let cache = HitCache::new(rx, max_age);
+        let cache = HitView::new(rx, max_age);
         tx.send(Change::Reset).unwrap();
         tx.send(Change::Heartbeat {
             sent: TokioInstant::now(),
@@ -322,8 +312,8 @@ mod tests {
         .unwrap();
         settle().await;
         cache.observe_clock(Utc::now(), Instant::now());
-        let stamp = cache.stamp(Kind::Announcement, SID);
-        cache.remember(Kind::Announcement, &head(1), stamp);
+        let stamp = cache.stamp(&SID.parse().unwrap());
+        cache.remember(&head(1), stamp);
         (cache, tx)
     }
 
@@ -334,8 +324,8 @@ mod tests {
         }
     }
 
-    fn hit(cache: &HitCache) -> Option<i64> {
-        cache.fresh(Kind::Announcement, SID, 24).map(|h| h.version)
+    fn hit(cache: &HitView) -> Option<i64> {
+        cache.fresh(&SID.parse().unwrap(), 24).map(|h| h.version)
     }
 
     #[tokio::test(start_paused = true)]
@@ -386,12 +376,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fills_own_announcement_keeps_the_entry_it_stored() {
         let (cache, tx) = warmed(Duration::from_secs(60)).await;
-        let stamp = cache.stamp(Kind::Announcement, SID);
-        cache.remember_written(Kind::Announcement, &head(2), stamp);
+        let stamp = cache.stamp(&SID.parse().unwrap());
+        cache.remember_written(&head(2), stamp);
         assert_eq!(hit(&cache), Some(2));
         let announce = |version| Change::Document {
-            source_type: "announcement".into(),
-            source_id: SID.into(),
+            key: SID.parse().unwrap(),
             version,
         };
         tx.send(announce(2)).unwrap();
@@ -407,18 +396,17 @@ mod tests {
     async fn a_change_a_lost_feed_or_a_reset_drops_what_it_knew() {
         let (cache, tx) = warmed(Duration::from_secs(60)).await;
         tx.send(Change::Document {
-            source_type: "announcement".into(),
-            source_id: SID.into(),
+            key: SID.parse().unwrap(),
             version: 2,
         })
         .unwrap();
         settle().await;
         assert_eq!(hit(&cache), None, "a newer version was announced");
         // An older head read before the change is not remembered; the new one is.
-        let stamp = cache.stamp(Kind::Announcement, SID);
-        cache.remember(Kind::Announcement, &head(1), stamp);
+        let stamp = cache.stamp(&SID.parse().unwrap());
+        cache.remember(&head(1), stamp);
         assert_eq!(hit(&cache), None);
-        cache.remember(Kind::Announcement, &head(2), stamp);
+        cache.remember(&head(2), stamp);
         assert_eq!(hit(&cache), Some(2));
         // The feed is lost: nothing is answered, even after it reconnects, until a heartbeat
         // sent after the reconnection comes back.
@@ -427,8 +415,8 @@ mod tests {
         assert_eq!(hit(&cache), None);
         tx.send(Change::Reset).unwrap();
         settle().await;
-        let stamp = cache.stamp(Kind::Announcement, SID);
-        cache.remember(Kind::Announcement, &head(2), stamp);
+        let stamp = cache.stamp(&SID.parse().unwrap());
+        cache.remember(&head(2), stamp);
         assert_eq!(hit(&cache), None, "no heartbeat since the reset");
         tx.send(Change::Heartbeat {
             sent: TokioInstant::now(),

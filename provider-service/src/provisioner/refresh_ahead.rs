@@ -14,9 +14,11 @@ use std::{
 
 use chrono::Duration as ChronoDuration;
 use documents_api::{Kind, Ticker};
+use documents_store::{DocumentStore, SourceKey};
 use tokio::sync::Semaphore;
 
-use crate::{metrics::METRICS, provisioner::Provisioner};
+use super::{fill::Seen, fills::Fills, request::Request};
+use crate::metrics::METRICS;
 
 /// How refresh-ahead is tuned.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +38,6 @@ const TICK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 struct Demand {
-    ticker: Ticker,
     calls: u32,
     /// The shortest non-zero window the document was asked with.
     window_hours: u32,
@@ -45,27 +46,26 @@ struct Demand {
 /// What callers ask for, per document.
 #[derive(Debug, Default)]
 pub struct Popularity {
-    asked: Mutex<HashMap<(Kind, String), Demand>>,
+    asked: Mutex<HashMap<SourceKey, Demand>>,
 }
 
 impl Popularity {
     /// Counts a call for the document (`cache_hours` 0 asks for no window: not counted).
-    pub fn asked(&self, kind: Kind, ticker: &Ticker, source_id: &str, cache_hours: u32) {
+    pub fn asked(&self, key: &SourceKey, cache_hours: u32) {
         if cache_hours == 0 {
             return;
         }
         let mut asked = self.asked.lock().expect("popularity lock");
         let full = asked.len() >= MAX_TRACKED;
-        match asked.get_mut(&(kind, source_id.to_string())) {
+        match asked.get_mut(key) {
             Some(a) => {
                 a.calls = a.calls.saturating_add(1);
                 a.window_hours = a.window_hours.min(cache_hours);
             }
             None if !full => {
                 asked.insert(
-                    (kind, source_id.to_string()),
+                    key.clone(),
                     Demand {
-                        ticker: ticker.clone(),
                         calls: 1,
                         window_hours: cache_hours,
                     },
@@ -75,7 +75,7 @@ impl Popularity {
         }
     }
 
-    fn popular(&self, min_calls: u32) -> Vec<((Kind, String), Demand)> {
+    fn popular(&self, min_calls: u32) -> Vec<(SourceKey, Demand)> {
         let asked = self.asked.lock().expect("popularity lock");
         asked
             .iter()
@@ -84,79 +84,84 @@ impl Popularity {
             .collect()
     }
 
-    fn forget(&self, key: &(Kind, String)) {
+    fn forget(&self, key: &SourceKey) {
         self.asked.lock().expect("popularity lock").remove(key);
     }
 }
 
-/// Runs refresh-ahead for `provisioner` until it is dropped or the process stops (`background`).
+/// Runs refresh-ahead over `fills` until they are dropped or the process stops (`background`),
+/// at most half of `fill_concurrency` ahead at once.
 pub fn spawn(
-    provisioner: &Arc<Provisioner>,
+    fills: &Arc<Fills>,
+    store: Arc<dyn DocumentStore>,
     popularity: Arc<Popularity>,
     tuning: RefreshAhead,
+    fill_concurrency: usize,
     background: &documents_kit::shutdown::Background,
 ) {
-    let weak: Weak<Provisioner> = Arc::downgrade(provisioner);
-    let ahead = Arc::new(Semaphore::new(
-        (provisioner.settings().fill_concurrency / 2).max(1),
-    ));
+    let weak: Weak<Fills> = Arc::downgrade(fills);
+    let ahead = Arc::new(Semaphore::new((fill_concurrency / 2).max(1)));
     background.spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(p) = weak.upgrade() else { return };
-            round(&p, &popularity, tuning, &ahead).await;
+            let Some(fills) = weak.upgrade() else { return };
+            round(&fills, &*store, &popularity, tuning, &ahead).await;
         }
     });
 }
 
 /// Starts a refresh for every popular document within `margin` of going stale.
 async fn round(
-    p: &Arc<Provisioner>,
+    fills: &Arc<Fills>,
+    store: &dyn DocumentStore,
     popularity: &Arc<Popularity>,
     tuning: RefreshAhead,
     ahead: &Arc<Semaphore>,
 ) {
-    let mut by_kind: HashMap<Kind, Vec<(String, Demand)>> = HashMap::new();
-    for ((kind, sid), a) in popularity.popular(tuning.min_calls) {
-        by_kind.entry(kind).or_default().push((sid, a));
+    let mut by_kind: HashMap<Kind, Vec<(SourceKey, Demand)>> = HashMap::new();
+    for (key, a) in popularity.popular(tuning.min_calls) {
+        by_kind.entry(key.kind()).or_default().push((key, a));
     }
     let margin = ChronoDuration::from_std(tuning.margin).unwrap_or_default();
     for (kind, docs) in by_kind {
-        let sids: Vec<String> = docs.iter().map(|(s, _)| s.clone()).collect();
-        let Ok(lookup) = p.store().lookup(kind.as_str(), &sids).await else {
+        let keys: Vec<SourceKey> = docs.iter().map(|(k, _)| k.clone()).collect();
+        let Ok(lookup) = store.lookup(&keys).await else {
             return; // The database is away: try again next tick.
         };
-        let heads: HashMap<&str, _> = lookup
-            .heads
-            .iter()
-            .map(|h| (h.source_id.as_str(), h))
-            .collect();
-        for (sid, a) in docs {
-            let Some(head) = heads.get(sid.as_str()) else {
+        let heads: HashMap<&SourceKey, _> = lookup.heads.iter().map(|h| (&h.key, h)).collect();
+        for (key, a) in docs {
+            let Some(head) = heads.get(&key) else {
                 continue;
             };
             let window = ChronoDuration::hours(i64::from(a.window_hours));
             let due = head.invalidated || lookup.now - head.last_synced >= window - margin;
-            if !due || p.filling(kind, &sid) {
+            if !due || fills.filling(&key) {
                 continue;
             }
             let Ok(permit) = ahead.clone().try_acquire_owned() else {
                 return; // As many ahead as allowed: the rest next tick.
             };
-            popularity.forget(&(kind, sid.clone()));
-            tracing::info!(%sid, version = head.version, window_hours = a.window_hours, "refreshing ahead");
-            let refresh = p.refresh_ahead(
+            popularity.forget(&key);
+            tracing::info!(%key, version = head.version, window_hours = a.window_hours, "refreshing ahead");
+            // An ordinary fill, as if a caller had seen the version at the lookup.
+            let req = Request {
                 kind,
-                a.ticker,
-                sid,
-                a.window_hours,
-                lookup.now,
-                head.version,
-            );
+                cache_hours: a.window_hours,
+                force_refresh: false,
+                stale_if_error_hours: None,
+                stale_while_revalidate_hours: None,
+                refresh_ahead: true,
+            };
+            let seen = Seen {
+                at: lookup.now,
+                version: head.version,
+            };
+            let ticker: Ticker = key.ticker().clone();
+            let refresh = fills.fill(req, key, ticker, tokio::time::Instant::now(), seen);
             tokio::spawn(async move {
-                let ok = refresh.await;
+                let ok = refresh.await.is_ok();
                 METRICS.refreshed_ahead(kind.as_str(), ok);
                 drop(permit);
             });

@@ -173,9 +173,15 @@ impl Ticker {
         &self.code
     }
 
-    /// The source key of this ticker's document of `kind`: `EXCH:CODE:<kind>`.
-    pub fn source_id(&self, kind: &str) -> String {
-        format!("{}:{}:{}", self.exchange, self.code, kind)
+    /// A ticker from its canonical text, as this crate wrote it (`EXCH:CODE`, from a stored
+    /// source key): split at the first colon, both parts non-empty, nothing else checked (the
+    /// exchange may be one a deployment configured as its default).
+    pub fn from_canonical(text: &str) -> Option<Self> {
+        let (exchange, code) = text.split_once(':')?;
+        (!exchange.is_empty() && !code.is_empty() && !code.contains(':')).then(|| Ticker {
+            exchange: exchange.to_string(),
+            code: code.to_string(),
+        })
     }
 }
 
@@ -226,9 +232,11 @@ mod tests {
             "TSX:SHOP"
         );
         assert_eq!(
-            Ticker::parse("ASX:GNP").unwrap().source_id("announcement"),
-            "ASX:GNP:announcement"
+            Ticker::from_canonical("ASX:GNP"),
+            Some(Ticker::parse("ASX:GNP").unwrap())
         );
+        assert_eq!(Ticker::from_canonical("GNP"), None);
+        assert_eq!(Ticker::from_canonical("ASX:GNP:announcement"), None);
     }
 
     #[test]
