@@ -1,12 +1,14 @@
-//! The `consumer.v1.Consumer` gRPC service: translates wire messages to the job and back.
+//! The `consumer.v1.Consumer` gRPC service: translates wire messages to the job and back (the
+//! job's outcomes become `TickerReport`s here).
 
 use std::sync::{Arc, OnceLock};
 
-use documents_api::proto::consumer::v1 as pb;
+use documents_api::{proto::consumer::v1 as pb, provider::invalid_argument, Ticker};
 use documents_kit::server::{deadline_of, DatabaseStatus};
+use documents_store::StoredDocument;
 use tonic::{Request, Response, Status};
 
-use crate::job::{new_request_id, JobRequest, Processor};
+use crate::job::{new_request_id, Item, JobRequest, Processor, Stored, TickerOutcome};
 
 /// The gRPC service. Until the database is ready, and while it does not answer its health
 /// ping, every call answers UNAVAILABLE at once.
@@ -70,7 +72,9 @@ impl pb::consumer_server::Consumer for ConsumerService {
         };
         p.validate(&job)?;
         let reports = p.run(&job, deadline).await;
-        Ok(Response::new(pb::ProcessTickersResponse { reports }))
+        Ok(Response::new(pb::ProcessTickersResponse {
+            reports: reports.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn get_stored(
@@ -78,6 +82,68 @@ impl pb::consumer_server::Consumer for ConsumerService {
         request: Request<pb::GetStoredRequest>,
     ) -> Result<Response<pb::GetStoredResponse>, Status> {
         let p = self.ready()?;
-        Ok(Response::new(p.stored(&request.into_inner().ticker).await?))
+        let ticker = request.into_inner().ticker;
+        let ticker = Ticker::parse(&ticker).map_err(|e| invalid_argument("ticker", e))?;
+        let stored = p.stored(ticker).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(stored.into()))
+    }
+}
+
+impl From<TickerOutcome> for pb::TickerReport {
+    fn from(o: TickerOutcome) -> Self {
+        let status = o.error.as_ref().map(|e| {
+            e.clone()
+                .described()
+                .to_rpc_status(&[("ticker", &o.ticker)])
+        });
+        let items = |v: Vec<Item>| v.into_iter().map(Into::into).collect();
+        #[allow(deprecated)] // `error` is still sent, beside `status`, for older clients
+        pb::TickerReport {
+            error: o.error.as_ref().map(Into::into),
+            status,
+            ticker: o.ticker,
+            provider_result: o.provider_result.map(Into::into),
+            document_id: o.document_id,
+            version_read: o.version_read,
+            newer_version_read: o.newer_version_read,
+            download_document_id: o.download_document_id,
+            matched: items(o.matched),
+            downloaded: items(o.downloaded),
+            skipped: items(o.skipped),
+            failed: items(o.failed),
+        }
+    }
+}
+
+impl From<Item> for pb::AnnouncementItem {
+    fn from(i: Item) -> Self {
+        pb::AnnouncementItem {
+            document_key: i.document_key,
+            headline: i.headline,
+            date: i.date,
+            pdf_url: i.pdf_url,
+            attachment_hash: i.attachment_hash,
+            error: i.error,
+        }
+    }
+}
+
+impl From<Stored> for pb::GetStoredResponse {
+    fn from(s: Stored) -> Self {
+        let document = |d: StoredDocument| pb::StoredDocument {
+            document_id: d.id,
+            source_type: d.key.kind().as_str().to_string(),
+            source_id: d.key.source_id(),
+            title: d.title,
+            version: d.version,
+            tags: d.tags,
+            content_hash: d.content_hash,
+        };
+        pb::GetStoredResponse {
+            ticker: s.ticker.to_string(),
+            announcements: s.announcements.map(document),
+            downloads: s.downloads.map(document),
+            attachment_hashes: s.attachment_hashes,
+        }
     }
 }

@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
             let reports = p.run(&job, None).await;
             let mut failed = 0;
             for r in &reports {
-                failed += usize::from(r.status.is_some());
+                failed += usize::from(!r.is_ok());
                 if json {
                     println!("{}", consumer_service::report::json(r));
                 } else {

@@ -1,11 +1,10 @@
-//! Printing reports for the one-shot CLI: a human-readable summary, or JSON lines.
+//! Printing outcomes for the one-shot CLI: a human-readable summary, or JSON lines.
 
-use documents_api::proto::consumer::v1 as pb;
-use tonic::Code;
+use crate::job::{Item, TickerOutcome};
 
-/// A report as one JSON line (the CLI's `--json`).
-pub fn json(r: &pb::TickerReport) -> String {
-    let items = |v: &[pb::AnnouncementItem]| -> Vec<serde_json::Value> {
+/// An outcome as one JSON line (the CLI's `--json`).
+pub fn json(o: &TickerOutcome) -> String {
+    let items = |v: &[Item]| -> Vec<serde_json::Value> {
         v.iter()
             .map(|i| {
                 serde_json::json!({
@@ -15,55 +14,49 @@ pub fn json(r: &pb::TickerReport) -> String {
             })
             .collect()
     };
-    let provider = r.provider_result.as_ref();
     serde_json::json!({
-        "ticker": r.ticker,
-        "outcome": provider.map(|p| p.outcome().as_str_name()),
-        "document_id": r.document_id,
-        "version_read": r.version_read,
-        "newer_version_read": r.newer_version_read,
-        "matched": items(&r.matched),
-        "downloaded": items(&r.downloaded),
-        "skipped": items(&r.skipped),
-        "failed": items(&r.failed),
-        "download_document_id": r.download_document_id,
-        "error": r.status.as_ref().map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+        "ticker": o.ticker,
+        "outcome": o.provider_result.as_ref().map(|p| outcome_name(p.outcome)),
+        "document_id": o.document_id,
+        "version_read": o.version_read,
+        "newer_version_read": o.newer_version_read,
+        "matched": items(&o.matched),
+        "downloaded": items(&o.downloaded),
+        "skipped": items(&o.skipped),
+        "failed": items(&o.failed),
+        "download_document_id": o.download_document_id,
+        "error": o.error.as_ref().map(|e| serde_json::json!({"code": e.code as i32, "message": e.message})),
     })
     .to_string()
 }
 
-/// A report as a few human-readable lines (the CLI's default).
-pub fn text(r: &pb::TickerReport) -> String {
-    if let Some(e) = &r.status {
-        return format!(
-            "{}: FAILED ({:?}): {}",
-            r.ticker,
-            Code::from_i32(e.code),
-            e.message
-        );
+/// The outcome's name on the wire (`OUTCOME_HIT`), as the JSON lines have always printed it.
+fn outcome_name(o: documents_api::Outcome) -> String {
+    format!("OUTCOME_{}", o.as_str().to_uppercase())
+}
+
+/// An outcome as a few human-readable lines (the CLI's default).
+pub fn text(o: &TickerOutcome) -> String {
+    if let Some(e) = &o.error {
+        return format!("{}: FAILED ({:?}): {}", o.ticker, e.code, e.message);
     }
-    let outcome = r
+    let outcome = o
         .provider_result
         .as_ref()
-        .map(|p| {
-            p.outcome()
-                .as_str_name()
-                .trim_start_matches("OUTCOME_")
-                .to_lowercase()
-        })
+        .map(|p| p.outcome.as_str())
         .unwrap_or_default();
     let mut s = format!(
         "{}: provider {outcome}, document {} v{}{}; {} matched, {} downloaded, {} already stored, {} failed",
-        r.ticker,
-        r.document_id,
-        r.version_read,
-        if r.newer_version_read { " (newer than answered)" } else { "" },
-        r.matched.len(),
-        r.downloaded.len(),
-        r.skipped.len(),
-        r.failed.len()
+        o.ticker,
+        o.document_id,
+        o.version_read,
+        if o.newer_version_read { " (newer than answered)" } else { "" },
+        o.matched.len(),
+        o.downloaded.len(),
+        o.skipped.len(),
+        o.failed.len()
     );
-    for i in &r.failed {
+    for i in &o.failed {
         s.push_str(&format!(
             "\n  failed {} {}: {}",
             i.date, i.headline, i.error
