@@ -1,13 +1,10 @@
-//! Start-up and shutdown of the consumer: binds the listener, serves health and reflection at
-//! once, connects and migrates the database in the background (health turns SERVING when done),
-//! and drains in-flight calls on shutdown. Also builds the processor for the one-shot CLI mode.
+//! The consumer's wiring on the service host ([`documents_kit::host`]): [`Application::build`]
+//! validates every setting once, makes the provider client and the downloader, and binds;
+//! [`Application::run_until_stopped`] adds the consumer's route and builds the processor once the
+//! database is ready. The life cycle itself (health, background connect, drain, shutdown order)
+//! is the host's. Also builds the processor for the one-shot CLI mode.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use documents_api::{
@@ -15,18 +12,47 @@ use documents_api::{
     ProviderClient,
 };
 use documents_kit::{
+    access::Access,
     grpc_server::GrpcServer,
-    server::{health_service, set_serving},
-    shutdown::Background,
+    host::{DatabaseSpec, Host, HostSpec},
 };
 use documents_store as storage;
-use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
+use tonic::{codec::CompressionEncoding, service::RoutesBuilder};
 
-use crate::{config::Config, download::Downloader, grpc::ConsumerService, job::Processor};
+use crate::{
+    config::Config,
+    download::Downloader,
+    grpc::ConsumerService,
+    job::{JobSettings, Processor},
+    metrics::METRICS,
+};
 
-/// Connects the database (migrating it) and the provider client into a processor.
+/// What a processor is made of besides its store: made once, from validated settings.
+#[derive(Clone)]
+struct Parts {
+    provider: ProviderClient,
+    downloader: Downloader,
+    settings: JobSettings,
+}
+
+impl Parts {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Parts {
+            provider: ProviderClient::with_config(&config.provider_url, config.client_config()?)?,
+            downloader: Downloader::new(config.download_limits()?)?,
+            settings: config.job_settings(),
+        })
+    }
+
+    fn processor(self, store: Arc<dyn storage::DocumentStore>) -> Processor {
+        Processor::new(self.provider, store, self.downloader, self.settings)
+    }
+}
+
+/// Connects the database (migrating it) and the provider client into a processor (the
+/// one-shot CLI mode).
 pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
+    let parts = Parts::new(config)?;
     let url = config.database.url()?;
     let store = storage::connect(&url, config.database.max_connections)
         .await
@@ -39,132 +65,71 @@ pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
             .await
             .context("checking the database schema")?;
     }
-    processor_with(config, store)
+    Ok(parts.processor(store))
 }
 
-fn processor_with(
-    config: &Config,
-    store: Arc<dyn storage::DocumentStore>,
-) -> anyhow::Result<Processor> {
-    let provider = ProviderClient::with_config(&config.provider_url, config.client_config()?)?;
-    let downloader = Downloader::new(config.download_limits()?)?;
-    Ok(Processor::new(
-        provider,
-        store,
-        downloader,
-        config.job_settings(),
-    ))
-}
-
+/// A consumer, validated and bound.
 pub struct Application {
-    config: Config,
-    listener: TcpListener,
+    host: Host<Processor>,
+    parts: Parts,
+    max_message_bytes: usize,
 }
 
 impl Application {
+    /// Validates the configuration (failing fast, before anything listens) and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Validate what can be validated before listening.
-        documents_api::client::parse_targets(&config.provider_url, Duration::from_secs(1), None)?;
-        config.client_config()?;
-        config.download_limits()?;
-        config.server.limits()?;
-        config.security.required_token()?;
-        config.security.server_tls()?;
-        let listener = TcpListener::bind(&config.listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.listen_addr))?;
-        Ok(Self { config, listener })
+        let parts = Parts::new(&config)?;
+        let limits = config.server.limits()?;
+        let max_message_bytes = limits.max_message_bytes;
+        let spec = HostSpec {
+            name: CONSUMER_SERVICE_NAME,
+            server: GrpcServer {
+                limits,
+                tls: config.security.server_tls()?,
+                registry: &METRICS.registry,
+                services: &[CONSUMER_SERVICE_NAME],
+                // The consumer's server has one token, for every method.
+                access: Access::new(config.security.required_token()?.as_deref(), None, &[]),
+            },
+            database: DatabaseSpec {
+                url: config.database.url()?,
+                max_connections: config.database.max_connections,
+                migrate: config.database.migrate,
+            },
+            metrics_addr: config.metrics_addr.clone(),
+            on_scrape: None,
+        };
+        let host = Host::bind(&config.listen_addr, spec).await?;
+        tracing::info!(provider = %config.provider_url, "calling the provider");
+        Ok(Self {
+            host,
+            parts,
+            max_message_bytes,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.host.local_addr()
     }
 
+    /// Serves until `shutdown` resolves, then drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { config, listener } = self;
-        let (health, health_svc) = health_service(CONSUMER_SERVICE_NAME).await;
-        let limits = config.server.limits()?;
-        // Every background loop obeys this, and stops once the calls are drained.
-        let background = Background::new();
-        let cell = Arc::new(OnceLock::new());
-        if let Some(addr) = config
-            .metrics_addr
-            .as_deref()
-            .filter(|a| !a.trim().is_empty())
-        {
-            documents_kit::metrics::serve(
-                addr,
-                crate::metrics::METRICS.registry.clone(),
-                Arc::new(|| {}),
-                &background,
-            )
-            .await?;
-        }
-
-        let ready_cell = cell.clone();
-        let ready_config = config.clone();
-        let url = config.database.url()?;
-        let database = documents_kit::server::DatabaseStatus::up();
-        let watched = database.clone();
-        let loops = background.clone();
-        let stores: Arc<OnceLock<Arc<dyn storage::DocumentStore>>> = Arc::default();
-        let ready_store = stores.clone();
-        let ready = tokio::spawn(async move {
-            let store = storage::connect_until_ready(
-                &url,
-                ready_config.database.max_connections,
-                ready_config.database.migrate,
-            )
-            .await;
-            let _ = ready_store.set(store.clone());
-            match processor_with(&ready_config, store.clone()) {
-                Ok(p) => {
-                    let _ = ready_cell.set(p);
-                    set_serving(&health, CONSUMER_SERVICE_NAME, true).await;
-                    documents_kit::server::watch_database(
-                        health,
-                        CONSUMER_SERVICE_NAME,
-                        store,
-                        watched,
-                        &loops,
-                    );
-                    tracing::info!("database ready: serving");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot build the processor"),
-            }
-        });
-
-        let service = ConsumerServer::new(ConsumerService::new(cell, database))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let Application {
+            host,
+            parts,
+            max_message_bytes,
+        } = self;
+        let service = ConsumerServer::new(ConsumerService::new(host.state(), host.database()))
+            .max_decoding_message_size(max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health_svc).add_service(service);
-        tracing::info!(addr = %listener.local_addr()?, provider = %config.provider_url, "consumer-service listening");
-        let result = GrpcServer {
-            limits,
-            tls: config.security.server_tls()?,
-            registry: &crate::metrics::METRICS.registry,
-            services: &[CONSUMER_SERVICE_NAME],
-            // The consumer's server has one token, for every method.
-            access: documents_kit::access::Access::new(
-                config.security.required_token()?.as_deref(),
-                None,
-                &[],
-            ),
-        }
-        .serve(routes.routes(), listener, shutdown)
-        .await;
-        // The calls are drained: stop the loops, then close the pool.
-        ready.abort();
-        let stopped = background.stop(Duration::from_secs(5)).await;
-        if let Some(store) = stores.get() {
-            store.close().await;
-        }
-        tracing::info!(
-            tasks = stopped,
-            "background tasks stopped, database pool closed"
-        );
-        result
+        routes.add_service(service);
+        host.run(
+            routes,
+            move |store, _background| Ok(parts.processor(store)),
+            shutdown,
+        )
+        .await
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use documents_api::{proto::consumer::v1 as pb, provider::invalid_argument, Ticker};
-use documents_kit::server::{deadline_of, DatabaseStatus};
+use documents_kit::{health::DatabaseStatus, layers::deadline_of};
 use documents_store::StoredDocument;
 use tonic::{Request, Response, Status};
 

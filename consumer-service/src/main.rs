@@ -5,7 +5,7 @@ use consumer_service::{
     job::JobRequest,
 };
 use documents_api::proto::CONSUMER_SERVICE_NAME;
-use documents_kit::{server, telemetry};
+use documents_kit::{health, lifecycle, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,12 +13,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck { liveness } => {
             let service = if liveness {
-                server::LIVENESS_SERVICE
+                health::LIVENESS_SERVICE
             } else {
                 CONSUMER_SERVICE_NAME
             };
             let tls = cli.config.security.healthcheck_tls()?;
-            server::healthcheck_command(&cli.config.listen_addr, service, tls).await
+            health::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::Process { tickers, json } => {
             let logs = telemetry::init(cli.config.log_format);
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
             let _logs = telemetry::init(cli.config.log_format);
             let _traces = documents_kit::trace::init_export("consumer-service")?;
             let app = Application::build(cli.config).await?;
-            app.run_until_stopped(server::shutdown_signal()).await
+            app.run_until_stopped(lifecycle::shutdown_signal()).await
         }
     }
 }

@@ -14,7 +14,7 @@ use documents_api::{
     },
     DocumentResult, Outcome, Provisioned,
 };
-use documents_kit::server::DatabaseStatus;
+use documents_kit::health::DatabaseStatus;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -238,7 +238,7 @@ impl DocumentProviderRpc for ProviderService {
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(documents_kit::server::parse_grpc_timeout)
+            .and_then(documents_kit::layers::parse_grpc_timeout)
             .map_or(self.cap, |asked| asked.min(self.cap));
         let deadline = tokio::time::Instant::now() + limit;
         let r = request.into_inner();

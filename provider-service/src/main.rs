@@ -1,6 +1,6 @@
 use clap::Parser;
 use documents_api::proto::PROVIDER_SERVICE_NAME;
-use documents_kit::{server, telemetry};
+use documents_kit::{health, lifecycle, telemetry};
 use provider_service::{
     app::Application,
     config::{Cli, Command},
@@ -13,11 +13,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Healthcheck { liveness } => {
             let tls = cli.config.security.healthcheck_tls()?;
             let service = if liveness {
-                server::LIVENESS_SERVICE
+                health::LIVENESS_SERVICE
             } else {
                 PROVIDER_SERVICE_NAME
             };
-            server::healthcheck_command(&cli.config.listen_addr, service, tls).await
+            health::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::CheckInvariants => {
             let store = documents_store::connect(&cli.config.database.url()?, 2).await?;
@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             let _logs = telemetry::init(cli.config.log_format);
             let _traces = documents_kit::trace::init_export("provider-service")?;
             let app = Application::build(cli.config).await?;
-            app.run_until_stopped(server::shutdown_signal()).await
+            app.run_until_stopped(lifecycle::shutdown_signal()).await
         }
     }
 }

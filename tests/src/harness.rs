@@ -453,7 +453,7 @@ pub fn test_client_config() -> ClientConfig {
 pub async fn wait_serving(addr: &str, service: &str, proc: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(true) = documents_kit::server::healthcheck(addr, service).await {
+        if let Ok(true) = documents_kit::health::healthcheck(addr, service).await {
             return;
         }
         assert!(

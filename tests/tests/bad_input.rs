@@ -315,12 +315,12 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     assert!(batch.results[0].status.is_none(), "{batch:?}");
     assert_eq!(batch.results[0].kind, "announcement");
     assert!(
-        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        documents_kit::health::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap()
     );
     assert!(
-        documents_kit::server::healthcheck(&consumer.addr, CONSUMER_SERVICE_NAME)
+        documents_kit::health::healthcheck(&consumer.addr, CONSUMER_SERVICE_NAME)
             .await
             .unwrap()
     );

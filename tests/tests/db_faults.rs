@@ -42,7 +42,7 @@ async fn wait_health_of(addr: &str, service: &str, want: bool) -> Duration {
 async fn wait_health_within(addr: &str, service: &str, want: bool, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let now = documents_kit::server::healthcheck(addr, service)
+        let now = documents_kit::health::healthcheck(addr, service)
             .await
             .unwrap_or(false);
         if now == want {
@@ -520,7 +520,7 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
     let fault = Instant::now();
     let mut n = 0;
     while db.is_none()
-        && documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        && documents_kit::health::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap_or(false)
     {

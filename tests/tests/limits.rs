@@ -85,7 +85,7 @@ async fn a_flood_beyond_the_limit_is_shed() {
     }
     .save();
     assert!(
-        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        documents_kit::health::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap()
     );
@@ -148,7 +148,7 @@ async fn oversize_messages_and_batches_are_refused_whole() {
         "nothing was fetched for a refused batch"
     );
     assert!(
-        documents_kit::server::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
+        documents_kit::health::healthcheck(&p.addr, PROVIDER_SERVICE_NAME)
             .await
             .unwrap()
     );

@@ -340,7 +340,7 @@ async fn health_is_not_serving_until_the_database_is_ready() {
     // The port answers health while the database does not exist yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match documents_kit::server::healthcheck(
+        match documents_kit::health::healthcheck(
             &provider.addr,
             documents_api::proto::PROVIDER_SERVICE_NAME,
         )
@@ -486,7 +486,7 @@ async fn bearer_token_guards_every_rpc_but_health() {
         .await
         .is_ok());
     // Health answers without a token (that is what wait_serving used).
-    assert!(documents_kit::server::healthcheck(&provider.addr, "")
+    assert!(documents_kit::health::healthcheck(&provider.addr, "")
         .await
         .unwrap());
 }

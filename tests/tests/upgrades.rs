@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use documents_api::proto::{
     consumer::v1::ProcessTickersRequest, CONSUMER_SERVICE_NAME, PROVIDER_SERVICE_NAME,
 };
-use documents_kit::server::healthcheck;
+use documents_kit::health::healthcheck;
 use e2e::{
     harness::{wait_serving, ConsumerProc, Db, Exchange, Provider},
     on_both_databases,

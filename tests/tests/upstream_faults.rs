@@ -80,11 +80,30 @@ fn prefixes(ticker: &str) -> Vec<String> {
 }
 
 /// What the provider holds: tasks alive (metrics), open descriptors and sockets, threads.
+/// Tasks, descriptors, sockets other than the database pool's, and threads of the provider.
+/// The pool opens connections on demand up to its bound (DATABASE_MAX_CONNECTIONS), which is
+/// no leak, so its connections (from its own gauge) are not counted.
 async fn resources(metrics: &str, pid: u32) -> (i64, usize, usize, usize) {
-    let tasks = metric_value(&scrape_metrics(metrics).await, "runtime_tasks_alive")
+    let page = scrape_metrics(metrics).await;
+    let tasks = metric_value(&page, "runtime_tasks_alive")
         .expect("runtime_tasks_alive in the metrics") as i64;
+    let pool: f64 = ["idle", "in_use"]
+        .iter()
+        .map(|state| {
+            metric_value(
+                &page,
+                &format!("documents_db_connections{{state=\"{state}\"}}"),
+            )
+            .expect("the pool gauge in the metrics")
+        })
+        .sum();
     let (fds, sockets) = procfs::open_fds(pid);
-    (tasks, fds, sockets, procfs::threads(pid))
+    (
+        tasks,
+        fds - pool as usize,
+        sockets - pool as usize,
+        procfs::threads(pid),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

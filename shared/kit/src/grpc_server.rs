@@ -12,14 +12,12 @@ use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::Server};
 
 use crate::{
+    layers::{conventional_status, ConnectionLimitLayer, DeadlineLayer},
+    lifecycle::serve_with_drain,
     listener::{self, ConnTable},
     metrics::SharedRegistry,
     observe::ObserveLayer,
     request_budget::RequestBudgetLayer,
-    server::{
-        conventional_status, reflection_services, serve_with_drain, ConnectionLimitLayer,
-        DeadlineLayer,
-    },
 };
 
 /// Declares a service's server settings as flags with `PREFIX_*` environment variables behind
@@ -232,4 +230,38 @@ impl GrpcServer {
         )
         .await
     }
+}
+
+/// Server reflection in both protocol versions: `grpc.reflection.v1` and `v1alpha` (which
+/// grpcurl 1.8 speaks), listing exactly `services` (this server's own), health and reflection.
+pub fn reflection_services(
+    services: &[&str],
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(documents_api::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc's error details (BadRequest, ErrorInfo, RetryInfo), so grpcurl and
+            // other reflection clients can show the details of an error.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    let v1 = builder().build_v1().context("building reflection v1")?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+    Ok((v1, v1alpha))
 }

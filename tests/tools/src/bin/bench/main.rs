@@ -887,7 +887,7 @@ async fn start_up_ms(postgres: bool, upstream: &str, runs: usize) -> f64 {
         let started = Instant::now();
         let provider = Provider::spawn_at(&addr, db.url(), upstream, &[]);
         loop {
-            if documents_kit::server::healthcheck(&addr, "documents.v1.DocumentProvider")
+            if documents_kit::health::healthcheck(&addr, "documents.v1.DocumentProvider")
                 .await
                 .unwrap_or(false)
             {
