@@ -47,8 +47,7 @@ use futures::{
 use tokio::sync::Semaphore;
 
 pub use hit_view::{HitView, STALENESS_BOUND};
-pub use refresh_ahead::RefreshAhead;
-pub use request::{Asked, Request, Settings};
+pub use request::{Asked, RefreshAhead, Request, Settings};
 pub use single_flight::LocalFill;
 
 use crate::{metrics::METRICS, sources::Sources};

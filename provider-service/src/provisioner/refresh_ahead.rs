@@ -17,17 +17,12 @@ use documents_api::{Kind, Ticker};
 use documents_store::{DocumentStore, SourceKey};
 use tokio::sync::Semaphore;
 
-use super::{fill::Seen, fills::Fills, request::Request};
+use super::{
+    fill::Seen,
+    fills::Fills,
+    request::{RefreshAhead, Request},
+};
 use crate::metrics::METRICS;
-
-/// How refresh-ahead is tuned.
-#[derive(Debug, Clone, Copy)]
-pub struct RefreshAhead {
-    /// How long before a document goes stale it is refreshed.
-    pub margin: Duration,
-    /// Calls since its last refresh-ahead that make a document popular.
-    pub min_calls: u32,
-}
 
 /// Documents remembered at most (the most asked for first come first served; a full table
 /// takes no new ones until entries are refreshed and forgotten).

@@ -5,7 +5,14 @@ use std::time::Duration;
 
 use documents_api::{provider::DEFAULT_CACHE_HOURS, Kind, Ticker, TickerError};
 
-use super::refresh_ahead::RefreshAhead;
+/// How refresh-ahead is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshAhead {
+    /// How long before a document goes stale it is refreshed.
+    pub margin: Duration,
+    /// Calls since its last refresh-ahead that make a document popular.
+    pub min_calls: u32,
+}
 
 /// Provisioning settings.
 #[derive(Debug, Clone)]
