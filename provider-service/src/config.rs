@@ -196,7 +196,7 @@ pub struct Config {
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
     s.parse::<Kind>()
-        .map_err(|e| format!("{e}: expected announcement or market_data"))
+        .map_err(|e| format!("{e}: expected announcement, market_data or dividends"))
 }
 
 impl Config {

@@ -11,10 +11,10 @@ use std::{
 use documents_api::Kind;
 
 /// Hits since the last line, by kind (in the order of [`Kind::ALL`]).
-pub struct HitTally([AtomicU64; 3]);
+pub struct HitTally([AtomicU64; Kind::COUNT]);
 
 /// The process's tally.
-pub static HITS: HitTally = HitTally([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+pub static HITS: HitTally = HitTally([const { AtomicU64::new(0) }; Kind::COUNT]);
 
 impl HitTally {
     /// Counts one hit of `kind` (a kind's name as answered).
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn hits_are_counted_by_kind_and_taken_once() {
-        let tally = HitTally([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let tally = HitTally([const { AtomicU64::new(0) }; Kind::COUNT]);
         tally.count("announcement");
         tally.count("announcement");
         tally.count("market_data");

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, LazyLock, Mutex};
 
+use documents_api::Kind;
 use documents_kit::metrics::SharedRegistry;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -52,7 +53,7 @@ pub struct ProviderMetrics {
     pub purge_raced: Family<KindLabels, Counter>,
     /// Hits answered from the in-memory view, by kind in the order of `Kind::ALL` (resolved
     /// once: a hit costs an atomic add).
-    memory_hits: [Counter; 3],
+    memory_hits: [Counter; Kind::COUNT],
 }
 
 fn fill_histogram() -> Histogram {
@@ -126,7 +127,7 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         "Hits answered from this replica's in-memory view, without a database round trip",
         memory_hits.clone(),
     );
-    let memory_hits = documents_api::Kind::ALL.map(|k| {
+    let memory_hits = Kind::ALL.map(|k| {
         memory_hits
             .get_or_create(&KindLabels {
                 kind: k.as_str().into(),
@@ -174,7 +175,7 @@ impl ProviderMetrics {
     }
 
     pub fn memory_hit(&self, kind: documents_api::Kind) {
-        if let Some(i) = documents_api::Kind::ALL.iter().position(|k| *k == kind) {
+        if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
             self.memory_hits[i].inc();
         }
     }

@@ -347,6 +347,8 @@ pub const LISTING_PATH: &str = "/asx/v2/statistics/announcements.do";
 pub const MARKIT_PATH: &str = "/asx-research/";
 pub const PDF_PATH: &str = "/asx/v2/statistics/displayAnnouncement.do";
 pub const EOD_PATH: &str = "/api/eod/";
+/// The sample exchange's dividends path (the EOD API's), followed by `CODE.AU`.
+pub const DIV_PATH: &str = "/api/div/";
 
 /// A provider-service process.
 pub struct Provider {

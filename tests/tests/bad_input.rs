@@ -91,7 +91,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
                 ..req("GNP")
             },
             Code::InvalidArgument,
-            "kind: \"weird\" is not a known kind: expected one of announcement, market_data",
+            "kind: \"weird\" is not a known kind: expected one of announcement, dividends, market_data",
             "kind",
         ),
         (
@@ -101,7 +101,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
                 ..req("GNP")
             },
             Code::InvalidArgument,
-            "is not provided by this service: expected one of announcement, market_data",
+            "is not provided by this service: expected one of announcement, dividends, market_data",
             "kind",
         ),
         (

@@ -304,12 +304,37 @@ async fn market_data_kind(db: Db) {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+/// The third kind, end to end on each database: filled, stored under its own source key,
+/// answered from the database on the next call, and kept apart from the other kinds.
+async fn dividends_kind(db: Db) {
+    let ex = Exchange::start();
+    let provider = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = provider.client();
+    let opts = DocumentOptions::new().kind(Kind::Dividends);
+    let r = client.get_document("ASX:BHP", &opts).await.unwrap();
+    assert_eq!(r.source_id, "ASX:BHP:dividends");
+    assert_eq!(r.outcome, documents_api::Outcome::Created);
+    let again = client.get_document("bhp", &opts).await.unwrap();
+    assert_eq!(again.outcome, documents_api::Outcome::Hit);
+    assert_eq!(again.document_id, r.document_id);
+    let doc = db.store().await.get(&r.document_id).await.unwrap().unwrap();
+    assert_eq!(doc.key.kind(), documents_api::Kind::Dividends);
+    assert_eq!(doc.content_json["schema_version"], 1);
+    assert!(!doc.content_json["dividends"].as_array().unwrap().is_empty());
+    let announcements = client
+        .get_document("ASX:BHP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    assert_ne!(announcements.document_id, r.document_id);
+}
+
 on_both_databases!(
     freshness_semantics,
     batches_answer_in_order,
     failing_source_keeps_the_old_document,
     unknown_company_and_fallback,
     market_data_kind,
+    dividends_kind,
 );
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! what they were.
 
 use documents_api::{
-    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider,
+    proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Kind,
 };
 use e2e::harness::{ConsumerProc, Db, Exchange, Provider};
 use sqlx::{Connection, PgConnection};
@@ -560,6 +560,39 @@ async fn the_service_roles_hold_against_an_attacker() {
         failures.join("\n")
     );
     e2e::harness::assert_invariants(&db).await;
+}
+
+/// Where the schema belongs to another role (an operator migrated it), row-level security
+/// applies to the provider too: it writes, and takes leases on, exactly the kinds
+/// `kind_writers` lists for it, so each kind it provides needs its row there.
+#[tokio::test]
+async fn a_provider_that_does_not_own_the_tables_writes_every_kind_it_provides() {
+    let db = Db::postgres();
+    db.store().await; // migrated by the database's owner
+    let (provider_url, _) = db.with_roles();
+    let ex = Exchange::start();
+    let provider = Provider::start(&provider_url, &ex.url, &[("DATABASE_MIGRATE", "false")]).await;
+    for kind in [Kind::Announcement, Kind::MarketData, Kind::Dividends] {
+        provider
+            .client()
+            .get_document("ASX:GNP", &DocumentOptions::new().kind(kind))
+            .await
+            .unwrap_or_else(|e| panic!("the provider's role cannot write {kind}: {e:?}"));
+    }
+    // And not the consumer's kind: a direct write of one is refused by the same rule.
+    let mut conn = PgConnection::connect(&provider_url).await.unwrap();
+    let refused = sqlx::query(
+        "INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+         content_json, content_hash, version, last_synced) VALUES \
+         ('x', 'announcement_download', 'ASX:GNP', 't', '', '{}', 'h', 1, now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("row-level security"),
+        "{refused}"
+    );
 }
 
 fn db_name(db: &Db) -> String {

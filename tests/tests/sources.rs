@@ -1,11 +1,12 @@
 //! The real sources against the sample exchange: market data figures checked against an
-//! independent computation from the exchange's own bars, the per-host rate limit measured from
-//! the exchange's request log, and malformed upstream bodies.
+//! independent computation from the exchange's own bars, dividends against the exchange's own
+//! list, the per-host rate limit measured from the exchange's request log, and malformed
+//! upstream bodies.
 
 use chrono::{Days, NaiveDate};
 use documents_api::{DocumentOptions, DocumentProvider, Kind};
-use e2e::harness::{Db, Exchange, Provider, EOD_PATH, LISTING_PATH, MARKIT_PATH};
-use sample_exchange::{Bar, Control};
+use e2e::harness::{Db, Exchange, Provider, DIV_PATH, EOD_PATH, LISTING_PATH, MARKIT_PATH};
+use sample_exchange::{Bar, Control, Dividend};
 use tonic::Code;
 
 fn mean(xs: &[f64]) -> f64 {
@@ -134,6 +135,79 @@ async fn market_data_figures_match_an_independent_computation() {
 }
 
 #[tokio::test]
+async fn dividends_match_the_exchanges_own_list() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let client = p.client();
+    let r = client
+        .get_document("ASX:CBA", &DocumentOptions::new().kind(Kind::Dividends))
+        .await
+        .unwrap();
+    assert_eq!(r.source_id, "ASX:CBA:dividends");
+    let doc = db.store().await.get(&r.document_id).await.unwrap().unwrap();
+    assert_eq!(doc.key.kind(), Kind::Dividends);
+
+    // The exchange's own answer for the same period, fetched independently.
+    let listed = doc.content_json["dividends"].as_array().unwrap().clone();
+    let first = listed[0]["date"].as_str().unwrap();
+    let own: Vec<Dividend> = e2e::harness::http()
+        .get(format!("{}{DIV_PATH}CBA.AU?fmt=json&from={first}", ex.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(own.len() >= 2, "{own:?}");
+    assert_eq!(listed.len(), own.len());
+    for (stored, want) in listed.iter().zip(&own) {
+        assert_eq!(stored["date"], want.date.to_string());
+        assert_eq!(
+            stored["paymentDate"],
+            want.payment_date.unwrap().to_string()
+        );
+        assert_eq!(stored["period"], want.period);
+        assert!(close_to(stored["value"].as_f64().unwrap(), want.value));
+    }
+    let f = &doc.content_json["figures"];
+    let as_of: NaiveDate = f["as_of"].as_str().unwrap().parse().unwrap();
+    let year_ago = as_of.checked_sub_days(Days::new(365)).unwrap();
+    let trailing: f64 = own
+        .iter()
+        .filter(|d| d.date > year_ago && d.date <= as_of)
+        .map(|d| d.value)
+        .sum();
+    assert!(
+        close_to(f["trailing_12m"].as_f64().unwrap(), trailing),
+        "provider {}, independent {trailing}",
+        f["trailing_12m"]
+    );
+    assert_eq!(f["last_value"].as_f64().unwrap(), own.last().unwrap().value);
+    assert!(
+        doc.tags.contains(&"pays:dividends".to_string()),
+        "{:?}",
+        doc.tags
+    );
+
+    // A company that pays none has a document that says so; an unknown one has none.
+    let quiet = client
+        .get_document("ASX:QUIET", &DocumentOptions::new().kind(Kind::Dividends))
+        .await
+        .unwrap();
+    assert!(
+        quiet.tags.contains(&"pays:none".to_string()),
+        "{:?}",
+        quiet.tags
+    );
+    let err = client
+        .get_document("ASX:NOPE", &DocumentOptions::new().kind(Kind::Dividends))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
 async fn the_rate_limit_per_host_holds_under_concurrent_fills() {
     let db = Db::sqlite();
     let ex = Exchange::start();
@@ -189,7 +263,12 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
     let stored = db.store().await.get(&before.document_id).await.unwrap();
 
     ex.control(&Control {
-        malformed: vec![LISTING_PATH.into(), MARKIT_PATH.into(), EOD_PATH.into()],
+        malformed: vec![
+            LISTING_PATH.into(),
+            MARKIT_PATH.into(),
+            EOD_PATH.into(),
+            DIV_PATH.into(),
+        ],
         ..Default::default()
     })
     .await;
@@ -212,6 +291,13 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
 
     let err = client
         .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::MarketData))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("malformed"), "{}", err.message());
+
+    let err = client
+        .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::Dividends))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);

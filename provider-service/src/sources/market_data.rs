@@ -13,7 +13,7 @@ use documents_store::NewContent;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::{http::UpstreamUrl, join, HttpClient, Source, SourceError};
+use super::{eod_symbol, http::UpstreamUrl, join, HttpClient, Source, SourceError};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -148,18 +148,6 @@ pub fn derive(bars: &[Bar]) -> Option<Figures> {
     })
 }
 
-/// The EOD symbol suffix of an exchange.
-fn suffix(exchange: &str) -> &'static str {
-    match exchange {
-        "ASX" => "AU",
-        "NYSE" | "NASDAQ" => "US",
-        "LSE" => "LSE",
-        "TSX" => "TO",
-        "XETRA" => "XETRA",
-        _ => "US",
-    }
-}
-
 fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into())
 }
@@ -226,11 +214,7 @@ impl Source for MarketDataSource {
     #[tracing::instrument(name = "fetch_market_data", skip(self), fields(ticker = %ticker))]
     async fn fetch(&self, ticker: &Ticker) -> Result<NewContent, SourceError> {
         let from = Utc::now().date_naive() - Days::new(HISTORY_DAYS);
-        let path = format!(
-            "/api/eod/{}.{}?fmt=json&from={from}",
-            ticker.code(),
-            suffix(ticker.exchange())
-        );
+        let path = format!("/api/eod/{}?fmt=json&from={from}", eod_symbol(ticker));
         // The upstream takes its token only in the query: the URL hides it when shown.
         let url = match &self.api_token {
             Some(t) => UpstreamUrl::with_secret_query(join(&self.base, &path), "api_token", t),

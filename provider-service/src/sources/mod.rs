@@ -2,6 +2,7 @@
 //! [`HttpClient`] and one set of upstream base URLs.
 
 pub mod announcements;
+pub mod dividends;
 pub mod http;
 pub mod market_data;
 
@@ -109,6 +110,20 @@ impl UpstreamUrls {
     }
 }
 
+/// A ticker's symbol on the EOD API (market data and dividends): `CODE.SUFFIX`, the suffix
+/// naming the exchange.
+pub fn eod_symbol(ticker: &Ticker) -> String {
+    let suffix = match ticker.exchange() {
+        "ASX" => "AU",
+        "NYSE" | "NASDAQ" => "US",
+        "LSE" => "LSE",
+        "TSX" => "TO",
+        "XETRA" => "XETRA",
+        _ => "US",
+    };
+    format!("{}.{suffix}", ticker.code())
+}
+
 /// Joins a path (and query) onto a base URL, keeping any path prefix of the base.
 pub fn join(base: &Url, path_and_query: &str) -> Url {
     let mut s = base.as_str().trim_end_matches('/').to_string();
@@ -129,7 +144,7 @@ pub struct SourceSettings {
     pub market_data_api_token: Option<String>,
 }
 
-/// The built-in sources: announcements and market data.
+/// The built-in sources: announcements, market data and dividends.
 pub fn build(settings: &SourceSettings) -> anyhow::Result<Sources> {
     let http = HttpClient::new(settings.http.clone())?;
     let mut sources: Sources = HashMap::new();
@@ -144,6 +159,14 @@ pub fn build(settings: &SourceSettings) -> anyhow::Result<Sources> {
     sources.insert(
         Kind::MarketData,
         Arc::new(market_data::MarketDataSource::new(
+            http.clone(),
+            settings.urls.market_data.clone(),
+            settings.market_data_api_token.clone(),
+        )),
+    );
+    sources.insert(
+        Kind::Dividends,
+        Arc::new(dividends::DividendsSource::new(
             http,
             settings.urls.market_data.clone(),
             settings.market_data_api_token.clone(),

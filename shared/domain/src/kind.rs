@@ -3,7 +3,11 @@
 use std::{fmt, str::FromStr};
 
 /// A kind of document. Each kind has exactly one owning service that writes it.
+///
+/// New kinds are added over time (a minor release), so code outside this crate matches with a
+/// wildcard arm; [`Kind::ALL`] lists the kinds this version knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Kind {
     /// ASX company announcements; owned by the provider. The default kind.
     Announcement,
@@ -11,6 +15,9 @@ pub enum Kind {
     MarketData,
     /// The consumer's record of the PDFs it downloaded; owned by the consumer.
     AnnouncementDownload,
+    /// Dividends paid (ex-date, record and payment dates, amount) and their trailing sum;
+    /// owned by the provider.
+    Dividends,
 }
 
 /// The kind string is not one of the known kinds. The message does not list kinds: which ones
@@ -20,17 +27,22 @@ pub enum Kind {
 pub struct UnknownKind(pub String);
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 4] = [
         Kind::Announcement,
         Kind::MarketData,
         Kind::AnnouncementDownload,
+        Kind::Dividends,
     ];
+
+    /// How many kinds this version knows (the length of [`Kind::ALL`]).
+    pub const COUNT: usize = Kind::ALL.len();
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Announcement => "announcement",
             Kind::MarketData => "market_data",
             Kind::AnnouncementDownload => "announcement_download",
+            Kind::Dividends => "dividends",
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - `GET /asx-research/1.0/companies/gnp/announcements`: Markit-style JSON (404 when unknown);
 //! - `GET /asx/v2/statistics/displayAnnouncement.do?display=pdf&idsId=KEY`: a small valid PDF;
 //! - `GET /api/eod/GNP.AU?fmt=json&from=YYYY-MM-DD`: daily OHLCV bars (404 when unknown);
+//! - `GET /api/div/GNP.AU?fmt=json&from=YYYY-MM-DD`: dividends, twice a year (an empty array
+//!   for a company that pays none, 404 when unknown);
 //! - `GET /_stats`: request counts; `POST /_stats/reset`; `POST /_control`: test knobs
 //!   (`latency_ms`, and by path prefix: `delay_ms`, `status`, `malformed`, `not_pdf`,
 //!   `oversize`, `half_answer`, `reset`; `fail_rate`).
@@ -242,6 +244,66 @@ pub fn bars(code: &str, from: NaiveDate, today: NaiveDate) -> Vec<Bar> {
             });
         }
         d = d + Days::new(1);
+    }
+    out
+}
+
+/// One dividend, in the EOD API's JSON shape (`date` is the ex-dividend date).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Dividend {
+    pub date: NaiveDate,
+    pub declaration_date: Option<NaiveDate>,
+    pub record_date: Option<NaiveDate>,
+    pub payment_date: Option<NaiveDate>,
+    pub period: String,
+    pub value: f64,
+    pub unadjusted_value: f64,
+    pub currency: String,
+}
+
+/// A day of the year: (month, day).
+type MonthDay = (u32, u32);
+
+/// (period, declared, ex-date, record, paid) of each year's two dividends.
+const DIVIDEND_CALENDAR: &[(&str, MonthDay, MonthDay, MonthDay, MonthDay)] = &[
+    ("Interim", (2, 20), (3, 1), (3, 2), (3, 28)),
+    ("Final", (8, 27), (9, 4), (9, 5), (9, 30)),
+];
+
+/// A company's dividends with an ex-date from `from`, declared by `today`, oldest first:
+/// an interim and a final one each year, growing a little year on year. A company without
+/// announcements (QUIET) pays none.
+pub fn dividends(code: &str, from: NaiveDate, today: NaiveDate) -> Vec<Dividend> {
+    let Some(c) = company(code).filter(|c| c.announces) else {
+        return Vec::new();
+    };
+    let first = today.year() - YEARS + 1;
+    let mut out = Vec::new();
+    for year in first..=today.year() {
+        for (i, (period, declared, ex, record, paid)) in DIVIDEND_CALENDAR.iter().enumerate() {
+            let day = |(m, d): MonthDay| NaiveDate::from_ymd_opt(year, m, d);
+            let (Some(declared), Some(ex), Some(record), Some(paid)) =
+                (day(*declared), day(*ex), day(*record), day(*paid))
+            else {
+                continue;
+            };
+            if declared > today || ex < from {
+                continue;
+            }
+            let growth = 1.0 + 0.05 * f64::from(year - first);
+            let value = round2(c.base_price * 0.02 * growth * if i == 0 { 1.0 } else { 1.2 });
+            out.push(Dividend {
+                date: ex,
+                declaration_date: Some(declared),
+                record_date: Some(record),
+                payment_date: Some(paid),
+                period: period.to_string(),
+                value,
+                unadjusted_value: value,
+                currency: "AUD".into(),
+            });
+        }
     }
     out
 }
@@ -600,6 +662,19 @@ pub fn route(
                 .and_then(|f| NaiveDate::parse_from_str(f, "%Y-%m-%d").ok())
                 .unwrap_or(NaiveDate::MIN);
             let body = serde_json::to_vec(&bars(code, from, today)).unwrap_or_default();
+            (StatusCode::OK, body, JSON)
+        }
+        p if p.starts_with("/api/div/") => {
+            let symbol = p.trim_start_matches("/api/div/");
+            let code = symbol.split('.').next().unwrap_or_default();
+            if company(code).is_none() {
+                return not_found;
+            }
+            let from = params
+                .get("from")
+                .and_then(|f| NaiveDate::parse_from_str(f, "%Y-%m-%d").ok())
+                .unwrap_or(NaiveDate::MIN);
+            let body = serde_json::to_vec(&dividends(code, from, today)).unwrap_or_default();
             (StatusCode::OK, body, JSON)
         }
         _ => (StatusCode::NOT_FOUND, b"not found".to_vec(), "text/plain"),
