@@ -36,7 +36,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// The address the services are told to listen on: port 0, so the kernel picks a free port
+/// and nobody can take it between choosing and binding; the harness reads the port the
+/// process bound from its log ([`Proc::listening`]).
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// A loopback address with a port that was free a moment ago (for the rare test that must
+/// know a port before the process starts, such as a compose file's; prefer [`ANY_PORT`]).
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").to_string()
@@ -215,6 +221,28 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The address the process logged with `message` (`gRPC listening`, `metrics endpoint
+    /// listening`): the port it bound, when it was told port 0. Waits up to 30 s.
+    pub fn listening(&self, message: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs();
+            let found = logs
+                .lines()
+                .filter(|l| l.contains(message))
+                .find_map(logged_addr);
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {message:?}; log:\n{logs}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends a signal (e.g. "TERM", "KILL", "STOP", "CONT").
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
@@ -234,6 +262,22 @@ impl Proc {
         }
         None
     }
+}
+
+/// The `addr` field of a log line, in the text (`addr=127.0.0.1:5000`) or JSON
+/// (`"addr":"127.0.0.1:5000"`) format.
+fn logged_addr(line: &str) -> Option<String> {
+    let at = line
+        .find("addr=")
+        .map(|i| i + "addr=".len())
+        .or_else(|| line.find("\"addr\":\"").map(|i| i + "\"addr\":\"".len()))?;
+    let addr: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.to_string())
 }
 
 impl Drop for Proc {
@@ -372,7 +416,7 @@ impl Provider {
 
     /// Starts the provider without waiting for it to be ready.
     pub fn spawn(db_url: &str, upstream: &str, extra_env: &[(&str, &str)]) -> Provider {
-        Self::spawn_at(&free_addr(), db_url, upstream, extra_env)
+        Self::spawn_at(ANY_PORT, db_url, upstream, extra_env)
     }
 
     /// Starts the provider on `addr` (e.g. to restart one on the port it had).
@@ -401,8 +445,8 @@ impl Provider {
         Self::spawn_with(addr, db_url, upstream, extra_env, |_| {})
     }
 
-    /// Starts the provider on `addr`, letting `tweak` change the command first (e.g. the user
-    /// it runs as).
+    /// Starts the provider on `addr` ([`ANY_PORT`]: the port it binds), letting `tweak` change
+    /// the command first (e.g. the user it runs as).
     pub fn spawn_with(
         addr: &str,
         db_url: &str,
@@ -425,10 +469,13 @@ impl Provider {
             cmd.env(k, v);
         }
         tweak(&mut cmd);
-        Provider {
-            proc: Proc::spawn("provider-service", cmd),
-            addr,
-        }
+        let proc = Proc::spawn("provider-service", cmd);
+        let addr = if addr.ends_with(":0") {
+            proc.listening("gRPC listening")
+        } else {
+            addr
+        };
+        Provider { proc, addr }
     }
 
     pub fn url(&self) -> String {
@@ -556,10 +603,11 @@ impl ConsumerProc {
         provider_urls: &str,
         extra_env: &[(&str, &str)],
     ) -> ConsumerProc {
-        let addr = free_addr();
         let mut cmd = consumer_command(db_url, provider_urls, extra_env);
-        cmd.env("CONSUMER_LISTEN_ADDR", &addr).stdout(Stdio::null());
+        cmd.env("CONSUMER_LISTEN_ADDR", ANY_PORT)
+            .stdout(Stdio::null());
         let proc = Proc::spawn("consumer-service", cmd);
+        let addr = proc.listening("gRPC listening");
         wait_serving(&addr, documents_api::proto::CONSUMER_SERVICE_NAME, &proc).await;
         ConsumerProc { proc, addr }
     }
@@ -888,5 +936,17 @@ impl Drop for PrivateCluster {
             ])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bound_address_is_read_from_either_log_format() {
+        let text = "2026-12-07T16:00:00Z  INFO documents_kit::host: gRPC listening addr=127.0.0.1:41234 service=\"x\"";
+        assert_eq!(super::logged_addr(text).as_deref(), Some("127.0.0.1:41234"));
+        let json = r#"{"fields":{"message":"gRPC listening","addr":"[::1]:5000"}}"#;
+        assert_eq!(super::logged_addr(json).as_deref(), Some("[::1]:5000"));
+        assert_eq!(super::logged_addr("listening addr=nowhere"), None);
     }
 }

@@ -17,8 +17,8 @@ use documents_api::proto::documents::{
 };
 use e2e::{
     harness::{
-        age_document, age_document_by, delayed, forced_status, free_addr, metric_value,
-        scrape_metrics, Db, Exchange, Provider, LISTING_PATH, MARKIT_PATH,
+        age_document, age_document_by, delayed, forced_status, metric_value, scrape_metrics, Db,
+        Exchange, Provider, LISTING_PATH, MARKIT_PATH,
     },
     on_both_databases,
 };
@@ -419,12 +419,12 @@ async fn refresh_ahead_keeps_a_popular_document_from_missing(db: Db) {
     let ex = Exchange::start();
     // The same load, without and with refresh-ahead, on a document 6 s from going stale.
     for (ticker, ahead) in [("ASX:BHP", false), ("ASX:GNP", true)] {
-        let metrics = free_addr();
-        let mut env = vec![("PROVIDER_METRICS_ADDR", metrics.as_str())];
+        let mut env = vec![("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT)];
         if ahead {
             env.push(("PROVIDER_REFRESH_AHEAD_SECS", "30"));
         }
         let p = Provider::start(db.url(), &ex.url, &env).await;
+        let metrics = p.proc.listening("metrics endpoint listening");
         let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
         c.get_document(get(ticker, DocumentOptions::default()))
             .await

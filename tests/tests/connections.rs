@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use documents_api::{DocumentOptions, DocumentProvider};
 use e2e::{
-    harness::{free_addr, metric_value, scrape_metrics, Db, Exchange, Provider},
+    harness::{metric_value, scrape_metrics, Db, Exchange, Provider},
     record::Record,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream};
@@ -39,17 +39,17 @@ async fn metric(addr: &str, series: &str) -> f64 {
 async fn connections_over_the_limit_are_refused_and_idle_ones_closed() {
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let metrics = free_addr();
     let p = Provider::start(
         db.url(),
         &ex.url,
         &[
             ("PROVIDER_MAX_CONNECTIONS", "20"),
             ("PROVIDER_IDLE_TIMEOUT_SECS", "2"),
-            ("PROVIDER_METRICS_ADDR", &metrics),
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
         ],
     )
     .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     // The start-up health checks' connections are gone first.
     eventually(Duration::from_secs(10), "no connection open", || async {
         metric(&metrics, "connections_open").await == 0.0
@@ -115,16 +115,16 @@ async fn connections_over_the_limit_are_refused_and_idle_ones_closed() {
 async fn out_of_descriptors_the_accept_loop_pauses_and_recovers() {
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let metrics = free_addr();
     let p = Provider::start(
         db.url(),
         &ex.url,
         &[
-            ("PROVIDER_METRICS_ADDR", &metrics),
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
             ("RUST_LOG", "info,documents_kit::listener=debug"),
         ],
     )
     .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     let c = p.client();
     c.get_document("ASX:GNP", &DocumentOptions::new())
         .await

@@ -14,8 +14,7 @@ use documents_api::{
 use documents_store as storage;
 use e2e::{
     harness::{
-        age_document, free_addr, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster,
-        Provider,
+        age_document, invariants_within, ConsumerProc, Db, Exchange, PrivateCluster, Provider,
     },
     load::{Call, Calls, Load, Mix},
     record::Record,
@@ -476,7 +475,7 @@ async fn read_only_storage_recovers_without_restart(engine: &str) {
             format!("sqlite://{}", file.display())
         }
     };
-    let p = Provider::spawn_with(&free_addr(), &url, &ex.url, &LEASE, |cmd| {
+    let p = Provider::spawn_with(e2e::harness::ANY_PORT, &url, &ex.url, &LEASE, |cmd| {
         use std::os::unix::process::CommandExt;
         if db.is_none() && running_as_root() {
             cmd.uid(NOBODY).gid(NOBODY);

@@ -182,8 +182,13 @@ async fn the_hit_view_is_never_staler_than_its_bound() {
     let db = Db::postgres();
     let ex = Exchange::start();
     // Only `viewer` keeps a hit view (and so the only LISTEN connection); `writer` refreshes.
-    let metrics = e2e::harness::free_addr();
-    let viewer = Provider::start(db.url(), &ex.url, &[("PROVIDER_METRICS_ADDR", &metrics)]).await;
+    let viewer = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT)],
+    )
+    .await;
+    let metrics = viewer.proc.listening("metrics endpoint listening");
     let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
     let (a, b) = (viewer.client(), writer.client());
     let created = a
@@ -238,8 +243,13 @@ async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
     };
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let metrics = e2e::harness::free_addr();
-    let viewer = Provider::start(db.url(), &ex.url, &[("PROVIDER_METRICS_ADDR", &metrics)]).await;
+    let viewer = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT)],
+    )
+    .await;
+    let metrics = viewer.proc.listening("metrics endpoint listening");
     let writer = Provider::start(db.url(), &ex.url, &[("PROVIDER_HIT_CACHE", "false")]).await;
     let (a, b) = (viewer.client(), writer.client());
     a.get_document("ASX:GNP", &DocumentOptions::new())

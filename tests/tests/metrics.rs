@@ -4,24 +4,24 @@ use documents_api::{
     proto::consumer::v1::ProcessTickersRequest, DocumentOptions, DocumentProvider, Outcome,
 };
 use e2e::harness::{
-    age_document, forced_status, free_addr, metric_value, scrape_metrics, ConsumerProc, Db,
-    Exchange, Provider, LISTING_PATH, MARKIT_PATH,
+    age_document, forced_status, metric_value, scrape_metrics, ConsumerProc, Db, Exchange,
+    Provider, LISTING_PATH, MARKIT_PATH,
 };
 
 #[tokio::test]
 async fn provider_metrics_count_a_scripted_round() {
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let metrics = free_addr();
     let p = Provider::start(
         db.url(),
         &ex.url,
         &[
-            ("PROVIDER_METRICS_ADDR", &metrics),
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
             ("PROVIDER_NEGATIVE_CACHE_MS", "0"),
         ],
     )
     .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     let c = p.client();
     let created = c
         .get_document("ASX:GNP", &DocumentOptions::new())
@@ -103,9 +103,13 @@ async fn consumer_metrics_count_downloads() {
     let db = Db::sqlite();
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &[]).await;
-    let metrics = free_addr();
-    let consumer =
-        ConsumerProc::start(db.url(), &p.url(), &[("CONSUMER_METRICS_ADDR", &metrics)]).await;
+    let consumer = ConsumerProc::start(
+        db.url(),
+        &p.url(),
+        &[("CONSUMER_METRICS_ADDR", e2e::harness::ANY_PORT)],
+    )
+    .await;
+    let metrics = consumer.proc.listening("metrics endpoint listening");
     let mut client = consumer.client().await;
     for _ in 0..2 {
         client
@@ -157,17 +161,17 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
     };
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let metrics = free_addr();
     let p = Provider::start(
         db.url(),
         &ex.url,
         &[
-            ("PROVIDER_METRICS_ADDR", &metrics),
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
             ("PROVIDER_AUTH_TOKEN", "s3cret"),
             ("PROVIDER_MAX_BATCH_SIZE", "2"),
         ],
     )
     .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
     let call = |identifier: &str, kind: &str, token: bool| {
         let mut r = tonic::Request::new(GetDocumentRequest {

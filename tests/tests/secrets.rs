@@ -20,10 +20,7 @@ use documents_api::{
 };
 use documents_kit::security::client_tls;
 use e2e::{
-    harness::{
-        free_addr, postgres_admin_url, scrape_metrics, ConsumerProc, Db, Exchange, Provider,
-        EOD_PATH,
-    },
+    harness::{postgres_admin_url, scrape_metrics, ConsumerProc, Db, Exchange, Provider, EOD_PATH},
     on_both_databases,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
@@ -185,8 +182,6 @@ async fn no_secret_leaves_the_process(db: Db) {
     };
     let (otlp, spans) = raw_receiver().await;
     let ex = Exchange::start();
-    let provider_metrics = free_addr();
-    let consumer_metrics = free_addr();
     let telemetry = [
         ("RUST_LOG", "debug"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
@@ -200,13 +195,14 @@ async fn no_secret_leaves_the_process(db: Db) {
         ("PROVIDER_TLS_CERT", &cert),
         ("PROVIDER_TLS_KEY", &key),
         ("PROVIDER_TLS_CA", &ca),
-        ("PROVIDER_METRICS_ADDR", &provider_metrics),
+        ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
         ("PROVIDER_NEGATIVE_CACHE_MS", "0"),
         ("UPSTREAM_TIMEOUT_MS", "1000"),
         ("UPSTREAM_MAX_BODY_BYTES", "1048576"),
     ];
     provider_env.extend(telemetry);
     let mut provider = Provider::spawn(&db_url, &ex.url, &provider_env);
+    let provider_metrics = provider.proc.listening("metrics endpoint listening");
     let port = provider.addr.rsplit(':').next().unwrap().to_string();
     let url = format!("https://localhost:{port}");
     let client = |token: &str| {
@@ -328,11 +324,12 @@ async fn no_secret_leaves_the_process(db: Db) {
     let mut consumer_env: Vec<(&str, &str)> = vec![
         ("PROVIDER_AUTH_TOKEN", &read_token),
         ("PROVIDER_TLS_CA", &ca),
-        ("CONSUMER_METRICS_ADDR", &consumer_metrics),
+        ("CONSUMER_METRICS_ADDR", e2e::harness::ANY_PORT),
         ("PROVIDER_RETRIES", "0"),
     ];
     consumer_env.extend(telemetry);
     let mut consumer = ConsumerProc::start(&db_url, &url, &consumer_env).await;
+    let consumer_metrics = consumer.proc.listening("metrics endpoint listening");
     let report = consumer
         .client()
         .await

@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use documents_api::{ClientConfig, DocumentOptions, DocumentProvider, ProviderClient};
 use documents_kit::security::client_tls;
-use e2e::harness::{bin, consumer_command, free_addr, ConsumerProc, Db, Exchange, Proc, Provider};
+use e2e::harness::{bin, consumer_command, ConsumerProc, Db, Exchange, Proc, Provider};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 struct Pki {
@@ -338,11 +338,11 @@ async fn the_consumer_serves_tls_and_requires_its_own_token() {
         ("CONSUMER_TLS_CA", pki.ca.as_str()),
         ("CONSUMER_AUTH_TOKEN_FILE", pki.token_file.as_str()),
     ];
-    let addr = free_addr();
     let mut cmd = consumer_command(db.url(), &p.url(), &env);
-    cmd.env("CONSUMER_LISTEN_ADDR", &addr)
+    cmd.env("CONSUMER_LISTEN_ADDR", e2e::harness::ANY_PORT)
         .stdout(std::process::Stdio::null());
     let consumer = Proc::spawn("consumer-service", cmd);
+    let addr = consumer.listening("gRPC listening");
     // Its healthcheck subcommand reaches it over TLS, with no token (health needs none).
     wait_healthy_at(
         "consumer-service",

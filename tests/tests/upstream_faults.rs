@@ -12,8 +12,8 @@ use std::{
 use documents_api::{DocumentOptions, DocumentProvider};
 use e2e::{
     harness::{
-        age_document, assert_invariants, free_addr, metric_value, scrape_metrics, Db, Exchange,
-        Provider, LISTING_PATH,
+        age_document, assert_invariants, metric_value, scrape_metrics, Db, Exchange, Provider,
+        LISTING_PATH,
     },
     procfs,
     record::Record,
@@ -110,7 +110,6 @@ async fn resources(metrics: &str, pid: u32) -> (i64, usize, usize, usize) {
 async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
     let db = Db::postgres();
     let ex = Exchange::start();
-    let metrics = free_addr();
     let p = Provider::start(
         db.url(),
         &ex.url,
@@ -118,10 +117,11 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             ("UPSTREAM_TIMEOUT_MS", "1000"),
             ("UPSTREAM_MAX_BODY_BYTES", "1048576"),
             ("PROVIDER_NEGATIVE_CACHE_MS", "0"),
-            ("PROVIDER_METRICS_ADDR", &metrics),
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
         ],
     )
     .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     let client = p.client();
     let store = db.store().await;
     let cases = cases();

@@ -790,6 +790,6 @@ mod tests {
         );
         assert_eq!(parse_change("garbage"), None);
         // A kind this release does not know: nothing here holds such a document.
-        assert_eq!(parse_change("dividends ASX:GNP:dividends 3"), None);
+        assert_eq!(parse_change("directors ASX:GNP:directors 3"), None);
     }
 }
