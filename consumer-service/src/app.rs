@@ -53,10 +53,11 @@ impl Parts {
 /// one-shot CLI mode).
 pub async fn processor(config: &Config) -> anyhow::Result<Processor> {
     let parts = Parts::new(config)?;
-    let url = config.database.url()?;
-    let store = storage::connect(&url, config.database.max_connections)
-        .await
-        .with_context(|| format!("connecting to {}", documents_kit::config::redact_url(&url)))?;
+    config.database.serving_topology()?;
+    let store = config
+        .database
+        .connect(config.database.max_connections)
+        .await?;
     if config.database.migrate {
         store.migrate().await.context("migrating the database")?;
     } else {
@@ -95,6 +96,7 @@ impl Application {
                 url: config.database.url()?,
                 max_connections: config.database.max_connections,
                 migrate: config.database.migrate,
+                topology: config.database.serving_topology()?,
             },
             metrics_addr: config.metrics_addr.clone(),
             on_scrape: None,

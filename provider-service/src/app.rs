@@ -44,8 +44,10 @@ impl Application {
         let sources = sources::build(&config.source_settings()?)?;
         let limits = config.server.limits()?;
         let url = config.database.url()?;
-        // The change feed holds one pooled connection for as long as it listens.
+        // The change feed holds one pooled connection for as long as it listens (unless it
+        // has a session URL of its own).
         if config.hit_cache
+            && config.database.listen_url.is_none()
             && config.database.max_connections < 2
             && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -71,6 +73,7 @@ impl Application {
                 url,
                 max_connections: config.database.max_connections,
                 migrate: config.database.migrate,
+                topology: config.database.serving_topology()?,
             },
             metrics_addr: config.metrics_addr.clone(),
             on_scrape: Some(|store| {

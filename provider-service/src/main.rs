@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
             health::healthcheck_command(&cli.config.listen_addr, service, tls).await
         }
         Command::CheckInvariants => {
-            let store = documents_store::connect(&cli.config.database.url()?, 2).await?;
+            let store = cli.config.database.connect(2).await?;
             let violations = store.check_invariants().await?;
             for v in &violations {
                 println!("{v}");
@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let store = documents_store::connect(&cli.config.database.url()?, 2).await?;
+            let store = cli.config.database.connect(2).await?;
             store.migrate().await?;
             println!("migrations applied");
             Ok(())

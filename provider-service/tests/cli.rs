@@ -48,6 +48,22 @@ fn bad_settings_are_refused_at_start() {
 }
 
 #[test]
+fn migrating_through_a_transaction_pooler_needs_a_session_url() {
+    let out = Command::new(BIN)
+        .env("DATABASE_URL", "postgres://app@127.0.0.1:6432/documents")
+        .env("DATABASE_POOLER", "transaction")
+        .env("PROVIDER_LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DATABASE_MIGRATE") && err.contains("DATABASE_LISTEN_URL"),
+        "{err}"
+    );
+}
+
+#[test]
 fn help_never_prints_a_secret() {
     let out = Command::new(BIN)
         .arg("--help")

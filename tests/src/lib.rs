@@ -1,10 +1,11 @@
 //! End-to-end test support: the harness that starts
 //! the real binaries on free ports with a fresh database each ([`harness`]), a recorded mixed
-//! load ([`load`]), the history checker ([`history`]), process figures from /proc ([`procfs`]) and the reliability records
-//! ([`record`]).
+//! load ([`load`]), the history checker ([`history`]), a real PgBouncer ([`pgbouncer`]), process
+//! figures from /proc ([`procfs`]) and the reliability records ([`record`]).
 
 pub mod harness;
 pub mod history;
 pub mod load;
+pub mod pgbouncer;
 pub mod procfs;
 pub mod record;

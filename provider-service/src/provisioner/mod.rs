@@ -82,9 +82,14 @@ pub struct Provisioner {
 impl Provisioner {
     pub fn new(store: Arc<dyn DocumentStore>, sources: Sources, settings: Settings) -> Self {
         let hit_view = if settings.hit_cache {
-            store
-                .changes()
-                .map(|c| HitView::new(c, settings.hit_cache_max_age))
+            let feed = store.changes();
+            if feed.is_none() && store.backend() == documents_store::Backend::Postgres {
+                tracing::warn!(
+                    "no change feed (a transaction-mode pooler without DATABASE_LISTEN_URL): \
+                     hits are read from the database"
+                );
+            }
+            feed.map(|c| HitView::new(c, settings.hit_cache_max_age))
         } else {
             None
         };

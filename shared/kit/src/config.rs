@@ -34,10 +34,85 @@ pub struct DatabaseArgs {
         default_value_t = 10
     )]
     pub max_connections: u32,
+
+    /// What DATABASE_URL reaches: `none` (PostgreSQL itself, or a session-mode pooler) or
+    /// `transaction` (a transaction-mode pooler such as PgBouncer `pool_mode = transaction`:
+    /// no named statements, each operation in a transaction of its own).
+    #[arg(
+        long = "database-pooler",
+        env = "DATABASE_POOLER",
+        value_enum,
+        default_value = "none"
+    )]
+    pub pooler: Pooler,
+
+    /// A direct session connection to PostgreSQL, beside a transaction-mode pooler: the change
+    /// feed (LISTEN) and the migrations' lock need one. Without it behind such a pooler, the hit
+    /// view reads the database and DATABASE_MIGRATE must be false.
+    #[arg(
+        long = "database-listen-url",
+        env = "DATABASE_LISTEN_URL",
+        hide_env_values = true
+    )]
+    pub listen_url: Option<String>,
+}
+
+/// What the database URL reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    // PostgreSQL itself, or a session-mode pooler. (Plain comments: documented variants would
+    // turn every option's --help into the long layout.)
+    None,
+    // A transaction-mode pooler.
+    Transaction,
 }
 
 impl DatabaseArgs {
+    /// The connection topology for a service, checked: migrating at start-up through a
+    /// transaction-mode pooler needs the direct session URL.
+    pub fn serving_topology(&self) -> anyhow::Result<documents_store::Topology> {
+        let topology = self.topology()?;
+        if topology.transaction_pooler && self.migrate && topology.listen_url.is_none() {
+            anyhow::bail!(
+                "DATABASE_MIGRATE: migrations hold a session lock, which a transaction-mode \
+                 pooler (DATABASE_POOLER=transaction) does not keep: set DATABASE_LISTEN_URL to a \
+                 direct connection to PostgreSQL, or DATABASE_MIGRATE=false and migrate with a \
+                 direct URL"
+            );
+        }
+        Ok(topology)
+    }
+
+    /// The connection topology (the pooler, and the direct session URL).
+    pub fn topology(&self) -> anyhow::Result<documents_store::Topology> {
+        let listen_url = self.listen_url.clone().filter(|u| !u.trim().is_empty());
+        if let Some(u) = &listen_url {
+            crate::secrets::register_url_password(u);
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                anyhow::bail!(
+                    "DATABASE_LISTEN_URL: {} is not a postgres:// URL",
+                    redact_url(u)
+                );
+            }
+        }
+        Ok(documents_store::Topology {
+            transaction_pooler: self.pooler == Pooler::Transaction,
+            listen_url,
+        })
+    }
+
     /// The database URL: DATABASE_URL, else the content of DATABASE_URL_FILE, else the default.
+    /// A store on this database, as configured (for the one-shot commands).
+    pub async fn connect(
+        &self,
+        max_connections: u32,
+    ) -> anyhow::Result<std::sync::Arc<dyn documents_store::DocumentStore>> {
+        let url = self.url()?;
+        documents_store::connect_with(&url, max_connections, &self.topology()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", redact_url(&url)))
+    }
+
     pub fn url(&self) -> anyhow::Result<String> {
         let url = crate::security::secret(
             self.url.as_deref(),
@@ -81,6 +156,8 @@ mod tests {
             url_file: file.map(String::from),
             migrate: true,
             max_connections: 1,
+            pooler: Pooler::None,
+            listen_url: None,
         };
         let f = file.to_str().unwrap();
         assert_eq!(args(None, Some(f)).url().unwrap(), "postgres://u:p@h/d");

@@ -37,6 +37,7 @@ pub struct DatabaseSpec {
     pub url: String,
     pub max_connections: u32,
     pub migrate: bool,
+    pub topology: storage::Topology,
 }
 
 /// What a service tells the host, validated.
@@ -162,7 +163,8 @@ impl<T: Send + Sync + 'static> Host<T> {
         let ready_store = store.clone();
         let connecting = tokio::spawn(async move {
             let connected =
-                storage::connect_until_ready(&db.url, db.max_connections, db.migrate).await;
+                storage::connect_until_ready(&db.url, db.max_connections, db.migrate, &db.topology)
+                    .await;
             let _ = ready_store.set(connected.clone());
             match ready(connected.clone(), &loops) {
                 Ok(made) => {

@@ -38,6 +38,9 @@ pub enum StorageError {
     Corrupt(String),
     #[error("fill lease lost: another filler took over (token {0} is no longer current)")]
     LeaseLost(i64),
+    /// Something that needs a session of its own was asked of a transaction-mode pooler.
+    #[error("{0} need a session of their own, which a transaction-mode pooler does not keep: set DATABASE_LISTEN_URL to a direct connection to PostgreSQL")]
+    NeedsSession(&'static str),
     #[error("database schema is at migration {have}, this binary needs {need}: run the migrations (a service with DATABASE_MIGRATE=true does)")]
     SchemaBehind { have: i64, need: i64 },
     #[error("database schema is at migration {schema} and needs binaries that know migration {oldest_compatible} or later; this binary knows migrations up to {binary}: deploy a newer binary")]
@@ -442,9 +445,29 @@ pub async fn connect(
     url: &str,
     max_connections: u32,
 ) -> Result<Arc<dyn DocumentStore>, StorageError> {
+    connect_with(url, max_connections, &Topology::default()).await
+}
+
+/// How a service reaches PostgreSQL beyond its URL (SQLite has no such choices).
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// `DATABASE_URL` goes through a transaction-mode pooler (PgBouncer `pool_mode =
+    /// transaction`): no named statements, each operation in a transaction of its own.
+    pub transaction_pooler: bool,
+    /// A direct session connection (`DATABASE_LISTEN_URL`) for what needs one: the change
+    /// feed and the migrations' advisory lock.
+    pub listen_url: Option<String>,
+}
+
+/// [`connect`], as `topology` says.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    topology: &Topology,
+) -> Result<Arc<dyn DocumentStore>, StorageError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
+            PostgresStore::connect_with(url, max_connections, topology).await?,
         ))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
@@ -460,11 +483,12 @@ pub async fn connect_until_ready(
     url: &str,
     max_connections: u32,
     migrate: bool,
+    topology: &Topology,
 ) -> Arc<dyn DocumentStore> {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         let attempt = async {
-            let store = connect(url, max_connections).await?;
+            let store = connect_with(url, max_connections, topology).await?;
             if migrate {
                 store.migrate().await?;
             } else {

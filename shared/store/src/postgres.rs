@@ -10,8 +10,9 @@ use std::{
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::{
+    pool::PoolConnection,
     postgres::{PgArguments, PgListener, PgPoolOptions, PgRow},
-    PgPool, Postgres, Row,
+    PgConnection, PgPool, Postgres, Row, Transaction,
 };
 
 use tokio::sync::broadcast;
@@ -60,21 +61,94 @@ fn heartbeat_base() -> tokio::time::Instant {
     *BASE.get_or_init(tokio::time::Instant::now)
 }
 
+/// How an operation starts behind a transaction-mode pooler: in a transaction (so its statements
+/// stay on one server connection), bounded by the statement timeout the pooler will not pass
+/// as a startup parameter.
+const POOLED_BEGIN: &str = "BEGIN; SET LOCAL statement_timeout = '15s'";
+
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// `pool` goes through a transaction-mode pooler (PgBouncer `pool_mode = transaction`).
+    pooled: bool,
+    /// A direct session connection for what needs a session (the change feed, migrations'
+    /// advisory lock): `DATABASE_LISTEN_URL`, or the pool itself when there is no pooler.
+    session: Option<PgPool>,
     recycler: super::Recycler,
     changes: broadcast::Sender<Change>,
     /// The change feed's task, started once (by the first subscriber), stopped by `close`.
     feed: Arc<OnceLock<tokio::task::AbortHandle>>,
 }
 
+/// One operation's connection: a pooled connection, or behind a transaction-mode pooler a
+/// transaction (see [`POOLED_BEGIN`]).
+enum Op {
+    Conn(PoolConnection<Postgres>),
+    Tx(Transaction<'static, Postgres>),
+}
+
+impl std::ops::Deref for Op {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Op::Conn(c) => c,
+            Op::Tx(t) => t,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Op {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Op::Conn(c) => c,
+            Op::Tx(t) => t,
+        }
+    }
+}
+
+impl Op {
+    /// Ends the operation with its `result`: a transaction commits when it succeeded and rolls
+    /// back when it failed.
+    async fn end<T>(self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        match (self, result) {
+            (Op::Tx(tx), Ok(value)) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            (Op::Tx(tx), Err(e)) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+            (Op::Conn(_), result) => result,
+        }
+    }
+}
+
 impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        Self::connect_with(url, max_connections, &super::Topology::default()).await
+    }
+
+    /// Connects as `topology` says: through a transaction-mode pooler, every operation runs in
+    /// a transaction of its own with unnamed statements and its statement timeout set inside
+    /// it; the change feed and migrations use the direct session URL.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        topology: &super::Topology,
+    ) -> Result<Self, StorageError> {
+        let pooled = topology.transaction_pooler;
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
         // No statement runs unbounded while a fill holds its permits (a lock wait, a hung
-        // query): the server cancels it.
-        let options = sqlx::postgres::PgConnectOptions::from_str(url)?
-            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
+        // query): the server cancels it. A pooler refuses (or drops) startup options: there it
+        // is set per transaction instead.
+        let options = if pooled {
+            // Named statements live on one server connection, which a pooler does not keep.
+            options.statement_cache_capacity(0)
+        } else {
+            options.options([("statement_timeout", STATEMENT_TIMEOUT)])
+        };
         let recycler = super::Recycler::new();
         let keep = recycler.clone();
         let fresh = recycler.clone();
@@ -93,11 +167,45 @@ impl PostgresStore {
             })
             .connect_with(options)
             .await?;
+        let session = match (&topology.listen_url, pooled) {
+            (Some(direct), _) => Some(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect_lazy_with(
+                        sqlx::postgres::PgConnectOptions::from_str(direct)?
+                            .options([("statement_timeout", STATEMENT_TIMEOUT)]),
+                    ),
+            ),
+            (None, false) => Some(pool.clone()),
+            // No session to listen on: no change feed (the hit view reads the database).
+            (None, true) => None,
+        };
         Ok(Self {
             pool,
+            pooled,
+            session,
             recycler,
             changes: broadcast::channel(4096).0,
             feed: Arc::default(),
+        })
+    }
+
+    /// A connection for one operation (end it with [`Op::end`]).
+    async fn op(&self) -> Result<Op, StorageError> {
+        Ok(if self.pooled {
+            Op::Tx(self.pool.begin_with(POOLED_BEGIN).await?)
+        } else {
+            Op::Conn(self.pool.acquire().await?)
+        })
+    }
+
+    /// A transaction (behind a pooler, with its statement timeout).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StorageError> {
+        Ok(if self.pooled {
+            self.pool.begin_with(POOLED_BEGIN).await?
+        } else {
+            self.pool.begin().await?
         })
     }
 
@@ -110,56 +218,60 @@ impl PostgresStore {
         content: &NewContent,
         fence: Fence,
     ) -> Result<Written, StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let query = if fence.release {
-            concat!(
-                "WITH lease AS ( \
-                     UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
-                         last_error_code = NULL, last_error = NULL \
-                     WHERE source_type = $2 AND source_id = $3 AND token = $9 \
-                     RETURNING 1) \
-                 INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
-                     content_json, tags, content_hash, version, last_synced, created_at, \
-                     updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
-                document_upsert_tail!()
-            )
-        } else {
-            concat!(
-                "WITH lease AS ( \
-                     UPDATE fill_leases SET token = token \
-                     WHERE source_type = $2 AND source_id = $3 AND token = $9 \
-                     RETURNING 1) \
-                 INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
-                     content_json, tags, content_hash, version, last_synced, created_at, \
-                     updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
-                document_upsert_tail!()
-            )
-        };
-        let row = bind_document(sqlx::query(query), source_type, &source_id, content)
-            .bind(fence.token)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StorageError::LeaseLost(fence.token))?;
-        let head = head_from_row(&row)?;
-        Ok(Written {
-            inserted: head.version == 1,
-            head,
-        })
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let query = if fence.release {
+                concat!(
+                    "WITH lease AS ( \
+                         UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                             last_error_code = NULL, last_error = NULL \
+                         WHERE source_type = $2 AND source_id = $3 AND token = $9 \
+                         RETURNING 1) \
+                     INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                         content_json, tags, content_hash, version, last_synced, created_at, \
+                         updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
+                    document_upsert_tail!()
+                )
+            } else {
+                concat!(
+                    "WITH lease AS ( \
+                         UPDATE fill_leases SET token = token \
+                         WHERE source_type = $2 AND source_id = $3 AND token = $9 \
+                         RETURNING 1) \
+                     INSERT INTO documents (id, source_type, source_id, title, content_markdown, \
+                         content_json, tags, content_hash, version, last_synced, created_at, \
+                         updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, now(), now(), now() FROM lease ",
+                    document_upsert_tail!()
+                )
+            };
+            let row = bind_document(sqlx::query(query), source_type, &source_id, content)
+                .bind(fence.token)
+                .fetch_optional(&mut *op)
+                .await?
+                .ok_or(StorageError::LeaseLost(fence.token))?;
+            let head = head_from_row(&row)?;
+            Ok(Written {
+                inserted: head.version == 1,
+                head,
+            })
+        }
+        .await;
+        op.end(result).await
     }
 
     /// Listens on the changes channel for as long as anyone subscribes, reconnecting with
     /// backoff; every (re)connection is announced as [`Change::Reset`]. While connected it sends
     /// itself a heartbeat every [`HEARTBEAT_EVERY`] through the database and announces each one
     /// that comes back as [`Change::Heartbeat`]: proof that the feed is alive and caught up.
-    fn start_listening(&self) {
-        self.feed.get_or_init(|| self.spawn_feed());
+    fn start_listening(&self, session: &PgPool) {
+        self.feed.get_or_init(|| self.spawn_feed(session.clone()));
     }
 
-    /// The change feed's task, spawned; see the module's comment.
-    fn spawn_feed(&self) -> tokio::task::AbortHandle {
-        let pool = self.pool.clone();
+    /// The change feed's task, spawned on the session pool; see the module's comment.
+    fn spawn_feed(&self, pool: PgPool) -> tokio::task::AbortHandle {
         let tx = self.changes.clone();
         let feed_id = uuid::Uuid::now_v7().simple().to_string();
         let task = tokio::spawn(async move {
@@ -233,34 +345,52 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A server setting (such as `statement_timeout`) as this store's operations run with it.
+    pub async fn setting(&self, name: &str) -> Result<String, StorageError> {
+        let mut op = self.op().await?;
+        let result = sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&mut *op)
+            .await
+            .map_err(StorageError::from);
+        op.end(result).await
+    }
+
     /// The newest applied migration and the schema's compatibility marker (None where the
     /// tables do not exist yet).
     async fn compatibility(&self) -> Result<(Option<i64>, Option<i64>), StorageError> {
-        let (migrations, marker): (Option<String>, Option<String>) = sqlx::query_as(
-            "SELECT to_regclass('_sqlx_migrations')::text, \
-                    to_regclass('schema_compatibility')::text",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let applied = match migrations {
-            Some(_) => {
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                    .fetch_one(&self.pool)
+        let mut op = self.op().await?;
+        let result = async {
+            let (migrations, marker): (Option<String>, Option<String>) = sqlx::query_as(
+                "SELECT to_regclass('_sqlx_migrations')::text, \
+                        to_regclass('schema_compatibility')::text",
+            )
+            .fetch_one(&mut *op)
+            .await?;
+            let applied = match migrations {
+                Some(_) => {
+                    sqlx::query_scalar(
+                        "SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE",
+                    )
+                    .fetch_one(&mut *op)
                     .await?
-            }
-            None => None,
-        };
-        let oldest = match marker {
-            Some(_) => {
-                sqlx::query_scalar(
-                    "SELECT oldest_compatible FROM schema_compatibility WHERE id = 1",
-                )
-                .fetch_optional(&self.pool)
-                .await?
-            }
-            None => None,
-        };
-        Ok((applied, oldest))
+                }
+                None => None,
+            };
+            let oldest = match marker {
+                Some(_) => {
+                    sqlx::query_scalar(
+                        "SELECT oldest_compatible FROM schema_compatibility WHERE id = 1",
+                    )
+                    .fetch_optional(&mut *op)
+                    .await?
+                }
+                None => None,
+            };
+            Ok((applied, oldest))
+        }
+        .await;
+        op.end(result).await
     }
 }
 
@@ -348,7 +478,7 @@ fn head_from_row(row: &PgRow) -> Result<DocumentHead, StorageError> {
     })
 }
 
-crate::reads::engine_reads!(PgPool);
+crate::reads::engine_reads!(&mut PgConnection);
 
 fn document_from_row(row: &PgRow) -> Result<StoredDocument, StorageError> {
     Ok(StoredDocument {
@@ -376,8 +506,12 @@ impl DocumentStore for PostgresStore {
         let (applied, oldest) = self.compatibility().await?;
         super::check_compatible(&MIGRATOR, applied, oldest)?;
         // sqlx takes a PostgreSQL advisory lock around the migrations, so replicas starting at
-        // once apply them exactly once.
-        MIGRATOR.run(&self.pool).await?;
+        // once apply them exactly once. The lock is the session's: never through a
+        // transaction-mode pooler, which would hand the unlock to another session.
+        let Some(session) = &self.session else {
+            return Err(StorageError::NeedsSession("migrations"));
+        };
+        MIGRATOR.run(session).await?;
         Ok(())
     }
 
@@ -388,65 +522,80 @@ impl DocumentStore for PostgresStore {
     }
 
     async fn check_invariants(&self) -> Result<Vec<String>, StorageError> {
-        let checks = super::invariant_checks(
-            "SELECT id FROM documents WHERE NOT (content_json ? 'schema_version')",
-            "SELECT source_type || ' ' || source_id FROM fill_leases \
-             WHERE holder IS NOT NULL AND expires_at < now()",
-            "SELECT 'documents_history_guard' WHERE NOT EXISTS (SELECT 1 FROM pg_trigger \
-             WHERE tgname = 'documents_history_guard' AND tgenabled <> 'D')",
-        );
-        let mut violations = Vec::new();
-        for (what, sql) in checks {
-            let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&self.pool).await?;
-            violations.extend(rows.into_iter().map(|r| format!("{what}: {r}")));
+        let mut op = self.op().await?;
+        let result = async {
+            let checks = super::invariant_checks(
+                "SELECT id FROM documents WHERE NOT (content_json ? 'schema_version')",
+                "SELECT source_type || ' ' || source_id FROM fill_leases \
+                 WHERE holder IS NOT NULL AND expires_at < now()",
+                "SELECT 'documents_history_guard' WHERE NOT EXISTS (SELECT 1 FROM pg_trigger \
+                 WHERE tgname = 'documents_history_guard' AND tgenabled <> 'D')",
+            );
+            let mut violations = Vec::new();
+            for (what, sql) in checks {
+                let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *op).await?;
+                violations.extend(rows.into_iter().map(|r| format!("{what}: {r}")));
+            }
+            Ok(violations)
         }
-        Ok(violations)
+        .await;
+        op.end(result).await
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        // A read-only session (default_transaction_read_only) or a hot standby refuses writes.
-        let read_only: bool = sqlx::query_scalar(
-            "SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery()",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        self.recycler.observe(if read_only {
-            Err("the session is read-only (default_transaction_read_only, or a standby)".into())
-        } else {
-            Ok(())
-        })
+        let mut op = self.op().await?;
+        let result = async {
+            // A read-only session (default_transaction_read_only) or a hot standby refuses writes.
+            let read_only: bool = sqlx::query_scalar(
+                "SELECT current_setting('transaction_read_only') = 'on' OR pg_is_in_recovery()",
+            )
+            .fetch_one(&mut *op)
+            .await?;
+            self.recycler.observe(if read_only {
+                Err("the session is read-only (default_transaction_read_only, or a standby)".into())
+            } else {
+                Ok(())
+            })
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError> {
-        let mut now = Utc::now();
-        let mut heads = Vec::with_capacity(keys.len());
-        for (kind, source_ids) in super::by_kind(keys) {
-            // The LEFT JOIN always yields one row, so the database clock comes back even on a
-            // miss.
-            let rows = sqlx::query(
-                "SELECT n.db_now, d.id, d.source_type, d.source_id, d.tags, d.version, \
-                        d.last_synced, d.invalidated_at IS NOT NULL AS invalidated \
-                 FROM (SELECT now() AS db_now) n \
-                 LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
-            )
-            .bind(kind.as_str())
-            .bind(&source_ids)
-            .fetch_all(&self.pool)
-            .await?;
-            for row in &rows {
-                now = row.try_get("db_now")?;
-                // The LEFT JOIN's empty side: no document, only the clock.
-                if row.try_get::<Option<String>, _>("id")?.is_some() {
-                    heads.push(head_from_row(row)?);
+        let mut op = self.op().await?;
+        let result = async {
+            let mut now = Utc::now();
+            let mut heads = Vec::with_capacity(keys.len());
+            for (kind, source_ids) in super::by_kind(keys) {
+                // The LEFT JOIN always yields one row, so the database clock comes back even on a
+                // miss.
+                let rows = sqlx::query(
+                    "SELECT n.db_now, d.id, d.source_type, d.source_id, d.tags, d.version, \
+                            d.last_synced, d.invalidated_at IS NOT NULL AS invalidated \
+                     FROM (SELECT now() AS db_now) n \
+                     LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = ANY($2)",
+                )
+                .bind(kind.as_str())
+                .bind(&source_ids)
+                .fetch_all(&mut *op)
+                .await?;
+                for row in &rows {
+                    now = row.try_get("db_now")?;
+                    // The LEFT JOIN's empty side: no document, only the clock.
+                    if row.try_get::<Option<String>, _>("id")?.is_some() {
+                        heads.push(head_from_row(row)?);
+                    }
                 }
             }
+            if keys.is_empty() {
+                now = sqlx::query_scalar("SELECT now()")
+                    .fetch_one(&mut *op)
+                    .await?;
+            }
+            Ok(Lookup { now, heads })
         }
-        if keys.is_empty() {
-            now = sqlx::query_scalar("SELECT now()")
-                .fetch_one(&self.pool)
-                .await?;
-        }
-        Ok(Lookup { now, heads })
+        .await;
+        op.end(result).await
     }
 
     async fn upsert(
@@ -461,7 +610,7 @@ impl DocumentStore for PostgresStore {
         if let (Some(f), true) = (fence, attachments.is_empty()) {
             return self.fenced_upsert(key, content, f).await;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(f) = fence {
             // Lock the lease row: a takeover either happened before (we see its token and
             // give up) or waits until this write has committed.
@@ -537,6 +686,9 @@ impl DocumentStore for PostgresStore {
             feed.abort();
         }
         self.pool.close().await;
+        if let Some(session) = &self.session {
+            session.close().await;
+        }
     }
 
     fn pool_usage(&self) -> (u32, usize) {
@@ -544,8 +696,11 @@ impl DocumentStore for PostgresStore {
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        // Behind a transaction pooler without a session URL there is no feed: LISTEN needs a
+        // session of its own.
+        let session = self.session.as_ref()?;
         let rx = self.changes.subscribe();
-        self.start_listening();
+        self.start_listening(session);
         Some(rx)
     }
 
@@ -555,61 +710,66 @@ impl DocumentStore for PostgresStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Claim, StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let source_id = source_id.as_str();
-        let row = sqlx::query(
-            "WITH claimed AS ( \
-                 INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
-                 VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
-                 ON CONFLICT (source_type, source_id) DO UPDATE SET \
-                     holder = EXCLUDED.holder, token = fill_leases.token + 1, \
-                     claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
-                 WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
-                     OR fill_leases.holder = EXCLUDED.holder \
-                 RETURNING token) \
-             SELECT (SELECT token FROM claimed) AS token, d.id, d.source_type, d.source_id, d.tags, \
-                    d.version, d.last_synced, \
-                    d.invalidated_at IS NOT NULL AS invalidated \
-             FROM (SELECT 1) one \
-             LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
-        )
-        .bind(source_type)
-        .bind(source_id)
-        .bind(holder)
-        .bind(ttl.as_millis() as f64)
-        .fetch_one(&self.pool)
-        .await?;
-        let Some(token) = row.try_get::<Option<i64>, _>("token")? else {
-            return Ok(Claim {
-                token: None,
-                head: None,
-            });
-        };
-        let mut head = match row.try_get::<Option<String>, _>("id")? {
-            Some(_) => Some(head_from_row(&row)?),
-            None => None,
-        };
-        // A lease taken over from an earlier holder (token above 1) may have waited for that
-        // holder's write to commit, which the statement's snapshot (taken before) does not
-        // show: read the document again. A first claim (token 1) waited for nobody.
-        if token > 1 {
-            head = sqlx::query(
-                "SELECT id, source_type, source_id, tags, version, last_synced, \
-                        invalidated_at IS NOT NULL AS invalidated FROM documents \
-                 WHERE source_type = $1 AND source_id = $2",
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let source_id = source_id.as_str();
+            let row = sqlx::query(
+                "WITH claimed AS ( \
+                     INSERT INTO fill_leases (source_type, source_id, holder, token, claimed_at, expires_at) \
+                     VALUES ($1, $2, $3, 1, now(), now() + $4 * interval '1 millisecond') \
+                     ON CONFLICT (source_type, source_id) DO UPDATE SET \
+                         holder = EXCLUDED.holder, token = fill_leases.token + 1, \
+                         claimed_at = EXCLUDED.claimed_at, expires_at = EXCLUDED.expires_at \
+                     WHERE fill_leases.holder IS NULL OR fill_leases.expires_at <= now() \
+                         OR fill_leases.holder = EXCLUDED.holder \
+                     RETURNING token) \
+                 SELECT (SELECT token FROM claimed) AS token, d.id, d.source_type, d.source_id, d.tags, \
+                        d.version, d.last_synced, \
+                        d.invalidated_at IS NOT NULL AS invalidated \
+                 FROM (SELECT 1) one \
+                 LEFT JOIN documents d ON d.source_type = $1 AND d.source_id = $2",
             )
             .bind(source_type)
             .bind(source_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(head_from_row)
-            .transpose()?;
+            .bind(holder)
+            .bind(ttl.as_millis() as f64)
+            .fetch_one(&mut *op)
+            .await?;
+            let Some(token) = row.try_get::<Option<i64>, _>("token")? else {
+                return Ok(Claim {
+                    token: None,
+                    head: None,
+                });
+            };
+            let mut head = match row.try_get::<Option<String>, _>("id")? {
+                Some(_) => Some(head_from_row(&row)?),
+                None => None,
+            };
+            // A lease taken over from an earlier holder (token above 1) may have waited for that
+            // holder's write to commit, which the statement's snapshot (taken before) does not
+            // show: read the document again. A first claim (token 1) waited for nobody.
+            if token > 1 {
+                head = sqlx::query(
+                    "SELECT id, source_type, source_id, tags, version, last_synced, \
+                            invalidated_at IS NOT NULL AS invalidated FROM documents \
+                     WHERE source_type = $1 AND source_id = $2",
+                )
+                .bind(source_type)
+                .bind(source_id)
+                .fetch_optional(&mut *op)
+                .await?
+                .as_ref()
+                .map(head_from_row)
+                .transpose()?;
+            }
+            Ok(Claim {
+                token: Some(token),
+                head,
+            })
         }
-        Ok(Claim {
-            token: Some(token),
-            head,
-        })
+        .await;
+        op.end(result).await
     }
 
     async fn renew_fill(
@@ -618,30 +778,40 @@ impl DocumentStore for PostgresStore {
         token: i64,
         ttl: Duration,
     ) -> Result<bool, StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let source_id = source_id.as_str();
-        let done = sqlx::query(
-            "UPDATE fill_leases SET expires_at = now() + $4 * interval '1 millisecond' \
-             WHERE source_type = $1 AND source_id = $2 AND token = $3 AND holder IS NOT NULL",
-        )
-        .bind(source_type)
-        .bind(source_id)
-        .bind(token)
-        .bind(ttl.as_millis() as f64)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let source_id = source_id.as_str();
+            let done = sqlx::query(
+                "UPDATE fill_leases SET expires_at = now() + $4 * interval '1 millisecond' \
+                 WHERE source_type = $1 AND source_id = $2 AND token = $3 AND holder IS NOT NULL",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .bind(token)
+            .bind(ttl.as_millis() as f64)
+            .execute(&mut *op)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn clear_abandoned_leases(&self, grace: Duration) -> Result<u64, StorageError> {
-        let done = sqlx::query(
-            "UPDATE fill_leases SET holder = NULL \
-             WHERE holder IS NOT NULL AND expires_at < now() - $1 * interval '1 millisecond'",
-        )
-        .bind(grace.as_millis() as f64)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut op = self.op().await?;
+        let result = async {
+            let done = sqlx::query(
+                "UPDATE fill_leases SET holder = NULL \
+                 WHERE holder IS NOT NULL AND expires_at < now() - $1 * interval '1 millisecond'",
+            )
+            .bind(grace.as_millis() as f64)
+            .execute(&mut *op)
+            .await?;
+            Ok(done.rows_affected())
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn release_fill(
@@ -650,58 +820,68 @@ impl DocumentStore for PostgresStore {
         token: i64,
         error: Option<(i32, &str)>,
     ) -> Result<(), StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let source_id = source_id.as_str();
-        sqlx::query(
-            "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
-             last_error_code = $4, last_error = $5 \
-             WHERE source_type = $1 AND source_id = $2 AND token = $3",
-        )
-        .bind(source_type)
-        .bind(source_id)
-        .bind(token)
-        .bind(error.map(|e| e.0))
-        .bind(error.map(|e| e.1))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let source_id = source_id.as_str();
+            sqlx::query(
+                "UPDATE fill_leases SET holder = NULL, expires_at = now(), finished_at = now(), \
+                 last_error_code = $4, last_error = $5 \
+                 WHERE source_type = $1 AND source_id = $2 AND token = $3",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .bind(token)
+            .bind(error.map(|e| e.0))
+            .bind(error.map(|e| e.1))
+            .execute(&mut *op)
+            .await?;
+            Ok(())
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn lease(&self, key: &SourceKey) -> Result<Option<Lease>, StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let source_id = source_id.as_str();
-        let row = sqlx::query(
-            "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, holder, \
-                    claimed_at, expires_at, last_error_code, last_error, finished_at \
-             FROM fill_leases WHERE source_type = $1 AND source_id = $2",
-        )
-        .bind(source_type)
-        .bind(source_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            let code: Option<i32> = r.try_get("last_error_code")?;
-            let message: Option<String> = r.try_get("last_error")?;
-            let held: bool = r.try_get("held")?;
-            Ok(Lease {
-                token: r.try_get("token")?,
-                held,
-                last_error: code.zip(message),
-                finished_at: r.try_get("finished_at")?,
-                holding: if held {
-                    Some(Holding {
-                        holder: r
-                            .try_get::<Option<String>, _>("holder")?
-                            .unwrap_or_default(),
-                        claimed_at: r.try_get("claimed_at")?,
-                        expires_at: r.try_get("expires_at")?,
-                    })
-                } else {
-                    None
-                },
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let source_id = source_id.as_str();
+            let row = sqlx::query(
+                "SELECT token, (holder IS NOT NULL AND expires_at > now()) AS held, holder, \
+                        claimed_at, expires_at, last_error_code, last_error, finished_at \
+                 FROM fill_leases WHERE source_type = $1 AND source_id = $2",
+            )
+            .bind(source_type)
+            .bind(source_id)
+            .fetch_optional(&mut *op)
+            .await?;
+            row.map(|r| {
+                let code: Option<i32> = r.try_get("last_error_code")?;
+                let message: Option<String> = r.try_get("last_error")?;
+                let held: bool = r.try_get("held")?;
+                Ok(Lease {
+                    token: r.try_get("token")?,
+                    held,
+                    last_error: code.zip(message),
+                    finished_at: r.try_get("finished_at")?,
+                    holding: if held {
+                        Some(Holding {
+                            holder: r
+                                .try_get::<Option<String>, _>("holder")?
+                                .unwrap_or_default(),
+                            claimed_at: r.try_get("claimed_at")?,
+                            expires_at: r.try_get("expires_at")?,
+                        })
+                    } else {
+                        None
+                    },
+                })
             })
-        })
-        .transpose()
+            .transpose()
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn invalidate(
@@ -710,68 +890,89 @@ impl DocumentStore for PostgresStore {
         keys: &[SourceKey],
         tags: &[String],
     ) -> Result<u64, StorageError> {
-        let source_type = kind.map(Kind::as_str);
-        let source_ids: Vec<String> = keys.iter().map(SourceKey::source_id).collect();
-        let done = sqlx::query(
-            "UPDATE documents SET invalidated_at = now() \
-             WHERE ($1::text IS NULL OR source_type = $1) \
-               AND (source_id = ANY($2) OR tags && $3 \
-                    OR (cardinality($2) = 0 AND cardinality($3) = 0))",
-        )
-        .bind(source_type)
-        .bind(&source_ids)
-        .bind(tags)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut op = self.op().await?;
+        let result = async {
+            let source_type = kind.map(Kind::as_str);
+            let source_ids: Vec<String> = keys.iter().map(SourceKey::source_id).collect();
+            let done = sqlx::query(
+                "UPDATE documents SET invalidated_at = now() \
+                 WHERE ($1::text IS NULL OR source_type = $1) \
+                   AND (source_id = ANY($2) OR tags && $3 \
+                        OR (cardinality($2) = 0 AND cardinality($3) = 0))",
+            )
+            .bind(source_type)
+            .bind(&source_ids)
+            .bind(tags)
+            .execute(&mut *op)
+            .await?;
+            Ok(done.rows_affected())
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn held_leases(&self) -> Result<Vec<HeldLease>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT source_type, source_id, token, holder, claimed_at, expires_at FROM fill_leases \
-             WHERE holder IS NOT NULL AND expires_at > now() ORDER BY claimed_at",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .filter_map(|r| {
-                Some((
-                    r,
-                    super::known_key(r.try_get("source_type"), r.try_get("source_id"))?,
-                ))
-            })
-            .map(|(r, key)| {
-                Ok(HeldLease {
-                    key,
-                    token: r.try_get("token")?,
-                    holding: Holding {
-                        holder: r
-                            .try_get::<Option<String>, _>("holder")?
-                            .unwrap_or_default(),
-                        claimed_at: r.try_get("claimed_at")?,
-                        expires_at: r.try_get("expires_at")?,
-                    },
+        let mut op = self.op().await?;
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT source_type, source_id, token, holder, claimed_at, expires_at FROM fill_leases \
+                 WHERE holder IS NOT NULL AND expires_at > now() ORDER BY claimed_at",
+            )
+            .fetch_all(&mut *op)
+            .await?;
+            rows.iter()
+                .filter_map(|r| {
+                    Some((
+                        r,
+                        super::known_key(r.try_get("source_type"), r.try_get("source_id"))?,
+                    ))
                 })
-            })
-            .collect()
+                .map(|(r, key)| {
+                    Ok(HeldLease {
+                        key,
+                        token: r.try_get("token")?,
+                        holding: Holding {
+                            holder: r
+                                .try_get::<Option<String>, _>("holder")?
+                                .unwrap_or_default(),
+                            claimed_at: r.try_get("claimed_at")?,
+                            expires_at: r.try_get("expires_at")?,
+                        },
+                    })
+                })
+                .collect()
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<StoredDocument>, StorageError> {
-        read_document(&self.pool, id).await
+        let mut op = self.op().await?;
+        let result = async { read_document(&mut op, id).await }.await;
+        op.end(result).await
     }
 
     async fn get_by_source(&self, key: &SourceKey) -> Result<Option<StoredDocument>, StorageError> {
-        let (source_type, source_id) = (key.kind().as_str(), key.source_id());
-        let source_id = source_id.as_str();
-        read_document_by_source(&self.pool, source_type, source_id).await
+        let mut op = self.op().await?;
+        let result = async {
+            let (source_type, source_id) = (key.kind().as_str(), key.source_id());
+            let source_id = source_id.as_str();
+            read_document_by_source(&mut op, source_type, source_id).await
+        }
+        .await;
+        op.end(result).await
     }
 
     async fn attachments_of(&self, document_id: &str) -> Result<Vec<AttachmentRef>, StorageError> {
-        read_attachments_of(&self.pool, document_id).await
+        let mut op = self.op().await?;
+        let result = async { read_attachments_of(&mut op, document_id).await }.await;
+        op.end(result).await
     }
 
     async fn attachment_data(&self, hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        read_attachment_data(&self.pool, hash).await
+        let mut op = self.op().await?;
+        let result = async { read_attachment_data(&mut op, hash).await }.await;
+        op.end(result).await
     }
 }
 

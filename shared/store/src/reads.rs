@@ -34,12 +34,12 @@ pub(crate) const ATTACHMENTS_OF: &str = "SELECT l.name, l.attachment_hash, a.con
 pub(crate) const ATTACHMENT_DATA: &str = "SELECT data FROM attachments WHERE hash = $1";
 
 /// Expands, in an engine's module, `read_document`, `read_document_by_source`,
-/// `read_attachments_of` and `read_attachment_data` over that engine's pool type `$pool`, using
-/// the module's own `document_from_row`.
+/// `read_attachments_of` and `read_attachment_data` over that engine's executor type `$exec`
+/// (a pool, or a connection), using the module's own `document_from_row`.
 macro_rules! engine_reads {
-    ($pool:ty) => {
+    ($exec:ty) => {
         async fn read_document(
-            pool: &$pool,
+            pool: $exec,
             id: &str,
         ) -> Result<Option<StoredDocument>, StorageError> {
             let row = sqlx::query($crate::reads::DOCUMENT_BY_ID)
@@ -50,7 +50,7 @@ macro_rules! engine_reads {
         }
 
         async fn read_document_by_source(
-            pool: &$pool,
+            pool: $exec,
             source_type: &str,
             source_id: &str,
         ) -> Result<Option<StoredDocument>, StorageError> {
@@ -63,7 +63,7 @@ macro_rules! engine_reads {
         }
 
         async fn read_attachments_of(
-            pool: &$pool,
+            pool: $exec,
             document_id: &str,
         ) -> Result<Vec<AttachmentRef>, StorageError> {
             let rows = sqlx::query($crate::reads::ATTACHMENTS_OF)
@@ -83,7 +83,7 @@ macro_rules! engine_reads {
         }
 
         async fn read_attachment_data(
-            pool: &$pool,
+            pool: $exec,
             hash: &str,
         ) -> Result<Option<Vec<u8>>, StorageError> {
             let row = sqlx::query($crate::reads::ATTACHMENT_DATA)

@@ -204,7 +204,7 @@ impl SqliteStore {
     }
 }
 
-crate::reads::engine_reads!(SqlitePool);
+crate::reads::engine_reads!(&SqlitePool);
 
 fn document_from_row(row: &SqliteRow) -> Result<StoredDocument, StorageError> {
     let content_json: Json<serde_json::Value> = row.try_get("content_json")?;

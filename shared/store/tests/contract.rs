@@ -3,14 +3,20 @@
 //! "How to add a storage engine"): add it to `engines!` and make these pass.
 //!
 //! PostgreSQL is the server at `TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/
-//! postgres`); each test gets a database of its own, dropped at the end.
+//! postgres`); each test gets a database of its own, dropped at the end. The `pgbouncer` engine
+//! is the same server through a real PgBouncer in transaction mode (two server connections per
+//! database), as `DATABASE_POOLER=transaction` with `DATABASE_LISTEN_URL` runs it.
 
 use std::{sync::Arc, time::Duration};
 
 use documents_store::{
-    memory::MemoryStore, DocumentStore, Fence, Kind, NewAttachment, NewContent, SourceKey,
-    StorageError,
+    memory::MemoryStore, DocumentStore, Fence, Kind, NewAttachment, NewContent, PostgresStore,
+    SourceKey, StorageError, Topology,
 };
+
+#[path = "../../../tests/src/pgbouncer.rs"]
+#[allow(dead_code)]
+mod pgbouncer;
 
 const KIND: Kind = Kind::Announcement;
 
@@ -52,6 +58,11 @@ struct Engine {
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Database(String),
+    /// The pooler, then the database (fields drop in order).
+    Pooled(
+        #[allow(dead_code)] pgbouncer::PgBouncer,
+        #[allow(dead_code)] Box<Cleanup>,
+    ),
 }
 
 impl Drop for Cleanup {
@@ -91,30 +102,60 @@ async fn engine(name: &str) -> Engine {
             }
         }
         "postgres" => {
-            let db = format!("store_{}", uuid::Uuid::now_v7().simple());
-            let out = std::process::Command::new("psql")
-                .arg(admin_url())
-                .args(["-q", "-c", &format!("CREATE DATABASE {db}")])
-                .output()
-                .expect("psql");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let admin = admin_url();
-            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-            let store = documents_store::connect(&format!("{base}/{db}"), 4)
-                .await
-                .unwrap();
+            let (url, cleanup) = fresh_database();
+            let store = documents_store::connect(&url, 4).await.unwrap();
             store.migrate().await.unwrap();
             Engine {
                 store,
-                _cleanup: Some(Cleanup::Database(db)),
+                _cleanup: Some(cleanup),
+            }
+        }
+        "pgbouncer" => {
+            let (direct, cleanup) = fresh_database();
+            let pooler = pooler();
+            let topology = Topology {
+                transaction_pooler: true,
+                listen_url: Some(direct.clone()),
+            };
+            let store = documents_store::connect_with(&pooler.url(&direct), 4, &topology)
+                .await
+                .unwrap();
+            // Migrations take the session URL.
+            store.migrate().await.unwrap();
+            Engine {
+                store,
+                _cleanup: Some(Cleanup::Pooled(pooler, Box::new(cleanup))),
             }
         }
         other => panic!("unknown engine {other}"),
     }
+}
+
+/// A new database on the test server: its URL, and what drops it.
+fn fresh_database() -> (String, Cleanup) {
+    let db = format!("store_{}", uuid::Uuid::now_v7().simple());
+    let out = std::process::Command::new("psql")
+        .arg(admin_url())
+        .args(["-q", "-c", &format!("CREATE DATABASE {db}")])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    (format!("{base}/{db}"), Cleanup::Database(db))
+}
+
+/// A PgBouncer in transaction mode in front of the test server, two server connections per
+/// database: fewer than the store's pool, so operations share server connections.
+fn pooler() -> pgbouncer::PgBouncer {
+    let admin = admin_url();
+    let after_at = admin.rsplit_once('@').map_or(admin.as_str(), |(_, r)| r);
+    let server = after_at.split('/').next().unwrap_or("127.0.0.1:5432");
+    pgbouncer::PgBouncer::start(server, "transaction", 2)
 }
 
 /// Each contract case as a test per engine.
@@ -133,6 +174,10 @@ macro_rules! engines {
                 #[tokio::test]
                 async fn postgres() {
                     super::$case(super::engine("postgres").await.store).await
+                }
+                #[tokio::test]
+                async fn pgbouncer() {
+                    super::$case(super::engine("pgbouncer").await.store).await
                 }
             }
         )*
@@ -528,4 +573,92 @@ async fn the_invariants_hold_on_what_the_contract_writes(s: Arc<dyn DocumentStor
         .unwrap();
     assert_eq!(s.check_invariants().await.unwrap(), Vec::<String>::new());
     s.ping().await.unwrap();
+}
+
+// Through a transaction-mode pooler: what the engine needs beyond the contract.
+
+/// Many operations at once through PgBouncer with two server connections: each operation's
+/// statements stay on one server connection (its own transaction), so none runs another's
+/// unnamed statement or loses its parameters.
+#[tokio::test]
+async fn through_a_transaction_pooler_concurrent_operations_keep_to_themselves() {
+    let engine = engine("pgbouncer").await;
+    let s = engine.store.clone();
+    let codes: Vec<String> = (0..40).map(|i| format!("P{i:03}")).collect();
+    let tasks: Vec<_> = codes
+        .iter()
+        .cloned()
+        .map(|code| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let key = sid(&code);
+                let claim = s.claim_fill(&key, &code, Duration::from_secs(30)).await?;
+                let token = claim.token.expect("a first claim");
+                let written = s
+                    .upsert(
+                        &key,
+                        &content(&code, &[&code]),
+                        &[],
+                        Some(Fence::last(token)),
+                    )
+                    .await?;
+                let found = s.lookup(std::slice::from_ref(&key)).await?;
+                let doc = s.get(&written.head.id).await?.expect("written");
+                Ok::<_, StorageError>((code, found.heads, doc.title))
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (code, heads, title) = task.await.unwrap().unwrap();
+        assert_eq!(heads.len(), 1, "{code}");
+        assert_eq!(heads[0].key, sid(&code));
+        assert_eq!(title, code);
+    }
+    assert!(s.check_invariants().await.unwrap().is_empty());
+}
+
+/// The statement timeout reaches every operation through the pooler (set inside its
+/// transaction), where the startup parameter the direct connection uses is refused.
+#[tokio::test]
+async fn the_statement_timeout_survives_a_transaction_pooler() {
+    let (direct, _db) = fresh_database();
+    let pooler = pooler();
+    let through = pooler.url(&direct);
+    let refused = PostgresStore::connect(&through, 2)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("options")),
+        "a startup option through PgBouncer: {refused:?}"
+    );
+    let topology = Topology {
+        transaction_pooler: true,
+        listen_url: None,
+    };
+    let pooled = PostgresStore::connect_with(&through, 2, &topology)
+        .await
+        .unwrap();
+    assert_eq!(pooled.setting("statement_timeout").await.unwrap(), "15s");
+    let direct = PostgresStore::connect(&direct, 2).await.unwrap();
+    assert_eq!(direct.setting("statement_timeout").await.unwrap(), "15s");
+}
+
+/// Behind a transaction pooler without a session URL: migrating is refused with a message
+/// that says what to set, and there is no change feed (nothing listens and goes stale).
+#[tokio::test]
+async fn without_a_session_url_migrations_are_refused_and_there_is_no_feed() {
+    let (direct, _db) = fresh_database();
+    let pooler = pooler();
+    let topology = Topology {
+        transaction_pooler: true,
+        listen_url: None,
+    };
+    let s = documents_store::connect_with(&pooler.url(&direct), 2, &topology)
+        .await
+        .unwrap();
+    let err = s.migrate().await.unwrap_err();
+    assert!(matches!(err, StorageError::NeedsSession(_)), "{err}");
+    assert!(err.to_string().contains("DATABASE_LISTEN_URL"), "{err}");
+    assert!(s.changes().is_none());
 }
