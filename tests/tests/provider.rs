@@ -722,3 +722,102 @@ async fn the_market_data_token_comes_from_a_file() {
         stats.by_request.keys().collect::<Vec<_>>()
     );
 }
+
+/// Lame duck: on SIGTERM health turns NOT_SERVING at once while the server still accepts and
+/// serves new connections for PROVIDER_SHUTDOWN_GRACE_MS (a balancer that has not caught up
+/// yet still gets answers), then drains; a client balancing over two replicas sees no failed
+/// call across it.
+#[tokio::test]
+async fn a_sigterm_is_a_lame_duck_first_then_a_drain() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let mut a = Provider::start(db.url(), &ex.url, &[("PROVIDER_SHUTDOWN_GRACE_MS", "5000")]).await;
+    let b = Provider::start(db.url(), &ex.url, &[]).await;
+    a.client()
+        .get_document("ASX:GNP", &DocumentOptions::new())
+        .await
+        .unwrap();
+    let both = documents_api::ProviderClient::with_config(
+        &format!("{},{}", a.url(), b.url()),
+        documents_api::client::ClientConfig {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop) = (both.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client
+                        .get_document("ASX:GNP", &DocumentOptions::new())
+                        .await
+                    {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.proc.signal("TERM");
+    // NOT_SERVING (not unreachable: it still answers health), liveness still SERVING...
+    let mut flipped = false;
+    for _ in 0..200 {
+        if let Ok(false) =
+            documents_kit::health::healthcheck(&a.addr, documents_api::proto::PROVIDER_SERVICE_NAME)
+                .await
+        {
+            flipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        flipped,
+        "health never turned NOT_SERVING:\n{}",
+        a.proc.logs()
+    );
+    assert!(
+        documents_kit::health::healthcheck(&a.addr, documents_kit::health::LIVENESS_SERVICE)
+            .await
+            .unwrap(),
+        "liveness stays SERVING"
+    );
+    // ...and a caller that only now connects is still served.
+    let late = a.client();
+    let answer = late.get_document("ASX:GNP", &DocumentOptions::new()).await;
+    assert!(
+        answer.is_ok(),
+        "a new connection in the grace period: {answer:?}"
+    );
+    let status = a
+        .proc
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits after the grace and the drain");
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed across the shutdown: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        failed.first()
+    );
+    assert!(a.proc.logs().contains("still serving for the grace period"));
+}

@@ -66,6 +66,12 @@ macro_rules! server_args {
             /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
             #[arg(long, env = concat!($prefix, "_DRAIN_TIMEOUT_MS"), default_value_t = 10_000)]
             pub drain_timeout_ms: u64,
+
+            /// Lame duck: on SIGTERM/Ctrl-C health turns NOT_SERVING at once, and the server
+            /// keeps accepting and serving calls for this many milliseconds (while balancers
+            /// and endpoints catch up) before it drains.
+            #[arg(long, env = concat!($prefix, "_SHUTDOWN_GRACE_MS"), default_value_t = 0)]
+            pub shutdown_grace_ms: u64,
         }
 
         impl $name {
@@ -82,6 +88,7 @@ macro_rules! server_args {
                     ),
                     request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
                     drain_timeout: std::time::Duration::from_millis(self.drain_timeout_ms),
+                    shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
                     names: $crate::grpc_server::SettingNames {
                         max_concurrent_per_connection: concat!(
                             $prefix,
@@ -111,6 +118,8 @@ pub struct Limits {
     pub request_read_timeout: Duration,
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
+    /// How long the server goes on serving, NOT_SERVING, before it drains.
+    pub shutdown_grace: Duration,
     pub names: SettingNames,
 }
 

@@ -47,13 +47,32 @@ pub async fn set_serving(reporter: &HealthReporter, service_name: &str, serving:
 
 /// Whether the database answered the last health ping. The watcher sets it; a service refuses
 /// work at once with UNAVAILABLE while it is down, instead of every call waiting on the pool.
+/// Once the process is shutting down (`stopping`), nothing turns health SERVING again.
 #[derive(Clone, Debug)]
-pub struct DatabaseStatus(Arc<AtomicBool>, Arc<std::sync::Mutex<String>>);
+pub struct DatabaseStatus(
+    Arc<AtomicBool>,
+    Arc<std::sync::Mutex<String>>,
+    Arc<AtomicBool>,
+);
 
 impl DatabaseStatus {
     /// A status that says "up" until the watcher finds otherwise.
     pub fn up() -> Self {
-        Self(Arc::new(AtomicBool::new(true)), Arc::default())
+        Self(
+            Arc::new(AtomicBool::new(true)),
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    /// The process is shutting down: health stays NOT_SERVING from now on.
+    pub fn stop_serving(&self) {
+        self.2.store(true, Ordering::Release);
+    }
+
+    /// Whether the process is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.2.load(Ordering::Acquire)
     }
 
     pub fn is_up(&self) -> bool {
@@ -96,7 +115,9 @@ pub fn watch_database(
             if ok != serving {
                 serving = ok;
                 status.0.store(ok, Ordering::Release);
-                set_serving(&reporter, service_name, ok).await;
+                if !status.stopping() {
+                    set_serving(&reporter, service_name, ok).await;
+                }
                 match cause {
                     None => tracing::info!("database takes writes again: serving"),
                     Some(cause) => tracing::warn!(%cause, "database unusable: not serving"),

@@ -157,6 +157,23 @@ impl<T: Send + Sync + 'static> Host<T> {
             ..
         } = spec;
 
+        // Lame duck: on the signal, NOT_SERVING at once (and for good), still serving for the
+        // grace period, then the drain.
+        let grace = server.limits.shutdown_grace;
+        let (stopping_reporter, stopping) = (reporter.clone(), database.clone());
+        let shutdown = async move {
+            shutdown.await;
+            stopping.stop_serving();
+            set_serving(&stopping_reporter, name, false).await;
+            if !grace.is_zero() {
+                tracing::info!(
+                    ?grace,
+                    "shutting down: NOT_SERVING, still serving for the grace period"
+                );
+                tokio::time::sleep(grace).await;
+            }
+        };
+
         // The database comes up in the background; until then health says NOT_SERVING and
         // calls answer UNAVAILABLE.
         let loops = background.clone();
@@ -169,7 +186,9 @@ impl<T: Send + Sync + 'static> Host<T> {
             match ready(connected.clone(), &loops) {
                 Ok(made) => {
                     let _ = state.set(made);
-                    set_serving(&reporter, name, true).await;
+                    if !database.stopping() {
+                        set_serving(&reporter, name, true).await;
+                    }
                     watch_database(reporter, name, connected, database, &loops);
                     tracing::info!("database ready: serving");
                 }
