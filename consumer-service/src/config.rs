@@ -17,7 +17,7 @@ pub const DEFAULT_FILTERS: &str = "Annual Report,Full Year,FY,Preliminary Final 
 #[derive(Debug, Parser)]
 #[command(
     name = "consumer-service",
-    version,
+    version = documents_kit::build_info::LONG_VERSION,
     about = "gRPC consumer: asks the provider for announcements, reads them from the shared database and downloads the PDFs that matter"
 )]
 pub struct Cli {

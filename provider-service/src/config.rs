@@ -14,7 +14,7 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(
     name = "provider-service",
-    version,
+    version = documents_kit::build_info::LONG_VERSION,
     about = "gRPC document provider: makes sure fresh documents exist in the shared database and answers their IDs"
 )]
 pub struct Cli {

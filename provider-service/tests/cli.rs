@@ -64,6 +64,38 @@ fn migrating_through_a_transaction_pooler_needs_a_session_url() {
 }
 
 #[test]
+fn version_names_the_revision_and_build_date() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        line.starts_with(&format!(
+            "provider-service {} (revision ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{line}"
+    );
+    // Built from this checkout: its revision, and its commit's date.
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let (Some(rev), Some(date)) = (
+        git(&["rev-parse", "--short=12", "HEAD"]),
+        git(&["log", "-1", "--format=%cs", "HEAD"]),
+    ) {
+        assert!(
+            line.ends_with(&format!("(revision {rev}, built {date})")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn help_never_prints_a_secret() {
     let out = Command::new(BIN)
         .arg("--help")

@@ -296,6 +296,17 @@ async fn per_rpc_metrics_count_refused_calls_and_pass_promtool() {
         );
     }
     assert!(!text.contains("made.Up"), "{text}");
+    // The running build, as an info series with the version the binary was built as.
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .unwrap_or_else(|| panic!("no build_info: {text}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("revision=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
     for (series, at_least) in [
         ("process_resident_memory_bytes", 1e6),
         ("process_open_fds", 3.0),

@@ -197,7 +197,13 @@ impl<T: Send + Sync + 'static> Host<T> {
         });
 
         routes.add_service(health);
-        tracing::info!(addr = %listener.local_addr()?, service = name, "gRPC listening");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            service = name,
+            version = crate::build_info::VERSION,
+            revision = crate::build_info::REVISION,
+            "gRPC listening"
+        );
         let result = server.serve(routes.routes(), listener, shutdown).await;
         // The calls are drained: stop the loops, then close the pool.
         connecting.abort();

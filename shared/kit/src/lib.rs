@@ -8,6 +8,7 @@
 //! ([`telemetry`]), span export ([`trace`]) and the database settings ([`config`]).
 
 pub mod access;
+pub mod build_info;
 pub mod config;
 pub mod grpc_server;
 pub mod health;

@@ -44,6 +44,22 @@ pub async fn serve(
         "Tokio tasks alive in this process",
         tasks.clone(),
     );
+    // What is running, as the usual constant-1 info series, so dashboards can tell a rollout's
+    // old and new replicas apart.
+    let build =
+        prometheus_client::metrics::family::Family::<Vec<(String, String)>, Gauge>::default();
+    build
+        .get_or_create(&vec![
+            ("version".into(), crate::build_info::VERSION.into()),
+            ("revision".into(), crate::build_info::REVISION.into()),
+            ("build_date".into(), crate::build_info::BUILD_DATE.into()),
+        ])
+        .set(1);
+    registry.lock().expect("metrics registry lock").register(
+        "build_info",
+        "The running build: version, source revision and build date (always 1)",
+        build,
+    );
     let process = ProcessMetrics::register(&mut registry.lock().expect("metrics registry lock"));
     let app = Router::new().route(
         "/metrics",
