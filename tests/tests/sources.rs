@@ -303,3 +303,50 @@ async fn malformed_upstream_bodies_are_internal_and_change_nothing() {
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("malformed"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn an_upstream_that_says_retry_after_is_waited_for_then_answers() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[("UPSTREAM_RETRIES", "2")]).await;
+    // The market-data source's one request is refused twice with `503, Retry-After: 1`.
+    ex.control(&Control {
+        busy: [(EOD_PATH.to_string(), 2)].into(),
+        ..Default::default()
+    })
+    .await;
+    let answer = p
+        .client()
+        .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::MarketData))
+        .await
+        .expect("answered after the upstream's second Retry-After");
+    assert!(!answer.document_id.is_empty());
+    let at: Vec<f64> = ex
+        .stats()
+        .await
+        .log
+        .iter()
+        .filter(|l| l.path.starts_with(EOD_PATH))
+        .map(|l| l.at_ms)
+        .collect();
+    assert_eq!(at.len(), 3, "two refusals and the answer: {at:?}");
+    // Each retry came after the second the upstream asked for, not on the backoff's 100 ms
+    // (a lower bound only; the upper is the machine's business).
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= 990.0, "retried too soon: {at:?}");
+    }
+
+    // Told to come back later than is worth waiting for, or out of retries: UNAVAILABLE.
+    ex.control(&Control {
+        busy: [(DIV_PATH.to_string(), 3)].into(),
+        ..Default::default()
+    })
+    .await;
+    let err = p
+        .client()
+        .get_document("ASX:BHP", &DocumentOptions::new().kind(Kind::Dividends))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("503"), "{}", err.message());
+}

@@ -1,6 +1,7 @@
 //! The one HTTP client every source uses: connect and total timeouts, a response size cap, a
 //! rate limit per upstream host shared by the whole process, and retries of idempotent GETs
-//! on connection failures and 5xx answers.
+//! on connection failures, 5xx and 429 answers: after the upstream's `Retry-After` when it says
+//! one (up to [`MAX_RETRY_AFTER`]), else a full-jitter exponential backoff.
 
 use std::{
     collections::HashMap,
@@ -12,6 +13,66 @@ use reqwest::{StatusCode, Url};
 
 use super::SourceError;
 use crate::metrics::METRICS;
+
+/// The first retry's backoff ceiling; the n-th retry waits a random time up to 2ⁿ⁻¹ times this.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// No backoff ceiling above this.
+const RETRY_CAP: Duration = Duration::from_secs(2);
+/// The longest `Retry-After` waited for; an upstream asking for more is not retried now (the
+/// caller gets UNAVAILABLE, and the negative cache keeps the error briefly).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How long to wait before retry number `retry` (1 for the first): the upstream's
+/// `retry_after` if it said one (None: not worth waiting, past [`MAX_RETRY_AFTER`]), else a
+/// uniformly random time up to the exponential ceiling (full jitter, so retries of many callers
+/// do not come back in step). `random(n)` is uniform in `0..=n`.
+fn retry_delay(
+    retry: u32,
+    retry_after: Option<Duration>,
+    random: impl FnOnce(u64) -> u64,
+) -> Option<Duration> {
+    match retry_after {
+        Some(after) if after > MAX_RETRY_AFTER => None,
+        Some(after) => Some(after),
+        None => {
+            let ceiling = RETRY_BASE
+                .saturating_mul(1 << retry.saturating_sub(1).min(16))
+                .min(RETRY_CAP);
+            Some(Duration::from_millis(random(ceiling.as_millis() as u64)))
+        }
+    }
+}
+
+/// A `Retry-After` header: delta seconds, or an HTTP date (as a wait from now).
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// One failed request: the error, and the upstream's `Retry-After` if it said one.
+struct Failed {
+    error: SourceError,
+    retry_after: Option<Duration>,
+}
+
+impl Failed {
+    fn now(error: SourceError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
 
 /// Limits applied to every upstream request.
 #[derive(Debug, Clone)]
@@ -169,7 +230,7 @@ impl HttpClient {
     /// Unavailable after the retries.
     pub async fn get(&self, url: &UpstreamUrl) -> Result<Fetched, SourceError> {
         let host = url.host_str().unwrap_or_default().to_string();
-        let mut attempt = 0;
+        let mut retries = 0;
         loop {
             self.limiter.wait(&host, self.limits.rate_per_host).await;
             let result = documents_kit::trace::in_span(
@@ -185,17 +246,25 @@ impl HttpClient {
                 self.get_once(url),
             )
             .await;
-            let retryable = matches!(&result, Err(SourceError::Unavailable(_)));
-            if retryable && attempt < self.limits.retries {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
-                continue;
+            let Failed { error, retry_after } = match result {
+                Ok(fetched) => return Ok(fetched),
+                Err(failed) => failed,
+            };
+            let retryable = matches!(error, SourceError::Unavailable(_));
+            if retryable && retries < self.limits.retries {
+                retries += 1;
+                let delay = retry_delay(retries, retry_after, |n| rand::random_range(0..=n));
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
             }
-            return result;
+            return Err(error);
         }
     }
 
-    async fn get_once(&self, url: &UpstreamUrl) -> Result<Fetched, SourceError> {
+    /// One request: the answer, or the error with the upstream's `Retry-After` if it gave one.
+    async fn get_once(&self, url: &UpstreamUrl) -> Result<Fetched, Failed> {
         let shown = url.to_string();
         let host = format!(
             "{}:{}",
@@ -217,23 +286,29 @@ impl HttpClient {
             Ok(r) => r,
             Err(e) => {
                 METRICS.source_request(&host, if e.is_timeout() { "timeout" } else { "error" });
-                return Err(SourceError::Unavailable(format!(
+                return Err(Failed::now(SourceError::Unavailable(format!(
                     "GET {shown}: {}",
                     describe(e)
-                )));
+                ))));
             }
         };
         let status = resp.status();
         METRICS.source_request(&host, status.as_str());
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(SourceError::Unavailable(format!(
-                "GET {shown}: upstream answered {status}"
-            )));
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            return Err(Failed {
+                error: SourceError::Unavailable(format!("GET {shown}: upstream answered {status}")),
+                retry_after,
+            });
         }
         if status.is_client_error() && status != StatusCode::NOT_FOUND {
-            return Err(SourceError::Malformed(format!(
+            return Err(Failed::now(SourceError::Malformed(format!(
                 "GET {shown}: upstream answered {status}"
-            )));
+            ))));
         }
         let content_type = resp
             .headers()
@@ -242,20 +317,23 @@ impl HttpClient {
             .map(str::to_string);
         let max = self.limits.max_body_bytes;
         if resp.content_length().is_some_and(|n| n > max as u64) {
-            return Err(SourceError::Malformed(format!(
+            return Err(Failed::now(SourceError::Malformed(format!(
                 "GET {shown}: body of {} bytes exceeds the {max}-byte limit",
                 resp.content_length().unwrap_or_default()
-            )));
+            ))));
         }
         let mut body = Vec::new();
         let mut resp = resp;
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            SourceError::Unavailable(format!("GET {shown}: reading body: {}", describe(e)))
+            Failed::now(SourceError::Unavailable(format!(
+                "GET {shown}: reading body: {}",
+                describe(e)
+            )))
         })? {
             if body.len() + chunk.len() > max {
-                return Err(SourceError::Malformed(format!(
+                return Err(Failed::now(SourceError::Malformed(format!(
                     "GET {shown}: body exceeds the {max}-byte limit"
-                )));
+                ))));
             }
             body.extend_from_slice(&chunk);
         }
@@ -290,6 +368,52 @@ fn describe(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_a_full_jitter_backoff_or_what_the_upstream_says() {
+        // Full jitter: anywhere from nothing to the ceiling, which doubles up to its cap.
+        for (retry, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (5, 1600),
+            (6, 2000),
+            (40, 2000),
+        ] {
+            assert_eq!(
+                retry_delay(retry, None, |n| n),
+                Some(Duration::from_millis(ceiling))
+            );
+            assert_eq!(retry_delay(retry, None, |_| 0), Some(Duration::ZERO));
+        }
+        let seen: std::collections::BTreeSet<_> = (0..50)
+            .map(|_| retry_delay(3, None, |n| rand::random_range(0..=n)).unwrap())
+            .collect();
+        assert!(seen.len() > 10, "jittered: {seen:?}");
+        assert!(seen.iter().all(|d| *d <= Duration::from_millis(400)));
+        // Retry-After wins, up to the most worth waiting for.
+        let after = Some(Duration::from_secs(3));
+        assert_eq!(retry_delay(1, after, |n| n), after);
+        assert_eq!(retry_delay(1, Some(Duration::from_secs(60)), |n| n), None);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 
     #[test]
     fn an_upstream_url_shows_its_secret_as_redacted() {

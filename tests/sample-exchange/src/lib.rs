@@ -12,7 +12,8 @@
 //!   for a company that pays none, 404 when unknown);
 //! - `GET /_stats`: request counts; `POST /_stats/reset`; `POST /_control`: test knobs
 //!   (`latency_ms`, and by path prefix: `delay_ms`, `status`, `malformed`, `not_pdf`,
-//!   `oversize`, `half_answer`, `reset`; `fail_rate`).
+//!   `oversize`, `half_answer`, `reset`, `redirect`, `busy` (503 with `Retry-After: 1`);
+//!   `fail_rate`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -337,6 +338,9 @@ pub struct Control {
     pub reset: Vec<String>,
     /// Path-and-query prefix -> a URL answered as a redirect (302 Found) to it.
     pub redirect: BTreeMap<String, String>,
+    /// Path-and-query prefix -> how many of the next requests are answered 503 with
+    /// `Retry-After: 1` (an upstream shedding load and saying when to come back).
+    pub busy: BTreeMap<String, u32>,
 }
 
 struct Shared {
@@ -481,6 +485,18 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             s.log.remove(0);
         }
         let seq = s.total;
+        let busy = match s
+            .control
+            .busy
+            .iter_mut()
+            .find(|(p, n)| full.starts_with(p.as_str()) && **n > 0)
+        {
+            Some((_, n)) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        };
         s.log.push(Logged {
             at_ms,
             end_ms: None,
@@ -488,9 +504,9 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             path: full.clone(),
             traceparent,
         });
-        (s.control.clone(), seq)
+        (s.control.clone(), seq, busy)
     };
-    let (control, seq) = control;
+    let (control, seq, busy) = control;
     let _in_flight = InFlightGuard(state.clone(), seq);
     let hit = |prefix: &String| full.starts_with(prefix.as_str());
     let extra: u64 = control
@@ -508,6 +524,14 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         std::panic::resume_unwind(Box::new(
             "connection dropped by the sample exchange's control",
         ));
+    }
+    if busy {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy: come back in a second",
+        )
+            .into_response();
     }
     if let Some((_, location)) = control.redirect.iter().find(|(p, _)| hit(p)) {
         return (StatusCode::FOUND, [(header::LOCATION, location.as_str())]).into_response();
