@@ -94,7 +94,7 @@ pub struct Config {
     pub provider_timeout_ms: u64,
 
     /// Retries of a provider call that answered UNAVAILABLE (exponential backoff, equal jitter).
-    #[arg(long, env = "PROVIDER_RETRIES", default_value_t = 4)]
+    #[arg(long, env = "PROVIDER_RETRIES", default_value_t = documents_api::client::DEFAULT_RETRIES)]
     pub provider_retries: u32,
 
     /// First retry backoff, in milliseconds; doubles per retry up to 2 s.

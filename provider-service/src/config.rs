@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_HIT_CACHE_MAX_AGE_MS", default_value_t = 1_000)]
     pub hit_cache_max_age_ms: u64,
 
+    /// Documents answered from memory at most; past it the least recently used eighth is
+    /// evicted (about 500 bytes each).
+    #[arg(long, env = "PROVIDER_HIT_CACHE_MAX_ENTRIES", default_value_t = crate::provisioner::DEFAULT_HIT_CACHE_MAX_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hit_cache_max_entries: u64,
+
     /// Refresh-ahead: documents asked for often are refreshed this many seconds before they go
     /// stale for the window they are asked with; 0: off.
     #[arg(long, env = "PROVIDER_REFRESH_AHEAD_SECS", default_value_t = 0)]
@@ -219,6 +224,8 @@ impl Config {
             negative_cache_ttl: Duration::from_millis(self.negative_cache_ms),
             hit_cache: self.hit_cache,
             hit_cache_max_age: Duration::from_millis(self.hit_cache_max_age_ms),
+            hit_cache_max_entries: usize::try_from(self.hit_cache_max_entries)
+                .unwrap_or(usize::MAX),
             refresh_ahead: (self.refresh_ahead_secs > 0).then(|| {
                 crate::provisioner::RefreshAhead {
                     margin: Duration::from_secs(self.refresh_ahead_secs),

@@ -54,6 +54,9 @@ pub struct ProviderMetrics {
     /// Hits answered from the in-memory view, by kind in the order of `Kind::ALL` (resolved
     /// once: a hit costs an atomic add).
     memory_hits: [Counter; Kind::COUNT],
+    /// Documents the hit view holds, and those it evicted to stay within its bound.
+    hit_view_entries: Gauge,
+    hit_view_evictions: Counter,
 }
 
 fn fill_histogram() -> Histogram {
@@ -134,8 +137,22 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
             })
             .clone()
     });
+    let hit_view_entries = Gauge::default();
+    registry.register(
+        "documents_hit_view_entries",
+        "Documents held in this replica's in-memory view (at most PROVIDER_HIT_CACHE_MAX_ENTRIES)",
+        hit_view_entries.clone(),
+    );
+    let hit_view_evictions = Counter::default();
+    registry.register(
+        "documents_hit_view_evictions",
+        "Documents evicted from the in-memory view, least recently used first, to stay within its bound",
+        hit_view_evictions.clone(),
+    );
     ProviderMetrics {
         registry: Arc::new(Mutex::new(registry)),
+        hit_view_entries,
+        hit_view_evictions,
         purge_raced,
         memory_hits,
         revalidations,
@@ -177,6 +194,14 @@ impl ProviderMetrics {
     pub fn memory_hit(&self, kind: documents_api::Kind) {
         if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
             self.memory_hits[i].inc();
+        }
+    }
+
+    /// The hit view now holds `entries`, after evicting `evicted`.
+    pub fn hit_view(&self, entries: usize, evicted: usize) {
+        self.hit_view_entries.set(entries as i64);
+        if evicted > 0 {
+            self.hit_view_evictions.inc_by(evicted as u64);
         }
     }
 

@@ -287,3 +287,35 @@ async fn on_sqlite_the_view_is_used_and_sees_every_commit_within_its_bound() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_bounded_view_stays_within_its_bound_and_keeps_answering_its_hot_document() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[
+            ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
+            ("PROVIDER_HIT_CACHE_MAX_ENTRIES", "2"),
+        ],
+    )
+    .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
+    let client = p.client();
+    // Three documents through a view that holds two.
+    for ticker in ["ASX:GNP", "ASX:BHP", "ASX:CBA"] {
+        client
+            .get_document(ticker, &DocumentOptions::new())
+            .await
+            .unwrap();
+    }
+    // The hot one is still (or again) answered from memory.
+    warm_from_memory(&client, &metrics).await;
+    let text = e2e::harness::scrape_metrics(&metrics).await;
+    let entries = e2e::harness::metric_value(&text, "documents_hit_view_entries").unwrap();
+    let evicted =
+        e2e::harness::metric_value(&text, "documents_hit_view_evictions_total").unwrap_or(0.0);
+    assert!(entries <= 2.0, "{entries} entries held, bound 2");
+    assert!(evicted >= 1.0, "nothing evicted: {text}");
+}

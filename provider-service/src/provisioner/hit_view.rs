@@ -15,6 +15,12 @@
 //! on the side of "not fresh", so a cached answer never claims fresh for a document that is not.
 //! Entries only ever move to higher versions, so this process never answers a version older
 //! than one it has answered.
+//!
+//! Its size is bounded (`PROVIDER_HIT_CACHE_MAX_ENTRIES`): when full, the least recently used
+//! eighth is evicted, so a working set larger than the bound keeps its hottest part in memory
+//! instead of starting over. Eviction forgets what the view knew of a document (its version,
+//! its last change); so a read that began before an evicted entry was last changed or
+//! remembered is not remembered for a document the view no longer holds (the eviction floor).
 
 use std::{
     collections::HashMap,
@@ -29,8 +35,10 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use documents_store::{Change, DocumentHead, SourceKey};
 use tokio::sync::broadcast;
 
-/// Entries kept at most; past it the cache starts over (hits then refill it from lookups).
-const MAX_ENTRIES: usize = 200_000;
+use crate::metrics::METRICS;
+
+/// Entries kept at most by default (`PROVIDER_HIT_CACHE_MAX_ENTRIES`).
+pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 
 /// Added to the clock estimate's uncertainty before judging freshness.
 const SAFETY_MARGIN_MS: u64 = 1_000;
@@ -46,24 +54,82 @@ type Key = SourceKey;
 #[derive(Default)]
 struct Slot {
     version: i64,
-    /// Bumped on every announced change of the document.
-    changes: u64,
+    /// The view's sequence number at the document's latest announced change.
+    changed: u64,
+    /// The view's sequence number when the document's entry last changed (an announcement or a
+    /// remembered head): an eviction raises the floor to it.
+    touched: u64,
     /// The head and when it was stored.
     head: Option<(DocumentHead, tokio::time::Instant)>,
     /// The version this process wrote and remembered, whose own announcement is still to come:
     /// that announcement keeps the head (it announces what the head already is).
     own_write: Option<i64>,
+    /// When a hit last used the entry (milliseconds since the view began), for eviction; an
+    /// atomic so that hits, which share the read lock, can mark it.
+    used: AtomicU64,
+}
+
+/// The entries, with the sequence numbers that judge whether a read may be remembered.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Key, Slot>,
+    /// Bumped by every announcement and every remembered head.
+    seq: u64,
+    /// The highest `touched` of any evicted entry: a read of a document the view does not hold
+    /// is remembered only if it began at or after this.
+    floor: u64,
+}
+
+impl Entries {
+    /// The document's entry, made room for if it is new.
+    fn slot(&mut self, key: &Key, max_entries: usize, now_ms: u64) -> &mut Slot {
+        if !self.map.contains_key(key) {
+            let evicted = if self.map.len() >= max_entries {
+                self.evict(max_entries)
+            } else {
+                0
+            };
+            let slot = Slot {
+                used: AtomicU64::new(now_ms),
+                ..Slot::default()
+            };
+            self.map.insert(key.clone(), slot);
+            METRICS.hit_view(self.map.len(), evicted);
+        }
+        self.map.get_mut(key).expect("just inserted")
+    }
+
+    /// Evicts the least recently used eighth of the bound (at least one entry); answers how
+    /// many.
+    fn evict(&mut self, max_entries: usize) -> usize {
+        let count = (max_entries / 8).clamp(1, self.map.len());
+        let mut by_use: Vec<(u64, &Key)> = self
+            .map
+            .iter()
+            .map(|(k, s)| (s.used.load(Ordering::Relaxed), k))
+            .collect();
+        by_use.select_nth_unstable_by_key(count - 1, |(used, _)| *used);
+        let victims: Vec<Key> = by_use[..count].iter().map(|(_, k)| (*k).clone()).collect();
+        for key in &victims {
+            if let Some(slot) = self.map.remove(key) {
+                self.floor = self.floor.max(slot.touched);
+            }
+        }
+        victims.len()
+    }
 }
 
 /// What a read must show to be remembered: nothing changed since it began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     epoch: u64,
-    changes: u64,
+    seq: u64,
 }
 
 pub struct HitView {
-    entries: RwLock<HashMap<Key, Slot>>,
+    entries: RwLock<Entries>,
+    /// Entries kept at most.
+    max_entries: usize,
     /// Bumped whenever the feed restarts; reads begun in an older epoch are not remembered.
     epoch: AtomicU64,
     /// The change feed is connected (entries are trustworthy).
@@ -95,11 +161,17 @@ impl ClockSample {
 }
 
 impl HitView {
-    /// A cache fed by `changes` whose entries are answered for at most `max_age`; it starts
-    /// unused until the feed connects and its first heartbeat comes back.
-    pub fn new(changes: broadcast::Receiver<Change>, max_age: Duration) -> Arc<Self> {
+    /// A cache fed by `changes` whose entries are answered for at most `max_age`, holding at
+    /// most `max_entries` (at least one); it starts unused until the feed connects and its
+    /// first heartbeat comes back.
+    pub fn new(
+        changes: broadcast::Receiver<Change>,
+        max_age: Duration,
+        max_entries: usize,
+    ) -> Arc<Self> {
         let cache = Arc::new(Self {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
+            max_entries: max_entries.max(1),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             clock: Mutex::new(None),
@@ -117,8 +189,11 @@ impl HitView {
             let Some(cache) = cache.upgrade() else { return };
             match change {
                 Ok(Change::Document { key, version }) => {
+                    let now_ms = cache.now_ms();
                     let mut entries = cache.entries.write().expect("hit view lock");
-                    let slot = entries.entry(key).or_default();
+                    entries.seq += 1;
+                    let seq = entries.seq;
+                    let slot = entries.slot(&key, cache.max_entries, now_ms);
                     // This process's own write coming back: the head is that write. The first
                     // announcement of that version is ours (announcements come in commit order,
                     // and another writer would have raised the version).
@@ -135,7 +210,8 @@ impl HitView {
                     // reset.
                     let version = if version == 0 { i64::MAX } else { version };
                     slot.version = slot.version.max(version);
-                    slot.changes += 1;
+                    slot.changed = seq;
+                    slot.touched = seq;
                     slot.head = None;
                 }
                 Ok(Change::Heartbeat { sent }) => {
@@ -167,15 +243,27 @@ impl HitView {
         // Only a heartbeat sent after this point proves the feed caught up again.
         self.caught_up_until.store(0, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        entries.clear();
+        entries.map.clear();
+        entries.floor = entries.seq;
+        METRICS.hit_view(0, 0);
+    }
+
+    /// Milliseconds since the view began (the clock of `Slot::used`).
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Documents held in memory now (at most the bound).
+    pub fn held(&self) -> usize {
+        self.entries.read().expect("hit view lock").map.len()
     }
 
     /// The stamp to pass to [`HitView::remember`] for a read of the document that starts now.
-    pub fn stamp(&self, key: &SourceKey) -> Stamp {
+    pub fn stamp(&self, _key: &SourceKey) -> Stamp {
         let entries = self.entries.read().expect("hit view lock");
         Stamp {
             epoch: self.epoch.load(Ordering::Acquire),
-            changes: entries.get(key).map_or(0, |s| s.changes),
+            seq: entries.seq,
         }
     }
 
@@ -208,10 +296,14 @@ impl HitView {
         }
         let now = self.db_now_upper_bound()?;
         let entries = self.entries.read().expect("hit view lock");
-        let (head, stored) = entries.get(key)?.head.as_ref()?;
-        (stored.elapsed() < self.max_age
-            && now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours)))
-        .then(|| head.clone())
+        let slot = entries.map.get(key)?;
+        let (head, stored) = slot.head.as_ref()?;
+        let fresh = stored.elapsed() < self.max_age
+            && now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours));
+        if fresh {
+            slot.used.store(self.now_ms(), Ordering::Relaxed);
+        }
+        fresh.then(|| head.clone())
     }
 
     /// Whether memory holds a head for the document (for the admin view; a held head is
@@ -222,6 +314,7 @@ impl HitView {
                 .entries
                 .read()
                 .expect("hit view lock")
+                .map
                 .get(key)
                 .is_some_and(|e| e.head.is_some())
     }
@@ -238,7 +331,7 @@ impl HitView {
     pub fn remember_written(&self, head: &DocumentHead, stamp: Stamp) {
         self.remember(head, stamp);
         let mut entries = self.entries.write().expect("hit view lock");
-        if let Some(slot) = entries.get_mut(&head.key) {
+        if let Some(slot) = entries.map.get_mut(&head.key) {
             if slot
                 .head
                 .as_ref()
@@ -256,16 +349,20 @@ impl HitView {
         if !self.live.load(Ordering::Acquire) || head.invalidated {
             return;
         }
+        let now_ms = self.now_ms();
         let mut entries = self.entries.write().expect("hit view lock");
-        if entries.len() >= MAX_ENTRIES {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
-            entries.clear();
-            return;
-        }
         let current_epoch = self.epoch.load(Ordering::Acquire) == stamp.epoch;
-        let slot = entries.entry(head.key.clone()).or_default();
+        // A document the view does not hold may have been evicted after the read began, with
+        // what the view knew of it (a change, a newer version): trusted only if not.
+        let held = entries.map.contains_key(&head.key);
+        let not_evicted_since = held || entries.floor <= stamp.seq;
+        entries.seq += 1;
+        let seq = entries.seq;
+        let slot = entries.slot(&head.key, self.max_entries, now_ms);
+        slot.touched = seq;
         if current_epoch
-            && slot.changes == stamp.changes
+            && not_evicted_since
+            && slot.changed <= stamp.seq
             && head.version >= slot.version
             && slot
                 .head
@@ -289,9 +386,13 @@ mod tests {
     use super::*;
 
     fn head(version: i64) -> DocumentHead {
+        head_of(SID, version)
+    }
+
+    fn head_of(key: &str, version: i64) -> DocumentHead {
         DocumentHead {
-            id: "doc-1".into(),
-            key: SID.parse().unwrap(),
+            id: format!("doc-{key}"),
+            key: key.parse().unwrap(),
             tags: vec![],
             version,
             last_synced: Utc::now(),
@@ -303,8 +404,15 @@ mod tests {
 
     /// A view whose feed has connected and proved itself once, holding `head(1)`.
     async fn warmed(max_age: Duration) -> (Arc<HitView>, broadcast::Sender<Change>) {
+        warmed_with(max_age, DEFAULT_MAX_ENTRIES).await
+    }
+
+    async fn warmed_with(
+        max_age: Duration,
+        max_entries: usize,
+    ) -> (Arc<HitView>, broadcast::Sender<Change>) {
         let (tx, rx) = broadcast::channel(16);
-        let cache = HitView::new(rx, max_age);
+        let cache = HitView::new(rx, max_age, max_entries);
         tx.send(Change::Reset).unwrap();
         tx.send(Change::Heartbeat {
             sent: TokioInstant::now(),
@@ -424,5 +532,107 @@ mod tests {
         .unwrap();
         settle().await;
         assert_eq!(hit(&cache), Some(2));
+    }
+
+    /// The i-th of some distinct documents.
+    fn nth(i: usize) -> String {
+        let letter = |n: usize| char::from(b'A' + (n % 26) as u8);
+        format!("ASX:Q{}{}:announcement", letter(i / 26), letter(i))
+    }
+
+    fn remember_now(cache: &HitView, key: &str, version: i64) {
+        let stamp = cache.stamp(&key.parse().unwrap());
+        cache.remember(&head_of(key, version), stamp);
+    }
+
+    fn hit_of(cache: &HitView, key: &str) -> Option<i64> {
+        cache.fresh(&key.parse().unwrap(), 24).map(|h| h.version)
+    }
+
+    /// Keeps the feed proven while paused time moves on.
+    async fn beat(tx: &broadcast::Sender<Change>) {
+        tx.send(Change::Heartbeat {
+            sent: TokioInstant::now(),
+        })
+        .unwrap();
+        settle().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_view_evicts_the_least_recently_used_not_everything() {
+        let (cache, tx) = warmed_with(Duration::from_secs(60), 16).await;
+        // SID and 15 more: full. Remembered a millisecond apart, oldest first.
+        for i in 0..15 {
+            advance(Duration::from_millis(1)).await;
+            remember_now(&cache, &nth(i), 1);
+        }
+        assert_eq!(cache.held(), 16);
+        // The first three are used again (SID too): the least recently used are now 3 and 4.
+        advance(Duration::from_millis(5)).await;
+        beat(&tx).await;
+        for key in [SID.to_string(), nth(0), nth(1), nth(2)] {
+            assert_eq!(hit_of(&cache, &key), Some(1), "{key}");
+        }
+        // One more document: an eighth of the bound (two entries) makes room for it.
+        remember_now(&cache, &nth(100), 1);
+        assert_eq!(cache.held(), 15);
+        assert_eq!(hit_of(&cache, &nth(3)), None, "least recently used");
+        assert_eq!(hit_of(&cache, &nth(4)), None, "next least recently used");
+        for key in [
+            SID.to_string(),
+            nth(0),
+            nth(1),
+            nth(2),
+            nth(5),
+            nth(14),
+            nth(100),
+        ] {
+            assert_eq!(hit_of(&cache, &key), Some(1), "{key} kept");
+        }
+        // A working set twice the bound never grows the view past it, and the view keeps
+        // answering (it does not start over).
+        for i in 200..232 {
+            remember_now(&cache, &nth(i), 1);
+            assert!(cache.held() <= 16);
+        }
+        assert_eq!(hit_of(&cache, &nth(231)), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_eviction_never_lets_an_older_read_back_in() {
+        let (cache, tx) = warmed_with(Duration::from_secs(60), 8).await;
+        let old = |key: &str| cache.stamp(&key.parse().unwrap());
+        // A read of A begins; then A's version 2 is announced (the read may have seen 1).
+        let a = nth(0);
+        let read_a = old(&a);
+        tx.send(Change::Document {
+            key: a.parse().unwrap(),
+            version: 2,
+        })
+        .unwrap();
+        settle().await;
+        // B is remembered at version 5 while an older read of B (which saw 4) is in flight.
+        let b = nth(1);
+        let read_b = old(&b);
+        remember_now(&cache, &b, 5);
+        assert_eq!(hit_of(&cache, &b), Some(5));
+        // Both entries are evicted by newer documents, used more recently.
+        for i in 10..20 {
+            advance(Duration::from_millis(1)).await;
+            remember_now(&cache, &nth(i), 1);
+        }
+        beat(&tx).await;
+        assert!(!cache.holds(&a.parse().unwrap()) && !cache.holds(&b.parse().unwrap()));
+        // The older reads finish: what they saw predates what the view forgot, so neither is
+        // answered (A's version 1 after version 2 was announced; B's 4 after 5 was answered).
+        cache.remember(&head_of(&a, 1), read_a);
+        cache.remember(&head_of(&b, 4), read_b);
+        assert_eq!(hit_of(&cache, &a), None);
+        assert_eq!(hit_of(&cache, &b), None);
+        // Reads that begin now are remembered again.
+        remember_now(&cache, &a, 2);
+        remember_now(&cache, &b, 5);
+        assert_eq!(hit_of(&cache, &a), Some(2));
+        assert_eq!(hit_of(&cache, &b), Some(5));
     }
 }

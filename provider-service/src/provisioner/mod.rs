@@ -46,7 +46,9 @@ use futures::{
 };
 use tokio::sync::Semaphore;
 
-pub use hit_view::{HitView, STALENESS_BOUND};
+pub use hit_view::{
+    HitView, DEFAULT_MAX_ENTRIES as DEFAULT_HIT_CACHE_MAX_ENTRIES, STALENESS_BOUND,
+};
 pub use request::{Asked, RefreshAhead, Request, Settings};
 pub use single_flight::LocalFill;
 
@@ -89,7 +91,13 @@ impl Provisioner {
                      hits are read from the database"
                 );
             }
-            feed.map(|c| HitView::new(c, settings.hit_cache_max_age))
+            feed.map(|c| {
+                HitView::new(
+                    c,
+                    settings.hit_cache_max_age,
+                    settings.hit_cache_max_entries,
+                )
+            })
         } else {
             None
         };

@@ -35,6 +35,8 @@ pub struct Settings {
     pub hit_cache: bool,
     /// Longest time a document is answered from memory without reading the database again.
     pub hit_cache_max_age: Duration,
+    /// Documents the hit view holds at most (the least recently used are evicted past it).
+    pub hit_cache_max_entries: usize,
     /// Refresh popular documents before they go stale; `None`: off.
     pub refresh_ahead: Option<RefreshAhead>,
 }
@@ -53,6 +55,7 @@ impl Default for Settings {
             holder: format!("provider-{}-{:08x}", std::process::id(), rand_u32()),
             hit_cache: true,
             hit_cache_max_age: Duration::from_secs(1),
+            hit_cache_max_entries: super::DEFAULT_HIT_CACHE_MAX_ENTRIES,
             refresh_ahead: None,
         }
     }

@@ -37,6 +37,10 @@ pub const HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// How the client talks to the provider.
+/// Retries after the first attempt, by default: the library's and the consumer's
+/// (`PROVIDER_RETRIES`) alike.
+pub const DEFAULT_RETRIES: u32 = 3;
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Deadline of a whole call, retries and their backoff included; each attempt sends what
@@ -58,7 +62,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            retries: 3,
+            retries: DEFAULT_RETRIES,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             auth_token: None,

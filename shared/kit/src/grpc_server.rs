@@ -35,7 +35,7 @@ macro_rules! server_args {
 
             /// Client connections open at once; more are refused (an HTTP/2 GOAWAY naming this
             /// setting) until some close.
-            #[arg(long, env = concat!($prefix, "_MAX_CONNECTIONS"), default_value_t = 1000)]
+            #[arg(long, visible_alias = "max-connections", env = concat!($prefix, "_MAX_CONNECTIONS"), default_value_t = 1000)]
             pub max_client_connections: usize,
 
             /// A connection with no call in flight for this many seconds is closed (clients
