@@ -54,6 +54,8 @@ pub struct ProviderMetrics {
     /// Hits answered from the in-memory view, by kind in the order of `Kind::ALL` (resolved
     /// once: a hit costs an atomic add).
     memory_hits: [Counter; Kind::COUNT],
+    /// Stale-while-revalidate answers from the in-memory view, by kind as `memory_hits`.
+    memory_stale: [Counter; Kind::COUNT],
     /// Documents the hit view holds, and those it evicted to stay within its bound.
     hit_view_entries: Gauge,
     hit_view_evictions: Counter,
@@ -137,6 +139,19 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
             })
             .clone()
     });
+    let memory_stale = Family::<KindLabels, Counter>::default();
+    registry.register(
+        "documents_memory_stale_answers",
+        "Stale-while-revalidate answers from this replica's in-memory view, without a database round trip",
+        memory_stale.clone(),
+    );
+    let memory_stale = Kind::ALL.map(|k| {
+        memory_stale
+            .get_or_create(&KindLabels {
+                kind: k.as_str().into(),
+            })
+            .clone()
+    });
     let hit_view_entries = Gauge::default();
     registry.register(
         "documents_hit_view_entries",
@@ -155,6 +170,7 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         hit_view_evictions,
         purge_raced,
         memory_hits,
+        memory_stale,
         revalidations,
         invalidated,
         refresh_ahead,
@@ -202,6 +218,12 @@ impl ProviderMetrics {
         self.hit_view_entries.set(entries as i64);
         if evicted > 0 {
             self.hit_view_evictions.inc_by(evicted as u64);
+        }
+    }
+
+    pub fn memory_stale(&self, kind: documents_api::Kind) {
+        if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
+            self.memory_stale[i].inc();
         }
     }
 

@@ -1,5 +1,6 @@
 //! Cache controls end to end, on both databases with real processes: stale-while-revalidate
-//! answers the stored version without waiting for a slow upstream and exactly one fill follows;
+//! answers the stored version without waiting for a slow upstream (from memory once the view
+//! holds it) and exactly one fill follows;
 //! an invalidation through one replica makes the next call on another refresh (by identifier,
 //! tag or kind; the ID stays); the admin view shows a running fill's lease holder, the fills in
 //! flight and a negative-cache entry, behind the token; refresh-ahead keeps a document asked for
@@ -45,7 +46,13 @@ async fn stored_version(db: &Db, source_id: &str) -> i64 {
 
 async fn stale_while_revalidate(db: Db) {
     let ex = Exchange::start();
-    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT)],
+    )
+    .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
     let mut c = DocumentProviderClient::connect(p.url()).await.unwrap();
     let first = c
         .get_document(get("ASX:GNP", DocumentOptions::default()))
@@ -78,6 +85,34 @@ async fn stale_while_revalidate(db: Db) {
             (Outcome::Stale, 1, true, first.document_id.as_str())
         );
         assert!(a.status.is_none(), "{a:?}");
+    }
+    // While the refresh is at the upstream, the stale version is answered from memory (the
+    // view remembered what the first lookup read): no database round trip per call.
+    let memory_stale = || async {
+        let text = scrape_metrics(&metrics).await;
+        metric_value(
+            &text,
+            "documents_memory_stale_answers_total{kind=\"announcement\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(2_000);
+    while memory_stale().await == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stale answer came from memory"
+        );
+        let a = c
+            .get_document(get("ASX:GNP", swr))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (a.outcome(), a.version, a.refreshing),
+            (Outcome::Stale, 1, true),
+            "{a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // One fill follows.
     for _ in 0..200 {

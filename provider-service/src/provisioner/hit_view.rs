@@ -119,6 +119,16 @@ impl Entries {
     }
 }
 
+/// What memory can answer for a call ([`HitView::answerable`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Held {
+    /// Fresh within the caller's window: a hit.
+    Fresh(DocumentHead),
+    /// Past the caller's window but within its stale-while-revalidate window, with the
+    /// database clock's estimate now.
+    Stale(DocumentHead, DateTime<Utc>),
+}
+
 /// What a read must show to be remembered: nothing changed since it began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -254,7 +264,7 @@ impl HitView {
     }
 
     /// Documents held in memory now (at most the bound).
-    pub fn held(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.entries.read().expect("hit view lock").map.len()
     }
 
@@ -282,28 +292,57 @@ impl HitView {
         }
     }
 
-    /// The latest the database's clock can be now.
-    fn db_now_upper_bound(&self) -> Option<DateTime<Utc>> {
+    /// The database's clock now: (the earliest it can be, the estimate, the latest it can be).
+    fn db_now_bounds(&self) -> Option<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> {
         let c = (*self.clock.lock().expect("clock lock"))?;
-        let ahead = c.at.elapsed() + c.uncertainty_now() + Duration::from_millis(SAFETY_MARGIN_MS);
-        Some(c.db_at + ChronoDuration::from_std(ahead).ok()?)
+        let estimate = c.db_at + ChronoDuration::from_std(c.at.elapsed()).ok()?;
+        let spread =
+            ChronoDuration::from_std(c.uncertainty_now() + Duration::from_millis(SAFETY_MARGIN_MS))
+                .ok()?;
+        Some((estimate - spread, estimate, estimate + spread))
     }
 
     /// A cached head that is fresh within `cache_hours`, if any.
     pub fn fresh(&self, key: &SourceKey, cache_hours: u32) -> Option<DocumentHead> {
+        match self.answerable(key, cache_hours, None) {
+            Some(Held::Fresh(head)) => Some(head),
+            _ => None,
+        }
+    }
+
+    /// What memory can answer for a call with window `cache_hours` and, if it asked for one, a
+    /// stale-while-revalidate window of `stale_hours` more: a hit, a stale answer, or nothing
+    /// (the call reads the database). Judged against the database clock's bounds, each on the
+    /// side of reading the database: fresh only if fresh at the latest the clock can be; stale
+    /// only if past the window at the earliest and within the stale window at the latest.
+    pub fn answerable(
+        &self,
+        key: &SourceKey,
+        cache_hours: u32,
+        stale_hours: Option<u32>,
+    ) -> Option<Held> {
         if cache_hours == 0 || !self.live.load(Ordering::Acquire) || !self.caught_up() {
             return None;
         }
-        let now = self.db_now_upper_bound()?;
+        let (earliest, estimate, latest) = self.db_now_bounds()?;
         let entries = self.entries.read().expect("hit view lock");
         let slot = entries.map.get(key)?;
         let (head, stored) = slot.head.as_ref()?;
-        let fresh = stored.elapsed() < self.max_age
-            && now - head.last_synced < ChronoDuration::hours(i64::from(cache_hours));
-        if fresh {
-            slot.used.store(self.now_ms(), Ordering::Relaxed);
+        if stored.elapsed() >= self.max_age {
+            return None;
         }
-        fresh.then(|| head.clone())
+        let window = ChronoDuration::hours(i64::from(cache_hours));
+        let held = if latest - head.last_synced < window {
+            Held::Fresh(head.clone())
+        } else {
+            let extra = ChronoDuration::hours(i64::from(stale_hours?));
+            if earliest - head.last_synced < window || latest - head.last_synced > window + extra {
+                return None;
+            }
+            Held::Stale(head.clone(), estimate)
+        };
+        slot.used.store(self.now_ms(), Ordering::Relaxed);
+        Some(held)
     }
 
     /// Whether memory holds a head for the document (for the admin view; a held head is
@@ -566,7 +605,7 @@ mod tests {
             advance(Duration::from_millis(1)).await;
             remember_now(&cache, &nth(i), 1);
         }
-        assert_eq!(cache.held(), 16);
+        assert_eq!(cache.size(), 16);
         // The first three are used again (SID too): the least recently used are now 3 and 4.
         advance(Duration::from_millis(5)).await;
         beat(&tx).await;
@@ -575,7 +614,7 @@ mod tests {
         }
         // One more document: an eighth of the bound (two entries) makes room for it.
         remember_now(&cache, &nth(100), 1);
-        assert_eq!(cache.held(), 15);
+        assert_eq!(cache.size(), 15);
         assert_eq!(hit_of(&cache, &nth(3)), None, "least recently used");
         assert_eq!(hit_of(&cache, &nth(4)), None, "next least recently used");
         for key in [
@@ -593,7 +632,7 @@ mod tests {
         // answering (it does not start over).
         for i in 200..232 {
             remember_now(&cache, &nth(i), 1);
-            assert!(cache.held() <= 16);
+            assert!(cache.size() <= 16);
         }
         assert_eq!(hit_of(&cache, &nth(231)), Some(1));
     }
@@ -634,5 +673,46 @@ mod tests {
         remember_now(&cache, &b, 5);
         assert_eq!(hit_of(&cache, &a), Some(2));
         assert_eq!(hit_of(&cache, &b), Some(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_head_is_answered_within_the_stale_window_only() {
+        let (cache, _tx) = warmed(Duration::from_secs(60)).await;
+        let key: SourceKey = SID.parse().unwrap();
+        let synced_ago = |hours: i64, minutes: i64| {
+            let mut h = head(2);
+            h.last_synced =
+                Utc::now() - ChronoDuration::hours(hours) - ChronoDuration::minutes(minutes);
+            let stamp = cache.stamp(&key);
+            cache.remember(&h, stamp);
+        };
+        let stale = |held: Option<Held>| matches!(held, Some(Held::Stale(h, _)) if h.version == 2);
+        // Synced 1 h 30 min ago: stale for a 1 h window, within 1 h more.
+        synced_ago(1, 30);
+        assert!(stale(cache.answerable(&key, 1, Some(1))));
+        assert_eq!(
+            cache.answerable(&key, 1, None),
+            None,
+            "no stale window asked for"
+        );
+        assert!(matches!(
+            cache.answerable(&key, 2, Some(1)),
+            Some(Held::Fresh(_))
+        ));
+        // Past both windows: the database decides (a fill).
+        assert_eq!(cache.answerable(&key, 1, Some(0)), None);
+        // Within the clock's uncertainty of either edge: the database decides too.
+        synced_ago(1, 0);
+        assert_eq!(
+            cache.answerable(&key, 1, Some(1)),
+            None,
+            "maybe still fresh"
+        );
+        synced_ago(2, 0);
+        assert_eq!(
+            cache.answerable(&key, 1, Some(1)),
+            None,
+            "maybe past the stale window"
+        );
     }
 }

@@ -23,7 +23,7 @@ use super::{
     answer::{answer, answer_all, is_fresh, may_revalidate},
     fill::{FillResult, Filled, Seen},
     fills::Fills,
-    hit_view::{HitView, Stamp},
+    hit_view::{Held, HitView, Stamp},
     refresh_ahead::Popularity,
     request::{Asked, Request},
 };
@@ -68,7 +68,13 @@ impl Planner<'_> {
         let arrived = Instant::now();
         let mut planned = Planned::default();
         let (identifiers, mut wanted) = self.parse(asked, req, &mut planned.immediate);
-        self.hits_in_memory(&mut wanted, req, &identifiers, &mut planned.immediate);
+        self.answers_in_memory(
+            &mut wanted,
+            req,
+            arrived,
+            &identifiers,
+            &mut planned.immediate,
+        );
         self.join_running(
             &mut wanted,
             req,
@@ -148,39 +154,62 @@ impl Planner<'_> {
         (Arc::new(identifiers), wanted)
     }
 
-    /// Fresh documents this process already knows need no database round trip.
-    fn hits_in_memory(
+    /// Documents this process already knows need no database round trip: fresh ones (hits),
+    /// and stale ones within the caller's stale-while-revalidate window (answered stale, with
+    /// the refresh behind them), under the view's staleness bounds either way.
+    fn answers_in_memory(
         &self,
         wanted: &mut Vec<Wanted>,
         req: Request,
+        arrived: Instant,
         identifiers: &Identifiers,
         immediate: &mut Vec<DocumentResult>,
     ) {
         let (Some(view), false) = (self.hit_view, req.force_refresh) else {
             return;
         };
-        wanted.retain(|w| match view.fresh(&w.key, req.cache_hours) {
-            Some(head) => {
-                METRICS.memory_hit(req.kind);
-                let hit = Ok(Filled {
-                    head,
-                    outcome: Outcome::Hit,
-                });
-                for i in &w.indices {
-                    immediate.push(answer(
-                        &identifiers[*i],
-                        *i,
+        let stale_hours = req.stale_while_revalidate_hours;
+        wanted.retain(
+            |w| match view.answerable(&w.key, req.cache_hours, stale_hours) {
+                Some(Held::Stale(head, now)) => {
+                    METRICS.memory_stale(req.kind);
+                    let seen = Seen {
+                        at: now,
+                        version: head.version,
+                    };
+                    self.revalidate(req, &w.key, &w.ticker, arrived, seen);
+                    immediate.extend(answer_stale(
+                        identifiers,
+                        &w.indices,
                         &w.key,
                         req,
-                        &hit,
-                        None,
-                        Utc::now(),
+                        head,
+                        now,
                     ));
+                    false
                 }
-                false
-            }
-            None => true,
-        });
+                Some(Held::Fresh(head)) => {
+                    METRICS.memory_hit(req.kind);
+                    let hit = Ok(Filled {
+                        head,
+                        outcome: Outcome::Hit,
+                    });
+                    for i in &w.indices {
+                        immediate.push(answer(
+                            &identifiers[*i],
+                            *i,
+                            &w.key,
+                            req,
+                            &hit,
+                            None,
+                            Utc::now(),
+                        ));
+                    }
+                    false
+                }
+                None => true,
+            },
+        );
     }
 
     /// A document this process is filling right now: join that fill; the database has nothing
@@ -276,28 +305,19 @@ impl Planner<'_> {
                     ));
                 }
                 Some(h) if may_revalidate(&h, now, req) => {
-                    // One background refresh per document: one already running here is left
-                    // to finish (callers keep getting the stored version meanwhile).
-                    if !self.fills.filling(&key) {
-                        METRICS.revalidation(req.kind.as_str());
-                        let seen = Seen {
-                            at: now,
-                            version: h.version,
-                        };
-                        let fill = self.fills.fill(req, key.clone(), ticker, arrived, seen);
-                        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
-                        tokio::spawn(trace.scope_call(fill));
-                    }
-                    let stale = Ok(Filled {
-                        head: h,
-                        outcome: Outcome::Stale,
-                    });
-                    for i in indices {
-                        planned.immediate.push(DocumentResult {
-                            refreshing: true,
-                            ..answer(&identifiers[i], i, &key, req, &stale, None, now)
-                        });
-                    }
+                    let seen = Seen {
+                        at: now,
+                        version: h.version,
+                    };
+                    self.revalidate(req, &key, &ticker, arrived, seen);
+                    planned.immediate.extend(answer_stale(
+                        identifiers,
+                        &indices,
+                        &key,
+                        req,
+                        h,
+                        now,
+                    ));
                 }
                 _ => {
                     let seen = Seen {
@@ -318,6 +338,50 @@ impl Planner<'_> {
             }
         }
     }
+
+    /// The one background refresh of a document answered stale (stale-while-revalidate): one
+    /// already running here is left to finish (callers keep getting the stored version
+    /// meanwhile), and across replicas the fill's lease makes it one.
+    fn revalidate(
+        &self,
+        req: Request,
+        key: &SourceKey,
+        ticker: &Ticker,
+        arrived: Instant,
+        seen: Seen,
+    ) {
+        if self.fills.filling(key) {
+            return;
+        }
+        METRICS.revalidation(req.kind.as_str());
+        let fill = self
+            .fills
+            .fill(req, key.clone(), ticker.clone(), arrived, seen);
+        let trace = TraceContext::current().unwrap_or_else(TraceContext::root);
+        tokio::spawn(trace.scope_call(fill));
+    }
+}
+
+/// The stale answers, marked refreshing, of the positions `indices` that asked for `key`.
+fn answer_stale(
+    identifiers: &Identifiers,
+    indices: &[usize],
+    key: &SourceKey,
+    req: Request,
+    head: DocumentHead,
+    now: DateTime<Utc>,
+) -> Vec<DocumentResult> {
+    let stale = Ok(Filled {
+        head,
+        outcome: Outcome::Stale,
+    });
+    indices
+        .iter()
+        .map(|&i| DocumentResult {
+            refreshing: true,
+            ..answer(&identifiers[i], i, key, req, &stale, None, now)
+        })
+        .collect()
 }
 
 /// The answers, once `fill` is done, of the positions `indices` that asked for `key`.
