@@ -25,6 +25,22 @@ fn serves_its_stats_on_the_printed_address() {
         .next()
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_string();
+    // Its health check says so too (and no, where nothing listens).
+    let check = |listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sample-exchange"))
+            .args(["--listen", listen, "--healthcheck"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(check(&addr));
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    assert!(!check(&nobody));
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.write_all(b"GET /_stats HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
