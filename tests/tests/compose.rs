@@ -102,9 +102,16 @@ fn compose_file_agrees_with_the_binaries() {
         }
         let health = strings(&svc["healthcheck"]["test"]);
         if !health.is_empty() {
+            // The services' probe is their `healthcheck` subcommand; the sample exchange, which
+            // has no subcommands, takes a `--healthcheck` flag.
+            let probe = if name == "sample-exchange" {
+                "--healthcheck"
+            } else {
+                "healthcheck"
+            };
             assert_eq!(
                 health,
-                vec!["CMD".to_string(), binary.clone(), "healthcheck".into()],
+                vec!["CMD".to_string(), binary.clone(), probe.into()],
                 "{name}"
             );
             let help = String::from_utf8(
