@@ -174,6 +174,10 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 20_000)]
     pub upstream_timeout_ms: u64,
 
+    /// How long an idle upstream connection is kept for reuse, in milliseconds.
+    #[arg(long, env = "UPSTREAM_POOL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub upstream_pool_idle_timeout_ms: u64,
+
     /// Largest upstream response body accepted, in bytes.
     #[arg(long, env = "UPSTREAM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub upstream_max_body_bytes: usize,
@@ -247,6 +251,7 @@ impl Config {
             http: HttpLimits {
                 connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
                 total_timeout: Duration::from_millis(self.upstream_timeout_ms),
+                pool_idle_timeout: Duration::from_millis(self.upstream_pool_idle_timeout_ms),
                 max_body_bytes: self.upstream_max_body_bytes,
                 rate_per_host: self.upstream_rate_limit,
                 retries: self.upstream_retries,

@@ -59,6 +59,98 @@ pub fn open_fds(pid: u32) -> (usize, usize) {
     (all, sockets)
 }
 
+/// One of a process's sockets: `tcp`, `tcp6`, `udp`, `udp6`, `unix` or `other`, with its
+/// addresses and state (hex, as the kernel gives it: 01 established, 0A listening) for IP ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Socket {
+    pub family: String,
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+}
+
+impl Socket {
+    fn port(addr: &str) -> &str {
+        addr.rsplit(':').next().unwrap_or_default()
+    }
+
+    /// Whether it is a connection a client made to one of `listening`.
+    pub fn accepted_on(&self, listening: &[Socket]) -> bool {
+        self.state == "01"
+            && listening
+                .iter()
+                .any(|l| l.family == self.family && Self::port(&l.local) == Self::port(&self.local))
+    }
+}
+
+/// The process's sockets.
+pub fn sockets(pid: u32) -> Vec<Socket> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let addr = |a: &str| {
+        let (host, port) = a.split_once(':').unwrap_or((a, "0"));
+        let port = u16::from_str_radix(port, 16).unwrap_or(0);
+        let ip = match u32::from_str_radix(host, 16) {
+            Ok(v) if host.len() == 8 => std::net::Ipv4Addr::from(v.swap_bytes()).to_string(),
+            _ => host.to_string(),
+        };
+        format!("{ip}:{port}")
+    };
+    let mut known = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 {
+                let socket = Socket {
+                    family: table.to_string(),
+                    local: addr(f[1]),
+                    remote: addr(f[2]),
+                    state: f[3].to_string(),
+                };
+                known.insert(f[9].to_string(), socket);
+            }
+        }
+    }
+    let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    let mut out: Vec<Socket> = inodes
+        .iter()
+        .map(|i| {
+            known.get(i).cloned().unwrap_or_else(|| {
+                let is_unix = unix
+                    .lines()
+                    .any(|l| l.split_whitespace().nth(6) == Some(i.as_str()));
+                Socket {
+                    family: if is_unix { "unix" } else { "other" }.into(),
+                    local: String::new(),
+                    remote: String::new(),
+                    state: String::new(),
+                }
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The sockets the process opened itself: all but the connections clients made to its
+/// listeners (those are the clients', bounded by the server's connection limit).
+pub fn own_sockets(pid: u32) -> Vec<Socket> {
+    let all = sockets(pid);
+    let listening: Vec<Socket> = all.iter().filter(|s| s.state == "0A").cloned().collect();
+    all.into_iter()
+        .filter(|s| !s.accepted_on(&listening))
+        .collect()
+}
+
 /// Measures a process around `f`: (output, cores used, peak resident MB).
 pub async fn measured<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, f64, f64) {
     reset_peak_rss(pid);

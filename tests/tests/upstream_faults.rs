@@ -80,9 +80,10 @@ fn prefixes(ticker: &str) -> Vec<String> {
 }
 
 /// What the provider holds: tasks alive (metrics), open descriptors and sockets, threads.
-/// Tasks, descriptors, sockets other than the database pool's, and threads of the provider.
-/// The pool opens connections on demand up to its bound (DATABASE_MAX_CONNECTIONS), which is
-/// no leak, so its connections (from its own gauge) are not counted.
+/// Neither the database pool's connections nor the test's own connections to the provider are
+/// counted: the pool opens connections on demand up to its bound (DATABASE_MAX_CONNECTIONS),
+/// and a client's connection comes and goes with the client (the test's gRPC and metrics
+/// clients), both bounded and neither a leak of the provider's.
 async fn resources(metrics: &str, pid: u32) -> (i64, usize, usize, usize) {
     let page = scrape_metrics(metrics).await;
     let tasks = metric_value(&page, "runtime_tasks_alive")
@@ -98,10 +99,12 @@ async fn resources(metrics: &str, pid: u32) -> (i64, usize, usize, usize) {
         })
         .sum();
     let (fds, sockets) = procfs::open_fds(pid);
+    let own = procfs::own_sockets(pid).len();
+    let accepted = sockets.saturating_sub(own);
     (
         tasks,
-        fds - pool as usize,
-        sockets - pool as usize,
+        fds - accepted - pool as usize,
+        own - pool as usize,
         procfs::threads(pid),
     )
 }
@@ -118,6 +121,9 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             ("UPSTREAM_MAX_BODY_BYTES", "1048576"),
             ("PROVIDER_NEGATIVE_CACHE_MS", "0"),
             ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
+            // Idle upstream connections kept for reuse are no leak, but how many there are
+            // depends on how many requests overlapped: let them close before each reading.
+            ("UPSTREAM_POOL_IDLE_TIMEOUT_MS", "500"),
         ],
     )
     .await;
@@ -147,6 +153,7 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
     // Each faulty identifier's answers, by outcome, as they came (alone and in a batch).
     let mut tally: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
     let mut counts = Vec::new();
+    let mut sockets = Vec::new();
     let mut sent = 0;
     let cycles = 4;
     for cycle in 1..=cycles {
@@ -212,17 +219,24 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
             );
         }
         if cycle == 1 || cycle == cycles {
-            // Let finished tasks and closed connections go: read until two readings agree.
+            // Let finished tasks and closed connections go (idle upstream connections within
+            // twice their idle timeout), then take the least of ten readings over two seconds:
+            // a leak stays in every reading, while a connection the pool or the feed opens
+            // between the gauge and the descriptors is in one at most.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
             let mut reading = resources(&metrics, p.proc.pid()).await;
-            for _ in 0..25 {
+            for _ in 0..9 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let next = resources(&metrics, p.proc.pid()).await;
-                if next == reading {
-                    break;
-                }
-                reading = next;
+                reading = (
+                    reading.0.min(next.0),
+                    reading.1.min(next.1),
+                    reading.2.min(next.2),
+                    reading.3.min(next.3),
+                );
             }
             counts.push(reading);
+            sockets.push(procfs::own_sockets(p.proc.pid()));
         }
     }
     // The same work again leaves the same footprint: not one task, socket or descriptor more.
@@ -236,10 +250,12 @@ async fn upstream_faults_are_clear_per_identifier_errors_and_leak_nothing() {
     );
     assert!(
         last.2 <= first.2,
-        "sockets grew from {} to {} over {} more fault cycles",
+        "sockets grew from {} to {} over {} more fault cycles: {:#?} then {:#?}",
         first.2,
         last.2,
-        cycles - 1
+        cycles - 1,
+        sockets[0],
+        sockets[1]
     );
     assert!(
         last.1 <= first.1,

@@ -79,6 +79,8 @@ impl std::fmt::Display for Failed {
 pub struct HttpLimits {
     pub connect_timeout: Duration,
     pub total_timeout: Duration,
+    /// How long an idle connection is kept for reuse.
+    pub pool_idle_timeout: Duration,
     pub max_body_bytes: usize,
     /// Requests per second per host; 0 disables the limit.
     pub rate_per_host: f64,
@@ -91,6 +93,7 @@ impl Default for HttpLimits {
         Self {
             connect_timeout: Duration::from_secs(5),
             total_timeout: Duration::from_secs(20),
+            pool_idle_timeout: Duration::from_secs(60),
             max_body_bytes: 16 * 1024 * 1024,
             rate_per_host: 20.0,
             retries: 2,
@@ -216,7 +219,7 @@ impl HttpClient {
             .connect_timeout(limits.connect_timeout)
             .timeout(limits.total_timeout)
             .user_agent(concat!("provider-service/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(limits.pool_idle_timeout)
             .build()?;
         Ok(Self {
             client,
