@@ -77,13 +77,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let ex = Exchange::start();
     let metrics = free_addr();
-    // Quiet logs (a soak would write gigabytes of per-answer lines) and no upstream rate limit
+    // Quiet logs (a soak would write gigabytes of per-answer lines; the start-up line that
+    // names the bound port stays) and no upstream rate limit
     // (the sample exchange is local).
     let p = Provider::start(
         db.url(),
         &ex.url,
         &[
-            ("RUST_LOG", "warn"),
+            ("RUST_LOG", "warn,documents_kit::host=info"),
             ("UPSTREAM_RATE_LIMIT", "100000"),
             ("PROVIDER_METRICS_ADDR", &metrics),
         ],
