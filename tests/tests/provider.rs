@@ -725,33 +725,68 @@ async fn the_market_data_token_comes_from_a_file() {
 
 /// Lame duck: on SIGTERM health turns NOT_SERVING at once while the server still accepts and
 /// serves new connections for PROVIDER_SHUTDOWN_GRACE_MS (a balancer that has not caught up
-/// yet still gets answers), then drains; a client balancing over two replicas sees no failed
-/// call across it.
+/// yet still gets answers), then drains. Callers behind a balancer that health-checks (as
+/// Kubernetes endpoints and proxies do: here every 100 ms) see no failed call across it, with
+/// no retries to hide one; with no grace, the calls sent before the balancer noticed fail.
 #[tokio::test]
 async fn a_sigterm_is_a_lame_duck_first_then_a_drain() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
     let db = Db::sqlite();
     let ex = Exchange::start();
-    let mut a = Provider::start(db.url(), &ex.url, &[("PROVIDER_SHUTDOWN_GRACE_MS", "5000")]).await;
+    let mut a = Provider::start(db.url(), &ex.url, &[("PROVIDER_SHUTDOWN_GRACE_MS", "3000")]).await;
     let b = Provider::start(db.url(), &ex.url, &[]).await;
-    a.client()
-        .get_document("ASX:GNP", &DocumentOptions::new())
+    let no_retries = |url: String| {
+        documents_api::ProviderClient::with_config(
+            &url,
+            documents_api::client::ClientConfig {
+                timeout: Duration::from_secs(10),
+                retries: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (to_a, to_b) = (no_retries(a.url()), no_retries(b.url()));
+    to_a.get_document("ASX:GNP", &DocumentOptions::new())
         .await
         .unwrap();
-    let both = documents_api::ProviderClient::with_config(
-        &format!("{},{}", a.url(), b.url()),
-        documents_api::client::ClientConfig {
-            timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The balancer: a's health polled every 100 ms; calls go to a only while it is SERVING.
+    let stop = Arc::new(AtomicBool::new(false));
+    let a_serving = Arc::new(AtomicBool::new(true));
+    let poller = {
+        let (stop, a_serving, addr) = (stop.clone(), a_serving.clone(), a.addr.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let serving = documents_kit::health::healthcheck(
+                    &addr,
+                    documents_api::proto::PROVIDER_SERVICE_NAME,
+                )
+                .await
+                .unwrap_or(false);
+                a_serving.store(serving, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let sent_to_a = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, stop) = (both.clone(), stop.clone());
+        .map(|i| {
+            let (to_a, to_b, stop) = (to_a.clone(), to_b.clone(), stop.clone());
+            let (a_serving, sent_to_a) = (a_serving.clone(), sent_to_a.clone());
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut turn = i;
+                while !stop.load(Ordering::Relaxed) {
+                    turn += 1;
+                    let client = if turn % 2 == 0 && a_serving.load(Ordering::Relaxed) {
+                        sent_to_a.fetch_add(1, Ordering::Relaxed);
+                        &to_a
+                    } else {
+                        &to_b
+                    };
                     match client
                         .get_document("ASX:GNP", &DocumentOptions::new())
                         .await
@@ -804,14 +839,15 @@ async fn a_sigterm_is_a_lame_duck_first_then_a_drain() {
         .expect("exits after the grace and the drain");
     assert!(status.success(), "{status:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    poller.await.unwrap();
     let (mut ok, mut failed) = (0, Vec::new());
     for c in callers {
         let (o, f) = c.await.unwrap();
         ok += o;
         failed.extend(f);
     }
-    assert!(ok > 0);
+    assert!(sent_to_a.load(Ordering::Relaxed) > 0 && ok > 0);
     assert!(
         failed.is_empty(),
         "{} of {} calls failed across the shutdown: {:?}",
