@@ -355,12 +355,7 @@ pub fn build_document(
         title: format!("{ticker} announcements"),
         content_markdown: md,
         content_json: json,
-        tags: vec![
-            Kind::Announcement.as_str().to_string(),
-            ticker.code().to_lowercase(),
-            format!("ticker:{ticker}"),
-            format!("source_type:{}", Kind::Announcement),
-        ],
+        tags: super::common_tags(Kind::Announcement, ticker),
     }
 }
 

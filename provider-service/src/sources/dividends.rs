@@ -143,18 +143,18 @@ pub fn build_document(ticker: &Ticker, dividends: &[Dividend], f: &Figures) -> N
             "figures": f,
             "dividends": dividends,
         }),
-        tags: vec![
-            Kind::Dividends.as_str().to_string(),
-            ticker.code().to_lowercase(),
-            format!("ticker:{ticker}"),
-            format!("source_type:{}", Kind::Dividends),
-            if f.count == 0 {
-                "pays:none"
-            } else {
-                "pays:dividends"
-            }
-            .to_string(),
-        ],
+        tags: {
+            let mut tags = super::common_tags(Kind::Dividends, ticker);
+            tags.push(
+                if f.count == 0 {
+                    "pays:none"
+                } else {
+                    "pays:dividends"
+                }
+                .to_string(),
+            );
+            tags
+        },
     }
 }
 

@@ -179,13 +179,11 @@ pub fn build_document(ticker: &Ticker, bars: &[Bar], f: &Figures) -> NewContent 
             "figures": f,
             "bars": bars,
         }),
-        tags: vec![
-            Kind::MarketData.as_str().to_string(),
-            ticker.code().to_lowercase(),
-            format!("ticker:{ticker}"),
-            format!("source_type:{}", Kind::MarketData),
-            format!("trend:{}", f.trend),
-        ],
+        tags: {
+            let mut tags = super::common_tags(Kind::MarketData, ticker);
+            tags.push(format!("trend:{}", f.trend));
+            tags
+        },
     }
 }
 

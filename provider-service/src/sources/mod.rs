@@ -110,6 +110,17 @@ impl UpstreamUrls {
     }
 }
 
+/// The tags every document has, whatever its kind: the kind, the company code in lower case,
+/// `ticker:EXCHANGE:CODE` and `source_type:KIND`; each source adds its own after them.
+pub fn common_tags(kind: Kind, ticker: &Ticker) -> Vec<String> {
+    vec![
+        kind.as_str().to_string(),
+        ticker.code().to_lowercase(),
+        format!("ticker:{ticker}"),
+        format!("source_type:{kind}"),
+    ]
+}
+
 /// A ticker's symbol on the EOD API (market data and dividends): `CODE.SUFFIX`, the suffix
 /// naming the exchange.
 pub fn eod_symbol(ticker: &Ticker) -> String {
