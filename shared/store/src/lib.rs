@@ -348,6 +348,15 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// with the database's clock.
     async fn lookup(&self, keys: &[SourceKey]) -> Result<Lookup, StorageError>;
 
+    /// Heads of the documents of `kind` carrying any of `tags`, at most `limit` of them (by
+    /// source ID): what a watch by tag covers.
+    async fn heads_tagged(
+        &self,
+        kind: Kind,
+        tags: &[String],
+        limit: usize,
+    ) -> Result<Vec<DocumentHead>, StorageError>;
+
     /// Inserts the document of `key`, or refreshes it in place: same ID,
     /// version + 1, `last_synced` = the database's now. Attachments are stored (deduplicated by
     /// hash) and linked to the document in the same transaction; the document's previous links

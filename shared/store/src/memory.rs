@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    new_document_id, AttachmentRef, Backend, Claim, DocumentStore, Fence, HeldLease, Holding, Kind,
+    new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, HeldLease,
+    Holding, Kind,
     Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError, StoredDocument, Written,
 };
 
@@ -158,6 +159,26 @@ impl DocumentStore for MemoryStore {
             now: self.now(),
             heads: keys.iter().filter_map(|k| state.head(k)).collect(),
         })
+    }
+
+    async fn heads_tagged(
+        &self,
+        kind: Kind,
+        tags: &[String],
+        limit: usize,
+    ) -> Result<Vec<DocumentHead>, StorageError> {
+        self.up()?;
+        let state = self.state.lock().expect("memory store lock");
+        let mut heads: Vec<_> = state
+            .documents
+            .keys()
+            .filter(|k| k.kind() == kind)
+            .filter_map(|k| state.head(k))
+            .filter(|h| h.tags.iter().any(|t| tags.contains(t)))
+            .collect();
+        heads.sort_by_key(|h| h.key.source_id());
+        heads.truncate(limit);
+        Ok(heads)
     }
 
     async fn upsert(

@@ -598,6 +598,31 @@ impl DocumentStore for PostgresStore {
         op.end(result).await
     }
 
+    async fn heads_tagged(
+        &self,
+        kind: Kind,
+        tags: &[String],
+        limit: usize,
+    ) -> Result<Vec<DocumentHead>, StorageError> {
+        let mut op = self.op().await?;
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT id, source_type, source_id, tags, version, last_synced, \
+                        invalidated_at IS NOT NULL AS invalidated \
+                 FROM documents WHERE source_type = $1 AND tags && $2 \
+                 ORDER BY source_id LIMIT $3",
+            )
+            .bind(kind.as_str())
+            .bind(tags)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *op)
+            .await?;
+            rows.iter().map(head_from_row).collect()
+        }
+        .await;
+        op.end(result).await
+    }
+
     async fn upsert(
         &self,
         key: &SourceKey,

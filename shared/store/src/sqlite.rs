@@ -340,6 +340,28 @@ impl DocumentStore for SqliteStore {
         Ok(Lookup { now, heads })
     }
 
+    async fn heads_tagged(
+        &self,
+        kind: Kind,
+        tags: &[String],
+        limit: usize,
+    ) -> Result<Vec<DocumentHead>, StorageError> {
+        let tags = serde_json::to_string(tags).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT id, source_type, source_id, tags, version, last_synced, invalidated_at \
+             FROM documents WHERE source_type = ?1 \
+               AND EXISTS (SELECT 1 FROM json_each(documents.tags) t \
+                           JOIN json_each(?2) q ON t.value = q.value) \
+             ORDER BY source_id LIMIT ?3",
+        )
+        .bind(kind.as_str())
+        .bind(tags)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(head_from_row).collect()
+    }
+
     async fn upsert(
         &self,
         key: &SourceKey,

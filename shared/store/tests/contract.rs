@@ -194,7 +194,42 @@ engines!(
     a_write_under_a_claim_older_than_a_purge_stays_purged,
     attachments_are_content_addressed_and_linked_by_name,
     the_invariants_hold_on_what_the_contract_writes,
+    heads_by_tag_are_of_one_kind_any_tag_and_bounded,
 );
+
+async fn heads_by_tag_are_of_one_kind_any_tag_and_bounded(s: Arc<dyn DocumentStore>) {
+    for (code, tags) in [
+        ("GNP", &["gnp", "asx"][..]),
+        ("BHP", &["bhp", "asx"][..]),
+        ("CBA", &["cba"][..]),
+    ] {
+        s.upsert(&sid(code), &content(code, tags), &[], None)
+            .await
+            .unwrap();
+    }
+    s.upsert(&key(Kind::MarketData, "RIO"), &content("prices", &["asx"]), &[], None)
+        .await
+        .unwrap();
+    let codes = |heads: Vec<documents_store::DocumentHead>| {
+        heads
+            .iter()
+            .map(|h| h.key.ticker().code().to_string())
+            .collect::<Vec<_>>()
+    };
+    let tags = |t: &[&str]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let tagged = s.heads_tagged(KIND, &tags(&["asx"]), 10).await.unwrap();
+    assert_eq!(codes(tagged.clone()), ["BHP", "GNP"]);
+    assert!(tagged.iter().all(|h| h.version == 1 && !h.invalidated));
+    assert_eq!(
+        codes(s.heads_tagged(KIND, &tags(&["cba", "gnp"]), 10).await.unwrap()),
+        ["CBA", "GNP"]
+    );
+    assert_eq!(
+        codes(s.heads_tagged(KIND, &tags(&["asx", "cba"]), 2).await.unwrap()),
+        ["BHP", "CBA"]
+    );
+    assert!(s.heads_tagged(KIND, &tags(&["none"]), 10).await.unwrap().is_empty());
+}
 
 async fn a_lookup_answers_what_is_stored_with_the_database_clock(s: Arc<dyn DocumentStore>) {
     let before = chrono::Utc::now() - chrono::Duration::seconds(5);
