@@ -134,6 +134,16 @@ pub struct Config {
     #[arg(long, env = "PROVIDER_HIT_LOG_SECS", default_value_t = 60)]
     pub hit_log_secs: u64,
 
+    /// WatchDocuments: documents one watch by tag may cover; past it the stream ends
+    /// RESOURCE_EXHAUSTED (reason WATCH_OVERFLOW).
+    #[arg(long, env = "PROVIDER_WATCH_MAX_DOCUMENTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_max_documents: u64,
+
+    /// WatchDocuments: a heartbeat event is sent on every watch this often, in milliseconds,
+    /// while the change feed is alive.
+    #[arg(long, env = "PROVIDER_WATCH_HEARTBEAT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub watch_heartbeat_ms: u64,
+
     /// Refresh-ahead: calls since its last refresh-ahead that make a document popular.
     #[arg(long, env = "PROVIDER_REFRESH_AHEAD_MIN_CALLS", default_value_t = 2)]
     pub refresh_ahead_min_calls: u32,
@@ -236,6 +246,10 @@ impl Config {
                     min_calls: self.refresh_ahead_min_calls.max(1),
                 }
             }),
+            watch: crate::provisioner::WatchSettings {
+                max_documents: usize::try_from(self.watch_max_documents).unwrap_or(usize::MAX),
+                heartbeat_every: Duration::from_millis(self.watch_heartbeat_ms),
+            },
             ..Settings::default()
         })
     }

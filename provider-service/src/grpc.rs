@@ -15,12 +15,16 @@ use documents_api::{
     DocumentResult, Outcome, Provisioned,
 };
 use documents_kit::health::DatabaseStatus;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tonic::{Request, Response, Status};
 
 use documents_kit::status::StorageStatus as _;
 
-use crate::{metrics::METRICS, provisioner::Provisioner, validate};
+use crate::{
+    metrics::METRICS,
+    provisioner::{EventKind, Provisioner, WatchEnd, WatchEvent},
+    validate,
+};
 
 /// The gRPC service. Until the database is ready every call answers UNAVAILABLE.
 #[derive(Clone)]
@@ -221,10 +225,121 @@ fn log_answer(rpc: &'static str, request_id: &str, r: &DocumentResult, started: 
     }
 }
 
+/// The wire form of a watch's event (`kind` is the watch's).
+fn event(e: WatchEvent) -> pb::DocumentEvent {
+    pb::DocumentEvent {
+        identifier: e.key.map(|k| k.ticker().to_string()).unwrap_or_default(),
+        document_id: e.document_id,
+        version: e.version,
+        last_synced: e.last_synced.map(documents_api::provider::to_timestamp),
+        tags: e.tags,
+        r#type: match e.kind {
+            EventKind::Current => pb::EventType::Current,
+            EventKind::Created => pb::EventType::Created,
+            EventKind::Refreshed => pb::EventType::Refreshed,
+            EventKind::Invalidated => pb::EventType::Invalidated,
+            EventKind::Deleted => pb::EventType::Deleted,
+            EventKind::Heartbeat => pb::EventType::Heartbeat,
+        } as i32,
+    }
+}
+
+/// An instant no watch reaches (a watch without a deadline).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// How a watch ends when the server drains: the caller watches again, with `since`, on a
+/// replica that is not going away.
+fn shutting_down() -> Status {
+    documents_api::ItemError::new(
+        tonic::Code::Unavailable,
+        "the provider is shutting down: watch again, with `since`, on another replica",
+    )
+    .reason("SHUTTING_DOWN")
+    .retry_after(std::time::Duration::ZERO)
+    .to_status()
+}
+
+/// Why a watch ended, as the status its stream ends with.
+fn watch_end(end: WatchEnd) -> Status {
+    use documents_api::ItemError;
+    use tonic::Code;
+    match end {
+        WatchEnd::FeedLost => ItemError::new(
+            Code::Unavailable,
+            "the database's change feed behind this watch was lost or went silent: changes may \
+             have been missed; watch again with `since` (the positions last seen)",
+        )
+        .reason("WATCH_FEED_LOST")
+        .retry_after(std::time::Duration::from_secs(1))
+        .to_status(),
+        WatchEnd::Overflow { limit } => ItemError::new(
+            Code::ResourceExhausted,
+            format!(
+                "tags: the watched tags match more than {limit} documents, the most one watch \
+                 covers (PROVIDER_WATCH_MAX_DOCUMENTS); watch narrower tags, or identifiers"
+            ),
+        )
+        .reason("WATCH_OVERFLOW")
+        .to_status(),
+        WatchEnd::Storage(e) => e.status(),
+    }
+}
+
 #[tonic::async_trait]
 impl DocumentProviderRpc for ProviderService {
     type StreamDocumentsStream =
         futures::stream::BoxStream<'static, Result<pb::DocumentResult, Status>>;
+    type WatchDocumentsStream =
+        futures::stream::BoxStream<'static, Result<pb::DocumentEvent, Status>>;
+
+    async fn watch_documents(
+        &self,
+        request: Request<pb::WatchDocumentsRequest>,
+    ) -> Result<Response<Self::WatchDocumentsStream>, Status> {
+        // A watch lasts as long as its caller wants: until the caller's deadline (if it set
+        // one), not the server's call time cap.
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(documents_kit::layers::parse_grpc_timeout)
+            .map(|limit| (tokio::time::Instant::now() + limit, limit));
+        let id = request_id(&request);
+        let p = self.ready()?;
+        let spec = validate::watch(p, request.into_inner())?;
+        tracing::debug!(
+            request_id = %id,
+            identifiers = spec.keys.len(),
+            tags = spec.tags.len(),
+            kind = %spec.kind,
+            "watch started"
+        );
+        let watch = p.watch(spec).await;
+        let draining = self.database.draining().shared();
+        let stream = futures::stream::unfold(Some(watch), move |watch| {
+            let draining = draining.clone();
+            async move {
+                let mut watch = watch?;
+                let until = deadline.map_or(far_future(), |(at, _)| at);
+                let next = tokio::select! {
+                    next = watch.next() => next,
+                    _ = tokio::time::sleep_until(until) => {
+                        let limit = deadline.map(|(_, l)| l.as_millis()).unwrap_or_default();
+                        let message = format!("the watch's deadline of {limit} ms passed");
+                        return Some((Err(Status::deadline_exceeded(message)), None));
+                    }
+                    _ = draining => return Some((Err(shutting_down()), None)),
+                };
+                Some(match next {
+                    Ok(e) => (Ok(event(e)), Some(watch)),
+                    Err(end) => (Err(watch_end(end)), None),
+                })
+            }
+        });
+        Ok(Response::new(stream.boxed()))
+    }
 
     async fn stream_documents(
         &self,

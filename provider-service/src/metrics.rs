@@ -59,6 +59,8 @@ pub struct ProviderMetrics {
     /// Documents the hit view holds, and those it evicted to stay within its bound.
     hit_view_entries: Gauge,
     hit_view_evictions: Counter,
+    /// WatchDocuments streams open.
+    watchers: Gauge,
 }
 
 fn fill_histogram() -> Histogram {
@@ -164,8 +166,15 @@ pub static METRICS: LazyLock<ProviderMetrics> = LazyLock::new(|| {
         "Documents evicted from the in-memory view, least recently used first, to stay within its bound",
         hit_view_evictions.clone(),
     );
+    let watchers = Gauge::default();
+    registry.register(
+        "documents_watchers",
+        "WatchDocuments streams open on this replica",
+        watchers.clone(),
+    );
     ProviderMetrics {
         registry: Arc::new(Mutex::new(registry)),
+        watchers,
         hit_view_entries,
         hit_view_evictions,
         purge_raced,
@@ -211,6 +220,11 @@ impl ProviderMetrics {
         if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
             self.memory_hits[i].inc();
         }
+    }
+
+    /// A watch started (+1) or ended (-1).
+    pub fn watchers(&self, delta: i64) {
+        self.watchers.inc_by(delta);
     }
 
     /// The hit view now holds `entries`, after evicting `evicted`.

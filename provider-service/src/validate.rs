@@ -4,13 +4,15 @@
 //! identifier's own error (one bad identifier never fails a batch), answered by the provisioner.
 
 use documents_api::{
-    proto::documents::v1::DocumentOptions,
+    proto::documents::v1::{DocumentOptions, WatchDocumentsRequest},
     provider::{invalid_argument, MAX_CACHE_HOURS},
     Kind, Ticker,
 };
 use tonic::Status;
 
-use crate::provisioner::{Asked, Provisioner, Request};
+use documents_store::SourceKey;
+
+use crate::provisioner::{Asked, Provisioner, Request, WatchSpec};
 
 /// The whole-call fields of GetDocument(s), StreamDocuments and EnsureDocuments.
 pub fn request(
@@ -131,4 +133,68 @@ pub fn invalidation(
         .map(|(i, id)| identifier(p, &format!("identifiers[{i}]"), id))
         .collect::<Result<_, _>>()?;
     Ok((kind, tickers))
+}
+
+/// The longest tag a watch may name.
+const MAX_TAG_LEN: usize = 256;
+
+/// WatchDocuments' fields: something to watch (identifiers or tags), each identifier and each
+/// position a ticker, positions' versions not negative, all within the batch size.
+pub fn watch(p: &Provisioner, r: WatchDocumentsRequest) -> Result<WatchSpec, Status> {
+    if r.identifiers.is_empty() && r.tags.is_empty() {
+        return Err(invalid_argument(
+            "identifiers",
+            "nothing to watch: give identifiers, tags, or both",
+        ));
+    }
+    batch_size(
+        p,
+        "identifiers",
+        r.identifiers.len() + r.tags.len() + r.since.len(),
+        "identifiers, tags and positions",
+    )?;
+    let kind = self::kind(p, &r.kind)?.unwrap_or(p.settings().default_kind);
+    let key = |field: &str, id: &str| identifier(p, field, id).map(|t| SourceKey::new(kind, t));
+    let keys = r
+        .identifiers
+        .iter()
+        .enumerate()
+        .map(|(i, id)| key(&format!("identifiers[{i}]"), id))
+        .collect::<Result<_, _>>()?;
+    for (i, tag) in r.tags.iter().enumerate() {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(invalid_argument(
+                &format!("tags[{i}]"),
+                format!("a tag is 1 to {MAX_TAG_LEN} bytes"),
+            ));
+        }
+    }
+    let since = r
+        .since
+        .into_iter()
+        .enumerate()
+        .map(|(i, pos)| {
+            if pos.version < 0 {
+                return Err(invalid_argument(
+                    &format!("since[{i}].version"),
+                    format!("{} is negative", pos.version),
+                ));
+            }
+            if pos.document_id.is_empty() {
+                return Err(invalid_argument(
+                    &format!("since[{i}].document_id"),
+                    "empty: a position names the document it saw",
+                ));
+            }
+            let key = key(&format!("since[{i}].identifier"), &pos.identifier)?;
+            Ok((key, pos.document_id, pos.version))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(WatchSpec {
+        kind,
+        keys,
+        tags: r.tags,
+        since,
+        send_initial: r.send_initial,
+    })
 }

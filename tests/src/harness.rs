@@ -939,6 +939,49 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// The newest LISTEN backend on `url`'s database (the view's feed; an older one may be dying).
+pub async fn listener_backend(url: &str) -> i32 {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    for _ in 0..200 {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' \
+             ORDER BY backend_start DESC LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no LISTEN backend on the test database");
+}
+
+/// SIGSTOPs a backend; SIGCONT when dropped, whatever the test did.
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn new(pid: i32) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot SIGSTOP backend {pid}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -552,6 +552,16 @@ impl document_provider_server::DocumentProvider for Meddler {
         Err(tonic::Status::unimplemented("not used"))
     }
 
+    type WatchDocumentsStream =
+        futures::stream::BoxStream<'static, Result<docs::DocumentEvent, tonic::Status>>;
+
+    async fn watch_documents(
+        &self,
+        _: tonic::Request<docs::WatchDocumentsRequest>,
+    ) -> Result<tonic::Response<Self::WatchDocumentsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+
     async fn get_document(
         &self,
         request: tonic::Request<docs::GetDocumentRequest>,

@@ -8,59 +8,13 @@
 //! and another process's refresh and a delete are seen within the bound. Each call is recorded
 //! with its start time and checked against the bound.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use documents_api::{DocumentOptions, DocumentProvider, ProviderClient};
-use e2e::harness::{Db, Exchange, Provider};
+use e2e::harness::{listener_backend, Db, Exchange, Frozen, Provider};
 
 /// The promise (README "Guarantees"): 750 ms heartbeat bound, 1 s maximum age.
 const BOUND: Duration = Duration::from_secs(1);
-
-/// The newest LISTEN backend on `url`'s database (the view's feed; an older one may be dying).
-async fn listener_backend(url: &str) -> i32 {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    for _ in 0..200 {
-        let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN%' \
-             ORDER BY backend_start DESC LIMIT 1",
-        )
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
-        if let Some(pid) = pid {
-            return pid;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no LISTEN backend on the test database");
-}
-
-/// SIGSTOPs a backend; SIGCONT when dropped, whatever the test did.
-struct Frozen(i32);
-
-impl Frozen {
-    fn new(pid: i32) -> Self {
-        let ok = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot SIGSTOP backend {pid}");
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
 
 /// Calls `client` for `ASX:GNP` (24-hour window) for `span`, recording (start, id, version).
 async fn record(client: &ProviderClient, span: Duration) -> Vec<(Instant, String, i64)> {

@@ -18,6 +18,8 @@
 //!   ([`negative_cache`]) so a failing upstream is not hammered; callers may accept the previous
 //!   version (stale-if-error).
 //! - Popular documents are refreshed before they go stale ([`refresh_ahead`]).
+//! - Callers watching documents are told when they change ([`watch`]), from the same change
+//!   feed, whether the hit view is on or not.
 //!
 //! A call arrives as the domain types of [`request`] (the gRPC edge makes them,
 //! `crate::validate`); a fill's own types are in [`fill`]. This module holds the
@@ -34,6 +36,7 @@ mod refresh_ahead;
 mod request;
 mod single_flight;
 mod sweeper;
+mod watch;
 
 use std::sync::Arc;
 
@@ -51,6 +54,7 @@ pub use hit_view::{
 };
 pub use request::{Asked, RefreshAhead, Request, Settings};
 pub use single_flight::LocalFill;
+pub use watch::{EventKind, Watch, WatchEnd, WatchEvent, WatchSettings, WatchSpec};
 
 use crate::{metrics::METRICS, sources::Sources};
 use fills::Fills;
@@ -79,6 +83,8 @@ pub struct Provisioner {
     hit_view: Option<Arc<HitView>>,
     /// What callers ask for, when refresh-ahead is on.
     popularity: Option<Arc<Popularity>>,
+    /// WatchDocuments' hub, started by the first watch.
+    watch_hub: std::sync::OnceLock<watch::WatchHub>,
 }
 
 impl Provisioner {
@@ -120,7 +126,23 @@ impl Provisioner {
             store,
             fills,
             hit_view,
+            watch_hub: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts watching documents (WatchDocuments): the first watch starts the process's hub on
+    /// the database's change feed (or on polling, without one).
+    pub async fn watch(&self, spec: WatchSpec) -> Watch {
+        self.watch_hub
+            .get_or_init(|| {
+                watch::WatchHub::start(
+                    self.store.clone(),
+                    self.store.changes(),
+                    self.settings.watch,
+                )
+            })
+            .watch(spec)
+            .await
     }
 
     pub fn settings(&self) -> &Settings {

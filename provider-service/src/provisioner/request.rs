@@ -39,6 +39,8 @@ pub struct Settings {
     pub hit_cache_max_entries: usize,
     /// Refresh popular documents before they go stale; `None`: off.
     pub refresh_ahead: Option<RefreshAhead>,
+    /// WatchDocuments: documents a watch by tag may cover, and its heartbeat.
+    pub watch: super::WatchSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +59,10 @@ impl Default for Settings {
             hit_cache_max_age: Duration::from_secs(1),
             hit_cache_max_entries: super::DEFAULT_HIT_CACHE_MAX_ENTRIES,
             refresh_ahead: None,
+            watch: super::WatchSettings {
+                max_documents: 1000,
+                heartbeat_every: Duration::from_secs(5),
+            },
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct DatabaseStatus(
     Arc<AtomicBool>,
     Arc<std::sync::Mutex<String>>,
     Arc<AtomicBool>,
+    /// Set when the drain starts: endless calls (watches) end then.
+    Arc<tokio::sync::watch::Sender<bool>>,
 );
 
 impl DatabaseStatus {
@@ -62,7 +64,24 @@ impl DatabaseStatus {
             Arc::new(AtomicBool::new(true)),
             Arc::default(),
             Arc::default(),
+            Arc::new(tokio::sync::watch::channel(false).0),
         )
+    }
+
+    /// The server starts draining its calls (after the lame-duck grace).
+    pub fn start_draining(&self) {
+        self.3.send_replace(true);
+    }
+
+    /// Resolves once the server drains: a call that would otherwise never end (a watch) ends
+    /// then, so the drain does not wait on it.
+    pub fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.3.subscribe();
+        async move {
+            if rx.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The process is shutting down: health stays NOT_SERVING from now on.

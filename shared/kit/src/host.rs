@@ -172,6 +172,7 @@ impl<T: Send + Sync + 'static> Host<T> {
                 );
                 tokio::time::sleep(grace).await;
             }
+            stopping.start_draining();
         };
 
         // The database comes up in the background; until then health says NOT_SERVING and

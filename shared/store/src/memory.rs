@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     new_document_id, AttachmentRef, Backend, Claim, DocumentHead, DocumentStore, Fence, HeldLease,
-    Holding, Kind,
-    Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError, StoredDocument, Written,
+    Holding, Kind, Lease, Lookup, NewAttachment, NewContent, SourceKey, StorageError,
+    StoredDocument, Written,
 };
 
 type Key = SourceKey;
@@ -113,6 +113,13 @@ impl MemoryStore {
         if let Some(d) = state.documents.get_mut(key) {
             d.last_synced -= chrono::Duration::from_std(by).expect("duration");
         }
+    }
+
+    /// Deletes a document, as an operator's SQL `DELETE` would.
+    pub fn delete(&self, key: &SourceKey) {
+        let mut state = self.state.lock().expect("memory store lock");
+        state.documents.remove(key);
+        state.invalidated.remove(key);
     }
 
     fn up(&self) -> Result<(), StorageError> {

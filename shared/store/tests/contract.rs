@@ -207,9 +207,14 @@ async fn heads_by_tag_are_of_one_kind_any_tag_and_bounded(s: Arc<dyn DocumentSto
             .await
             .unwrap();
     }
-    s.upsert(&key(Kind::MarketData, "RIO"), &content("prices", &["asx"]), &[], None)
-        .await
-        .unwrap();
+    s.upsert(
+        &key(Kind::MarketData, "RIO"),
+        &content("prices", &["asx"]),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
     let codes = |heads: Vec<documents_store::DocumentHead>| {
         heads
             .iter()
@@ -221,14 +226,26 @@ async fn heads_by_tag_are_of_one_kind_any_tag_and_bounded(s: Arc<dyn DocumentSto
     assert_eq!(codes(tagged.clone()), ["BHP", "GNP"]);
     assert!(tagged.iter().all(|h| h.version == 1 && !h.invalidated));
     assert_eq!(
-        codes(s.heads_tagged(KIND, &tags(&["cba", "gnp"]), 10).await.unwrap()),
+        codes(
+            s.heads_tagged(KIND, &tags(&["cba", "gnp"]), 10)
+                .await
+                .unwrap()
+        ),
         ["CBA", "GNP"]
     );
     assert_eq!(
-        codes(s.heads_tagged(KIND, &tags(&["asx", "cba"]), 2).await.unwrap()),
+        codes(
+            s.heads_tagged(KIND, &tags(&["asx", "cba"]), 2)
+                .await
+                .unwrap()
+        ),
         ["BHP", "CBA"]
     );
-    assert!(s.heads_tagged(KIND, &tags(&["none"]), 10).await.unwrap().is_empty());
+    assert!(s
+        .heads_tagged(KIND, &tags(&["none"]), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn a_lookup_answers_what_is_stored_with_the_database_clock(s: Arc<dyn DocumentStore>) {
