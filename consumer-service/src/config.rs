@@ -46,6 +46,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep tickers current: process each once, then again whenever the provider says its
+    /// announcements document changed (WatchDocuments; no polling). Prints one report per
+    /// round until stopped (SIGTERM/Ctrl-C).
+    Watch {
+        /// Tickers, e.g. ASX:GNP BHP.
+        #[arg(required = true)]
+        tickers: Vec<String>,
+        /// Print the reports as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 documents_kit::server_args!(ServerArgs, "CONSUMER", request_timeout_ms = 600_000);

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use documents_api::{proto::consumer::v1 as pb, provider::invalid_argument, Ticker};
 use documents_kit::{health::DatabaseStatus, layers::deadline_of};
 use documents_store::StoredDocument;
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::job::{new_request_id, Item, JobRequest, Processor, Stored, TickerOutcome};
@@ -44,6 +45,62 @@ impl ConsumerService {
 
 #[tonic::async_trait]
 impl pb::consumer_server::Consumer for ConsumerService {
+    type WatchTickersStream =
+        futures::stream::BoxStream<'static, Result<pb::WatchTickersResponse, Status>>;
+
+    async fn watch_tickers(
+        &self,
+        request: Request<pb::WatchTickersRequest>,
+    ) -> Result<Response<Self::WatchTickersStream>, Status> {
+        // The caller's deadline, if any, ends it; the server's time cap does not.
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(documents_kit::layers::parse_grpc_timeout);
+        let r = request.into_inner();
+        let p = self.ready()?;
+        let job = JobRequest {
+            tickers: r.tickers,
+            filters: r
+                .filters
+                .into_iter()
+                .map(|f| f.trim().to_string())
+                .filter(|f| !f.is_empty())
+                .collect(),
+            max_downloads: r.max_downloads,
+            ..JobRequest::default()
+        };
+        p.validate(&job)?;
+        let reports = p.follow(job);
+        let draining = self.database.draining();
+        let stop: futures::future::BoxFuture<'static, Status> = Box::pin(async move {
+            let until = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = until => Status::deadline_exceeded("the watch's deadline passed"),
+                _ = draining => Status::unavailable(
+                    "the consumer is shutting down: watch again, on another replica",
+                ),
+            }
+        });
+        let stream = futures::stream::unfold(Some((reports, stop)), |state| async move {
+            let (mut reports, mut stop) = state?;
+            tokio::select! {
+                report = reports.next() => report.map(|o| {
+                    let report = Some(o.into());
+                    (Ok(pb::WatchTickersResponse { report }), Some((reports, stop)))
+                }),
+                status = &mut stop => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
     async fn process_tickers(
         &self,
         request: Request<pb::ProcessTickersRequest>,

@@ -46,6 +46,32 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Watch { tickers, json } => {
+            let _logs = telemetry::init(cli.config.log_format);
+            let p = processor(&cli.config).await?;
+            let job = JobRequest {
+                tickers,
+                ..JobRequest::default()
+            };
+            p.validate(&job)
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let mut reports = p.follow(job);
+            let stop = lifecycle::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    report = futures::StreamExt::next(&mut reports) => {
+                        let Some(r) = report else { return Ok(()) };
+                        if json {
+                            println!("{}", consumer_service::report::json(&r));
+                        } else {
+                            println!("{}", consumer_service::report::text(&r));
+                        }
+                    }
+                }
+            }
+        }
         Command::Serve => {
             let _logs = telemetry::init(cli.config.log_format);
             let _traces = documents_kit::trace::init_export("consumer-service")?;

@@ -529,3 +529,116 @@ async fn a_thousand_watchers_see_a_refresh_and_a_reader_that_does_not_read_is_co
         versions.len()
     );
 }
+
+/// The JSON reports `consumer-service watch` printed so far.
+fn reports(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits (within the liveness bound) for a report `wanted` accepts; answers every report.
+async fn report_where(
+    path: &std::path::Path,
+    consumer: &e2e::harness::Proc,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let all = reports(path);
+        if all.iter().any(&wanted) {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such report; reports: {all:?}\nlog:\n{}",
+            consumer.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn listed(report: &serde_json::Value, field: &str) -> usize {
+    report[field].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn the_consumer_watch_runs_a_round_when_the_document_changes_and_downloads_once() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = e2e::harness::consumer_command(db.url(), &p.url(), &[]);
+    cmd.args(["watch", "ASX:GNP", "--json"])
+        .stdout(out.reopen().unwrap());
+    let consumer = e2e::harness::Proc::spawn("consumer-service", cmd);
+
+    // The first round creates the document and downloads what matches.
+    let first = report_where(out.path(), &consumer, |r| {
+        r["version_read"] == 1 && listed(r, "downloaded") > 0
+    })
+    .await;
+    let pdfs = first.iter().map(|r| listed(r, "downloaded")).sum::<usize>();
+
+    // Nobody asks the consumer: the provider refreshes the document, and a round follows.
+    get(&p, "ASX:GNP", true).await;
+    let all = report_where(out.path(), &consumer, |r| r["version_read"] == 2).await;
+    let after = all.iter().find(|r| r["version_read"] == 2).unwrap();
+    assert!(after["error"].is_null(), "{after}");
+    assert_eq!(listed(after, "downloaded"), 0, "each PDF once: {after}");
+    assert_eq!(listed(after, "skipped"), pdfs, "found stored: {after}");
+    assert_eq!(
+        all.iter().map(|r| listed(r, "downloaded")).sum::<usize>(),
+        pdfs,
+        "each PDF downloaded once over every round: {all:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_tickers_streams_a_report_per_round_and_refuses_an_empty_list() {
+    use documents_api::proto::consumer::v1::WatchTickersRequest;
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(db.url(), &ex.url, &[]).await;
+    let consumer = e2e::harness::ConsumerProc::start(db.url(), &p.url(), &[]).await;
+    let mut c = consumer.client().await;
+    let status = c
+        .watch_tickers(WatchTickersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("tickers"), "{status:?}");
+
+    let mut s = c
+        .watch_tickers(WatchTickersRequest {
+            tickers: vec!["gnp".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = next_report(&mut s).await;
+    while r.version_read != 1 {
+        r = next_report(&mut s).await;
+    }
+    assert_eq!(r.ticker, "gnp");
+    get(&p, "ASX:GNP", true).await;
+    while r.version_read != 2 {
+        r = next_report(&mut s).await;
+    }
+    assert!(r.status.is_none(), "{r:?}");
+}
+
+async fn next_report(
+    s: &mut Streaming<documents_api::proto::consumer::v1::WatchTickersResponse>,
+) -> documents_api::proto::consumer::v1::TickerReport {
+    tokio::time::timeout(WITHIN, s.message())
+        .await
+        .expect("a report within the liveness bound")
+        .unwrap()
+        .unwrap()
+        .report
+        .unwrap()
+}

@@ -2,7 +2,8 @@
 //! and read it from the shared database by ID, noticing a newer version ([`source`]); select
 //! the announcements that match the filters ([`select`]); hold the ticker's round ([`round`]);
 //! download the PDFs not stored yet ([`download`]); and write the `announcement_download`
-//! document with its attachments ([`record`]). What happened is a [`TickerOutcome`].
+//! document with its attachments ([`record`]). What happened is a [`TickerOutcome`]. Tickers
+//! can also be kept current: a round whenever their document changes ([`follow`]).
 //!
 //! A ticker is processed once per request however many spellings name it (`ASX:CBA`, `cba`,
 //! `ASX.CBA`), and one round at a time per ticker, in this process and across consumer
@@ -10,6 +11,7 @@
 //! again.
 
 mod download;
+mod follow;
 mod outcome;
 mod record;
 mod round;

@@ -375,6 +375,25 @@ impl ProviderClient {
         c
     }
 
+    /// Starts a watch (WatchDocuments) and answers its stream of events once the provider has
+    /// registered it. Opening it is bounded and retried like any call; the stream itself has no
+    /// deadline: it lasts until it ends with a status (resume with `since`) or is dropped.
+    pub async fn watch_documents(
+        &self,
+        request: crate::proto::documents::v1::WatchDocumentsRequest,
+    ) -> Result<tonic::Streaming<crate::proto::documents::v1::DocumentEvent>, Status> {
+        let r = self
+            .with_retries(|mut c, _| {
+                let mut req = Request::new(request.clone());
+                if let Some(id) = &self.request_id {
+                    req.metadata_mut().insert("x-request-id", id.clone());
+                }
+                async move { c.watch_documents(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     /// Runs `call` with a deadline per attempt, retrying UNAVAILABLE with backoff and jitter.
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
