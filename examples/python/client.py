@@ -132,6 +132,24 @@ def main():
     check(sorted(r.index for r in streamed) == [0, 1], f"{streamed}")
     seen["StreamDocuments"] = len(streamed)
 
+    # WatchDocuments: the current state first (send_initial), then a forced refresh arrives as
+    # EVENT_TYPE_REFRESHED with the next version. A watch has no end of its own: this one has
+    # a deadline, and a real watcher resumes with `since` (the positions it last saw).
+    watch = provider.WatchDocuments(
+        docs.WatchDocumentsRequest(identifiers=["ASX:GNP"], send_initial=True), metadata=metadata, timeout=30
+    )
+    events = (e for e in watch if e.type != docs.EVENT_TYPE_HEARTBEAT)
+    current = next(events)
+    check(current.type == docs.EVENT_TYPE_CURRENT and current.document_id == one.document_id, f"{current}")
+    refreshed = provider.GetDocument(
+        docs.GetDocumentRequest(identifier="ASX:GNP", options=docs.DocumentOptions(force_refresh=True)),
+        metadata=metadata,
+    )
+    changed = next(events)
+    check(changed.type == docs.EVENT_TYPE_REFRESHED and changed.version == refreshed.version, f"{changed}")
+    watch.cancel()
+    seen["WatchDocuments"] = [docs.EventType.Name(e.type) for e in (current, changed)]
+
     # The consumer: one round, then what it stored.
     report = consumer.ProcessTickers(
         cons.ProcessTickersRequest(tickers=["ASX:GNP"]), compression=grpc.Compression.Gzip

@@ -49,6 +49,7 @@ async fn the_python_example_calls_every_rpc_and_reads_the_error_details() {
         "GetDocuments",
         "EnsureDocuments",
         "StreamDocuments",
+        "WatchDocuments",
         "ProcessTickers",
         "GetStored",
     ] {
