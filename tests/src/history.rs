@@ -14,7 +14,9 @@
 //! 5. one upstream fetch per fill: two fetches of one document at once are a duplicate fill;
 //! 6. errors within a cap per code;
 //! 7. the faults happened (a run where nothing was frozen or killed proves nothing);
-//! 8. each PDF downloaded once per ticker, but one per consumer pause (the PDF in flight).
+//! 8. each PDF downloaded once per ticker, but one per consumer pause (the PDF in flight);
+//! 9. no watcher (WatchDocuments) sees a document's version go backwards, and every watcher ends
+//!    the run knowing each watched document as the database had it within the bound before.
 //!
 //! (The invariant checker runs at the end too; the workload's test calls it.)
 
@@ -95,6 +97,19 @@ pub struct Faults {
     pub expected: Vec<&'static str>,
 }
 
+/// What one watcher was told, in order, resuming with `since` after every end.
+#[derive(Debug, Clone, Default)]
+pub struct WatchRecord {
+    /// The replica it watched (its address).
+    pub replica: String,
+    /// The source IDs watched.
+    pub watched: Vec<String>,
+    /// (source ID, document ID, version, event type) as told.
+    pub events: Vec<(String, String, i64, String)>,
+    /// When it stopped watching.
+    pub stopped: DateTime<Utc>,
+}
+
 /// Everything a run recorded.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -107,6 +122,8 @@ pub struct History {
     pub pdfs: BTreeMap<String, u64>,
     /// Consumer rounds run, and how many failed.
     pub rounds: (usize, usize),
+    /// What the watchers were told.
+    pub watches: Vec<WatchRecord>,
 }
 
 /// The bound on staleness across replicas (README "Guarantees").
@@ -133,6 +150,7 @@ impl History {
         self.errors_within_caps(&mut v);
         self.faults_happened(&mut v);
         self.pdfs_once(&mut v);
+        self.watchers_go_forward_and_end_current(&mut v);
         v
     }
 
@@ -363,6 +381,53 @@ impl History {
         }
     }
 
+    fn watchers_go_forward_and_end_current(&self, v: &mut Vec<String>) {
+        for w in &self.watches {
+            // What the watcher knows of each document: (id, version), None once deleted.
+            let mut known: BTreeMap<&str, Option<(&str, i64)>> = BTreeMap::new();
+            for (sid, id, version, kind) in &w.events {
+                let before = known.get(sid.as_str()).copied().flatten();
+                if let Some((was_id, was)) = before {
+                    if was_id == id && *version < was {
+                        v.push(format!(
+                            "watcher of {} saw {sid} go back from v{was} to v{version} ({kind})",
+                            w.replica
+                        ));
+                    }
+                }
+                let now = (kind != "EVENT_TYPE_DELETED").then_some((id.as_str(), *version));
+                known.insert(sid, now);
+            }
+            let bound_before = w.stopped - BOUND;
+            for sid in &w.watched {
+                let rows: Vec<&AuditRow> = self
+                    .audit
+                    .iter()
+                    .filter(|r| r.source_type == "announcement" && &r.source_id == sid)
+                    .collect();
+                // The states the database had from the bound before the stop to the stop.
+                let mut acceptable: Vec<Option<(&str, i64)>> = vec![rows
+                    .iter()
+                    .rev()
+                    .find(|r| r.at <= bound_before)
+                    .and_then(|r| state_of(r))];
+                acceptable.extend(
+                    rows.iter()
+                        .filter(|r| r.at > bound_before && r.at <= w.stopped)
+                        .map(|r| state_of(r)),
+                );
+                let told = known.get(sid.as_str()).copied().flatten();
+                if !acceptable.contains(&told) {
+                    v.push(format!(
+                        "watcher of {} ended the run knowing {sid} as {told:?}; the database had \
+                         {acceptable:?} in the bound before it stopped",
+                        w.replica
+                    ));
+                }
+            }
+        }
+    }
+
     fn pdfs_once(&self, v: &mut Vec<String>) {
         let extra = self.faults.consumers_paused as u64;
         let twice: Vec<(&String, &u64)> = self.pdfs.iter().filter(|(_, n)| **n > 1).collect();
@@ -374,6 +439,11 @@ impl History {
             ));
         }
     }
+}
+
+/// A document as an audited row left it: (id, version), None when the row deleted it.
+fn state_of(r: &AuditRow) -> Option<(&str, i64)> {
+    (r.op != "D").then_some((r.id.as_str(), r.version))
 }
 
 /// The document an upstream request fetches (`announcement X` or `market_data X`), if any.
@@ -532,6 +602,50 @@ mod tests {
             faults: Faults::default(),
             ..History::default()
         }
+    }
+
+    fn watcher(events: &[(i64, &str)], stopped: i64) -> WatchRecord {
+        WatchRecord {
+            replica: "r".into(),
+            watched: vec!["ASX:GNP:announcement".into()],
+            events: events
+                .iter()
+                .map(|(v, kind)| {
+                    (
+                        "ASX:GNP:announcement".into(),
+                        "d1".into(),
+                        *v,
+                        kind.to_string(),
+                    )
+                })
+                .collect(),
+            stopped: t(stopped),
+        }
+    }
+
+    #[test]
+    fn a_watcher_that_goes_back_or_ends_behind_is_found() {
+        let mut h = sound();
+        h.audit.push(row(2, "U", 2, 3_000, None, 3_000));
+        h.watches = vec![watcher(
+            &[(1, "EVENT_TYPE_CURRENT"), (2, "EVENT_TYPE_REFRESHED")],
+            10_000,
+        )];
+        assert_eq!(h.check(), Vec::<String>::new(), "current and forward");
+        h.watches = vec![watcher(
+            &[(2, "EVENT_TYPE_REFRESHED"), (1, "EVENT_TYPE_REFRESHED")],
+            10_000,
+        )];
+        let v = h.check();
+        assert!(v.iter().any(|l| l.contains("go back")), "{v:?}");
+        assert!(v.iter().any(|l| l.contains("ended the run")), "{v:?}");
+        // Told v1 only, though v2 was written 7 s before it stopped.
+        h.watches = vec![watcher(&[(1, "EVENT_TYPE_CURRENT")], 10_000)];
+        let v = h.check();
+        assert!(v.iter().any(|l| l.contains("ended the run")), "{v:?}");
+        // Within the bound, the older state is still acceptable.
+        h.watches = vec![watcher(&[(1, "EVENT_TYPE_CURRENT")], 3_500)];
+        assert_eq!(h.check(), Vec::<String>::new());
     }
 
     #[test]

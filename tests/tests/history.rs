@@ -22,14 +22,15 @@ use documents_api::{
     proto::{
         consumer::v1::{consumer_client::ConsumerClient, ProcessTickersRequest},
         documents::v1::{
-            document_provider_client::DocumentProviderClient, InvalidateDocumentsRequest,
+            document_provider_client::DocumentProviderClient, EventType,
+            InvalidateDocumentsRequest, WatchDocumentsRequest, WatchPosition,
         },
     },
     DocumentOptions, DocumentProvider, Kind, ProviderClient,
 };
 use e2e::{
     harness::{ConsumerProc, Db, Exchange, Provider, LISTING_PATH, PDF_PATH},
-    history::{self, Answer, CallRecord, Faults, Fetch, History, Outside},
+    history::{self, Answer, CallRecord, Faults, Fetch, History, Outside, WatchRecord},
     on_both_databases,
 };
 use rand::{Rng, SeedableRng};
@@ -63,6 +64,68 @@ fn clients(addrs: &[String]) -> Vec<ProviderClient> {
 }
 
 type Calls = Arc<Mutex<Vec<CallRecord>>>;
+
+/// Watches the announcements of every code on the replica at `addr` until `until`, recording
+/// every event, and watching again with `since` after every end (a killed replica, a frozen
+/// feed, a dropped connection).
+async fn watch_recorded(addr: String, until: Instant) -> WatchRecord {
+    let identifiers: Vec<String> = CODES.iter().map(|c| format!("ASX:{c}")).collect();
+    let mut record = WatchRecord {
+        replica: addr.clone(),
+        watched: identifiers
+            .iter()
+            .map(|i| format!("{i}:announcement"))
+            .collect(),
+        ..Default::default()
+    };
+    let mut since: std::collections::BTreeMap<String, WatchPosition> = Default::default();
+    let deadline = tokio::time::Instant::from_std(until);
+    'watch: while Instant::now() < until {
+        let request = WatchDocumentsRequest {
+            identifiers: identifiers.clone(),
+            kind: "announcement".into(),
+            send_initial: since.is_empty(),
+            since: since.values().cloned().collect(),
+            ..Default::default()
+        };
+        let opened = async {
+            let mut c = DocumentProviderClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            c.watch_documents(request).await.ok()
+        };
+        if let Ok(Some(events)) = tokio::time::timeout_at(deadline, opened).await {
+            let mut events = events.into_inner();
+            loop {
+                match tokio::time::timeout_at(deadline, events.message()).await {
+                    Err(_) => break 'watch,
+                    Ok(Ok(Some(e))) if e.r#type() == EventType::Heartbeat => {}
+                    Ok(Ok(Some(e))) => {
+                        let sid = format!("{}:announcement", e.identifier);
+                        if e.r#type() == EventType::Deleted {
+                            since.remove(&e.identifier);
+                        } else {
+                            since.insert(
+                                e.identifier.clone(),
+                                WatchPosition {
+                                    identifier: e.identifier.clone(),
+                                    document_id: e.document_id.clone(),
+                                    version: e.version,
+                                },
+                            );
+                        }
+                        let kind = e.r#type().as_str_name().to_string();
+                        record.events.push((sid, e.document_id, e.version, kind));
+                    }
+                    Ok(_) => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    record.stopped = Utc::now();
+    record
+}
 
 /// One call, recorded with its wall-clock start and end, options and answer or code.
 async fn call(
@@ -246,6 +309,14 @@ async fn finish(
             "consumer rounds (failed)".to_string(),
             format!("{} ({})", h.rounds.0, h.rounds.1),
         ),
+        (
+            "watchers (events told)".to_string(),
+            format!(
+                "{} ({})",
+                h.watches.len(),
+                h.watches.iter().map(|w| w.events.len()).sum::<usize>()
+            ),
+        ),
     ]
     .into();
     figures.extend(extra);
@@ -285,6 +356,11 @@ async fn consistent_under_faults(db: Db) {
     ];
     let clients = clients(&addrs);
     let end = Instant::now() + span;
+    // A watcher on each replica, until the writes have settled after the workload.
+    let watchers: Vec<_> = addrs
+        .iter()
+        .map(|a| tokio::spawn(watch_recorded(a.clone(), end + Duration::from_secs(5))))
+        .collect();
     let calls: Calls = Arc::default();
     let changes: Arc<Mutex<Vec<Outside>>> = Arc::default();
     let rounds: Arc<Mutex<(usize, usize)>> = Arc::default();
@@ -450,11 +526,16 @@ async fn consistent_under_faults(db: Db) {
     } else {
         vec!["killed", "rounds", "outside"]
     };
+    let mut watches = Vec::new();
+    for w in watchers {
+        watches.push(w.await.unwrap());
+    }
     let h = History {
         calls: calls.lock().unwrap().clone(),
         outside: changes.lock().unwrap().clone(),
         faults,
         rounds: *rounds.lock().unwrap(),
+        watches,
         ..History::default()
     };
     assert!(

@@ -14,6 +14,7 @@ use std::{
 use clap::Parser;
 
 mod scale;
+mod watch;
 use documents_api::{
     proto::{
         consumer::v1::ProcessTickersRequest,
@@ -54,10 +55,10 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     db_pool: u32,
     /// Scenarios to run, comma-separated: hit, sqlite, startup, scale, swr, batch, fanout,
-    /// coalesce, consumer.
+    /// coalesce, consumer, watch.
     #[arg(
         long,
-        default_value = "hit,sqlite,startup,scale,swr,batch,fanout,coalesce,consumer"
+        default_value = "hit,sqlite,startup,scale,swr,batch,fanout,coalesce,consumer,watch"
     )]
     scenarios: String,
     /// Alternating slices the hit path and its health-check baseline are measured in.
@@ -396,6 +397,10 @@ async fn main() -> anyhow::Result<()> {
 
     if wanted.contains(&"scale") {
         scale::run(&args, &ex, &env_ref, &mut rows).await?;
+    }
+
+    if wanted.contains(&"watch") {
+        watch::run(&ex, &env_ref, &mut rows).await?;
     }
 
     if wanted.contains(&"swr") {
