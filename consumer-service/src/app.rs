@@ -74,6 +74,7 @@ pub struct Application {
     host: Host<Processor>,
     parts: Parts,
     max_message_bytes: usize,
+    connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
 }
 
 impl Application {
@@ -81,7 +82,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let parts = Parts::new(&config)?;
         let limits = config.server.limits()?;
-        let max_message_bytes = limits.max_message_bytes;
+        let (max_message_bytes, connection_age) = (limits.max_message_bytes, limits.connection_age);
         let spec = HostSpec {
             name: CONSUMER_SERVICE_NAME,
             server: GrpcServer {
@@ -107,6 +108,7 @@ impl Application {
             host,
             parts,
             max_message_bytes,
+            connection_age,
         })
     }
 
@@ -120,11 +122,16 @@ impl Application {
             host,
             parts,
             max_message_bytes,
+            connection_age,
         } = self;
-        let service = ConsumerServer::new(ConsumerService::new(host.state(), host.database()))
-            .max_decoding_message_size(max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        let service = ConsumerServer::new(ConsumerService::new(
+            host.state(),
+            host.database(),
+            connection_age,
+        ))
+        .max_decoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
         let mut routes = RoutesBuilder::default();
         routes.add_service(service);
         host.run(

@@ -17,13 +17,20 @@ use crate::job::{new_request_id, Item, JobRequest, Processor, Stored, TickerOutc
 pub struct ConsumerService {
     processor: Arc<OnceLock<Processor>>,
     database: DatabaseStatus,
+    /// The connections' maximum age: a watch ends before its connection is closed.
+    connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
 }
 
 impl ConsumerService {
-    pub fn new(processor: Arc<OnceLock<Processor>>, database: DatabaseStatus) -> Self {
+    pub fn new(
+        processor: Arc<OnceLock<Processor>>,
+        database: DatabaseStatus,
+        connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
+    ) -> Self {
         Self {
             processor,
             database,
+            connection_age,
         }
     }
 
@@ -58,6 +65,14 @@ impl pb::consumer_server::Consumer for ConsumerService {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(documents_kit::layers::parse_grpc_timeout);
+        let aged_at = self
+            .connection_age
+            .zip(
+                request
+                    .extensions()
+                    .get::<documents_kit::layers::ConnectionOpened>(),
+            )
+            .map(|(age, opened)| age.call_ends_at(opened.0));
         let r = request.into_inner();
         let p = self.ready()?;
         let job = JobRequest {
@@ -81,8 +96,18 @@ impl pb::consumer_server::Consumer for ConsumerService {
                     None => std::future::pending().await,
                 }
             };
+            let aged = async move {
+                match aged_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = until => Status::deadline_exceeded("the watch's deadline passed"),
+                _ = aged => Status::unavailable(
+                    "this connection reached its maximum age (CONSUMER_MAX_CONNECTION_AGE_MS): \
+                     watch again, on a new connection",
+                ),
                 _ = draining => Status::unavailable(
                     "the consumer is shutting down: watch again, on another replica",
                 ),

@@ -33,6 +33,7 @@ pub struct Application {
     settings: Settings,
     sources: Sources,
     request_timeout: Duration,
+    connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
     max_message_bytes: usize,
     hit_log_every: Duration,
 }
@@ -58,8 +59,11 @@ impl Application {
                 config.database.max_connections
             );
         }
-        let (request_timeout, max_message_bytes) =
-            (limits.request_timeout, limits.max_message_bytes);
+        let (request_timeout, max_message_bytes, connection_age) = (
+            limits.request_timeout,
+            limits.max_message_bytes,
+            limits.connection_age,
+        );
         let spec = HostSpec {
             name: PROVIDER_SERVICE_NAME,
             server: GrpcServer {
@@ -86,6 +90,7 @@ impl Application {
             settings,
             sources,
             request_timeout,
+            connection_age,
             max_message_bytes,
             hit_log_every: Duration::from_secs(config.hit_log_secs.max(1)),
         })
@@ -102,6 +107,7 @@ impl Application {
             settings,
             sources,
             request_timeout,
+            connection_age,
             max_message_bytes,
             hit_log_every,
         } = self;
@@ -111,6 +117,7 @@ impl Application {
             provisioner.clone(),
             host.database(),
             request_timeout,
+            connection_age,
         ))
         .max_decoding_message_size(max_message_bytes)
         .accept_compressed(CompressionEncoding::Gzip)

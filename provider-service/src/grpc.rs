@@ -33,6 +33,8 @@ pub struct ProviderService {
     database: DatabaseStatus,
     /// The server's time cap (also the longest deadline a caller gets).
     cap: std::time::Duration,
+    /// The connections' maximum age: a watch ends before its connection is closed.
+    connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
 }
 
 impl ProviderService {
@@ -40,11 +42,13 @@ impl ProviderService {
         provisioner: Arc<OnceLock<Arc<Provisioner>>>,
         database: DatabaseStatus,
         cap: std::time::Duration,
+        connection_age: Option<documents_kit::grpc_server::ConnectionAge>,
     ) -> Self {
         Self {
             provisioner,
             database,
             cap,
+            connection_age,
         }
     }
 
@@ -261,6 +265,18 @@ fn shutting_down() -> Status {
     .to_status()
 }
 
+/// How a watch ends when its connection reaches its maximum age.
+fn connection_aged() -> Status {
+    documents_api::ItemError::new(
+        tonic::Code::Unavailable,
+        "this connection reached its maximum age (PROVIDER_MAX_CONNECTION_AGE_MS) and was told \
+         to go: watch again, with `since`, on a new connection",
+    )
+    .reason("CONNECTION_AGED")
+    .retry_after(std::time::Duration::ZERO)
+    .to_status()
+}
+
 /// Why a watch ended, as the status its stream ends with.
 fn watch_end(end: WatchEnd) -> Status {
     use documents_api::ItemError;
@@ -306,6 +322,14 @@ impl DocumentProviderRpc for ProviderService {
             .and_then(|v| v.to_str().ok())
             .and_then(documents_kit::layers::parse_grpc_timeout)
             .map(|limit| (tokio::time::Instant::now() + limit, limit));
+        // A watch ends by itself on a connection past its maximum age, cleanly, before the
+        // connection is closed: the caller watches again (with `since`) on a new connection.
+        let aged = self.connection_age.zip(
+            request
+                .extensions()
+                .get::<documents_kit::layers::ConnectionOpened>(),
+        );
+        let aged_at = aged.map(|(age, opened)| age.call_ends_at(opened.0));
         let id = request_id(&request);
         let p = self.ready()?;
         let spec = validate::watch(p, request.into_inner())?;
@@ -324,6 +348,9 @@ impl DocumentProviderRpc for ProviderService {
                 let mut watch = watch?;
                 let until = deadline.map_or(far_future(), |(at, _)| at);
                 let next = tokio::select! {
+                    _ = tokio::time::sleep_until(aged_at.unwrap_or_else(far_future)) => {
+                        return Some((Err(connection_aged()), None));
+                    }
                     next = watch.next() => next,
                     _ = tokio::time::sleep_until(until) => {
                         let limit = deadline.map(|(_, l)| l.as_millis()).unwrap_or_default();

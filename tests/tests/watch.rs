@@ -642,3 +642,69 @@ async fn next_report(
         .report
         .unwrap()
 }
+
+#[tokio::test]
+async fn an_aged_connection_is_replaced_and_a_watch_on_it_ends_cleanly_and_resumes() {
+    let db = Db::sqlite();
+    let ex = Exchange::start();
+    let p = Provider::start(
+        db.url(),
+        &ex.url,
+        &[
+            ("PROVIDER_METRICS_ADDR", ANY_PORT),
+            ("PROVIDER_MAX_CONNECTION_AGE_MS", "1000"),
+        ],
+    )
+    .await;
+    let metrics = p.proc.listening("metrics endpoint listening");
+    let accepted = || async {
+        metric_value(
+            &scrape_metrics(&metrics).await,
+            "connections_accepted_total",
+        )
+        .unwrap_or(0.0)
+    };
+    // The bundled client over one URL: its calls keep succeeding while its connection is
+    // replaced every second.
+    let c = p.client();
+    let before = accepted().await;
+    for _ in 0..30 {
+        documents_api::DocumentProvider::get_document(
+            &c,
+            "ASX:GNP",
+            &documents_api::DocumentOptions::new(),
+        )
+        .await
+        .expect("a call across a connection-age GOAWAY");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reconnected = accepted().await - before;
+    assert!(reconnected >= 2.0, "{reconnected} new connections in 3 s");
+
+    // A watch on an aged connection ends with a status, not a cut connection, and resumes.
+    let mut s = watch(&p, watch_of(&["ASX:GNP"])).await;
+    let status = end_of(&mut s).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().expect("ErrorInfo").reason,
+        "CONNECTION_AGED"
+    );
+    let (id, version) = get(&p, "ASX:GNP", false).await;
+    let mut s = watch(
+        &p,
+        WatchDocumentsRequest {
+            since: vec![WatchPosition {
+                identifier: "ASX:GNP".into(),
+                document_id: id,
+                version,
+            }],
+            ..watch_of(&["ASX:GNP"])
+        },
+    )
+    .await;
+    get(&p, "ASX:GNP", true).await;
+    assert_eq!(
+        summary(&next_change(&mut s).await),
+        (EventType::Refreshed, "ASX:GNP", version + 1)
+    );
+}

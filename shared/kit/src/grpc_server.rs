@@ -63,6 +63,13 @@ macro_rules! server_args {
             #[arg(long, env = concat!($prefix, "_REQUEST_TIMEOUT_MS"), default_value_t = $timeout)]
             pub request_timeout_ms: u64,
 
+            /// A connection this old, in milliseconds, is told to go (HTTP/2 GOAWAY): its calls
+            /// finish (each within its deadline and the time cap), clients reconnect, and a
+            /// balancer spreads them again; 0: never. A watch on it ends UNAVAILABLE (reason
+            /// CONNECTION_AGED) just after the GOAWAY and resumes on a new connection.
+            #[arg(long, env = concat!($prefix, "_MAX_CONNECTION_AGE_MS"), default_value_t = 0)]
+            pub max_connection_age_ms: u64,
+
             /// Time given to in-flight calls to finish on SIGTERM/Ctrl-C, in milliseconds.
             #[arg(long, env = concat!($prefix, "_DRAIN_TIMEOUT_MS"), default_value_t = 10_000)]
             pub drain_timeout_ms: u64,
@@ -89,6 +96,11 @@ macro_rules! server_args {
                     request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
                     drain_timeout: std::time::Duration::from_millis(self.drain_timeout_ms),
                     shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
+                    connection_age: (self.max_connection_age_ms > 0).then(|| {
+                        $crate::grpc_server::ConnectionAge {
+                            max: std::time::Duration::from_millis(self.max_connection_age_ms),
+                        }
+                    }),
                     names: $crate::grpc_server::SettingNames {
                         max_concurrent_per_connection: concat!(
                             $prefix,
@@ -120,7 +132,26 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// How long the server goes on serving, NOT_SERVING, before it drains.
     pub shutdown_grace: Duration,
+    /// Connections are told to go at this age; None: never.
+    pub connection_age: Option<ConnectionAge>,
     pub names: SettingNames,
+}
+
+/// The maximum age of a connection. Past it the connection is told to go (GOAWAY) and closes
+/// once its calls end; there is no separate grace: every call but a watch ends within its
+/// deadline and the server's time cap, and a watch ends itself ([`ConnectionAge::call_ends_at`]).
+/// (tonic's own grace, when set, replaces the GOAWAY by a forced close at age plus grace.)
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionAge {
+    pub max: Duration,
+}
+
+impl ConnectionAge {
+    /// When a call that never ends by itself (a watch) on a connection opened at `opened` ends:
+    /// just after the connection was told to go, so the caller's next call takes a new one.
+    pub fn call_ends_at(&self, opened: tokio::time::Instant) -> tokio::time::Instant {
+        opened + self.max + Duration::from_millis(250)
+    }
 }
 
 /// The environment variables behind [`Limits`], named in refusals and errors.
@@ -185,6 +216,9 @@ impl GrpcServer {
         let mut builder = Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).context("TLS configuration")?;
+        }
+        if let Some(age) = limits.connection_age {
+            builder = builder.max_connection_age(age.max);
         }
         let router = builder
             .timeout(limits.request_timeout)

@@ -183,6 +183,11 @@ pub struct ConnectionLimit<S> {
     layer: ConnectionLimitLayer,
 }
 
+/// When the connection a call came on was accepted (a request extension): a call that outlives
+/// its connection's maximum age (a watch) ends itself before the connection is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionOpened(pub tokio::time::Instant);
+
 /// Gives back a connection's place when its call is answered.
 struct InFlight(Arc<crate::listener::ConnState>);
 
@@ -215,10 +220,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: tonic::codegen::http::Request<ReqBody>) -> Self::Future {
         let place = match self.layer.counter(&req) {
             Some(counter) => {
                 counter.touch();
+                req.extensions_mut()
+                    .insert(ConnectionOpened(counter.opened.into()));
                 if counter.in_flight.fetch_add(1, Ordering::AcqRel) >= self.layer.limit {
                     counter.in_flight.fetch_sub(1, Ordering::AcqRel);
                     let refused = documents_api::provider::status_with_retry(

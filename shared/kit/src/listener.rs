@@ -32,6 +32,8 @@ use crate::metrics::SharedRegistry;
 #[derive(Debug)]
 pub struct ConnState {
     pub in_flight: AtomicUsize,
+    /// When the connection was accepted (its age counts from here).
+    pub opened: Instant,
     /// Milliseconds since `BASE` when a call last started or ended.
     last_ms: AtomicU64,
 }
@@ -46,6 +48,7 @@ impl ConnState {
     fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            opened: Instant::now(),
             last_ms: AtomicU64::new(now_ms()),
         }
     }
@@ -104,6 +107,7 @@ pub struct Limits {
 #[derive(Clone)]
 struct ListenerMetrics {
     open: Gauge,
+    accepted: Counter,
     refused: Counter,
     idle_closed: Counter,
     accept_errors: Family<[(&'static str, &'static str); 1], Counter>,
@@ -115,12 +119,18 @@ fn metrics(registry: &SharedRegistry) -> &'static ListenerMetrics {
     METRICS.get_or_init(|| {
         let m = ListenerMetrics {
             open: Gauge::default(),
+            accepted: Counter::default(),
             refused: Counter::default(),
             idle_closed: Counter::default(),
             accept_errors: Family::default(),
         };
         let mut r = registry.lock().expect("metrics registry lock");
         r.register("connections_open", "Client connections open", m.open.clone());
+        r.register(
+            "connections_accepted",
+            "Client connections accepted (a client that reconnects, e.g. after a connection-age GOAWAY, counts again)",
+            m.accepted.clone(),
+        );
         r.register(
             "connections_refused",
             "Connections refused at the connection limit",
@@ -294,6 +304,7 @@ impl Conn {
     ) -> Self {
         open.fetch_add(1, Ordering::AcqRel);
         metrics.open.inc();
+        metrics.accepted.inc();
         Self {
             state: table.state(peer),
             stream,
