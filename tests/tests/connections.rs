@@ -5,6 +5,8 @@
 //! logs it once, counts it, and serves again once descriptors are free. Calls that declare a
 //! large request message and never finish sending it cannot pin memory: a budget over all calls
 //! refuses the excess and a read timeout ends the slow (on both servers, built by one kit).
+//! With `PROVIDER_MAX_CONNECTION_AGE_MS`, one long-lived client channel through a TCP balancer
+//! (HAProxy) is spread over the replicas behind it, every call answered.
 
 use std::time::{Duration, Instant};
 
@@ -383,5 +385,58 @@ async fn the_consumer_bounds_half_sent_requests_too() {
         logs.contains("CONSUMER_REQUEST_BUFFER_BYTES")
             && logs.contains("CONSUMER_REQUEST_READ_TIMEOUT_MS"),
         "the refusals name the consumer's settings: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn connection_age_spreads_one_channel_over_the_replicas_behind_a_tcp_balancer() {
+    let db = Db::postgres();
+    let ex = Exchange::start();
+    let env = [
+        ("PROVIDER_METRICS_ADDR", e2e::harness::ANY_PORT),
+        ("PROVIDER_MAX_CONNECTION_AGE_MS", "500"),
+    ];
+    let replicas = [
+        Provider::start(db.url(), &ex.url, &env).await,
+        Provider::start(db.url(), &ex.url, &env).await,
+    ];
+    let metrics: Vec<String> = replicas
+        .iter()
+        .map(|p| p.proc.listening("metrics endpoint listening"))
+        .collect();
+    let balancer =
+        e2e::haproxy::HaProxy::start(&[replicas[0].addr.clone(), replicas[1].addr.clone()]);
+    // One channel, as grpcurl, a Python or a Go client keeps: one URL, the balancer's.
+    let client = documents_api::ProviderClient::with_config(
+        &balancer.url(),
+        e2e::harness::test_client_config(),
+    )
+    .unwrap();
+    for _ in 0..40 {
+        client
+            .get_document("ASX:GNP", &DocumentOptions::new())
+            .await
+            .expect("every call answered while connections age");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answered = Vec::new();
+    for m in &metrics {
+        let text = e2e::harness::scrape_metrics(m).await;
+        answered.push(
+            ["hit", "created", "refreshed"]
+                .iter()
+                .filter_map(|o| {
+                    e2e::harness::metric_value(
+                        &text,
+                        &format!("documents_answers_total{{rpc=\"GetDocument\",outcome=\"{o}\"}}"),
+                    )
+                })
+                .sum::<f64>(),
+        );
+    }
+    assert_eq!(answered.iter().sum::<f64>(), 40.0, "{answered:?}");
+    assert!(
+        answered.iter().all(|n| *n >= 5.0),
+        "one channel stayed on one replica: answers per replica {answered:?}"
     );
 }
