@@ -60,29 +60,16 @@ impl pb::consumer_server::Consumer for ConsumerService {
         request: Request<pb::WatchTickersRequest>,
     ) -> Result<Response<Self::WatchTickersStream>, Status> {
         // The caller's deadline, if any, ends it; the server's time cap does not.
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(documents_kit::layers::parse_grpc_timeout);
-        let aged_at = self
-            .connection_age
-            .zip(
-                request
-                    .extensions()
-                    .get::<documents_kit::layers::ConnectionOpened>(),
-            )
-            .map(|(age, opened)| age.call_ends_at(opened.0));
+        let deadline = deadline_of(request.metadata());
+        let aged_at = documents_kit::grpc_server::ConnectionAge::watch_ends_at(
+            self.connection_age,
+            request.extensions(),
+        );
         let r = request.into_inner();
         let p = self.ready()?;
         let job = JobRequest {
             tickers: r.tickers,
-            filters: r
-                .filters
-                .into_iter()
-                .map(|f| f.trim().to_string())
-                .filter(|f| !f.is_empty())
-                .collect(),
+            filters: filters(r.filters),
             max_downloads: r.max_downloads,
             ..JobRequest::default()
         };
@@ -92,7 +79,7 @@ impl pb::consumer_server::Consumer for ConsumerService {
         let stop: futures::future::BoxFuture<'static, Status> = Box::pin(async move {
             let until = async move {
                 match deadline {
-                    Some(d) => tokio::time::sleep(d).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -143,12 +130,7 @@ impl pb::consumer_server::Consumer for ConsumerService {
             tickers: r.tickers,
             cache_hours: r.cache_hours,
             force_refresh: r.force_refresh,
-            filters: r
-                .filters
-                .into_iter()
-                .map(|f| f.trim().to_string())
-                .filter(|f| !f.is_empty())
-                .collect(),
+            filters: filters(r.filters),
             max_downloads: r.max_downloads,
             request_id,
         };
@@ -169,6 +151,14 @@ impl pb::consumer_server::Consumer for ConsumerService {
         let stored = p.stored(ticker).await.map_err(|e| e.to_status())?;
         Ok(Response::new(stored.into()))
     }
+}
+
+/// The headline filters a caller sent, trimmed, the empty ones dropped.
+fn filters(sent: Vec<String>) -> Vec<String> {
+    sent.into_iter()
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect()
 }
 
 impl From<TickerOutcome> for pb::TickerReport {

@@ -324,12 +324,10 @@ impl DocumentProviderRpc for ProviderService {
             .map(|limit| (tokio::time::Instant::now() + limit, limit));
         // A watch ends by itself on a connection past its maximum age, cleanly, before the
         // connection is closed: the caller watches again (with `since`) on a new connection.
-        let aged = self.connection_age.zip(
-            request
-                .extensions()
-                .get::<documents_kit::layers::ConnectionOpened>(),
+        let aged_at = documents_kit::grpc_server::ConnectionAge::watch_ends_at(
+            self.connection_age,
+            request.extensions(),
         );
-        let aged_at = aged.map(|(age, opened)| age.call_ends_at(opened.0));
         let id = request_id(&request);
         let p = self.ready()?;
         let spec = validate::watch(p, request.into_inner())?;

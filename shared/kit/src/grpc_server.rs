@@ -152,6 +152,16 @@ impl ConnectionAge {
     pub fn call_ends_at(&self, opened: tokio::time::Instant) -> tokio::time::Instant {
         opened + self.max + Duration::from_millis(250)
     }
+
+    /// When a watch with these request `extensions` ends for its connection's age, if the
+    /// server ages connections (`age`) and knows the connection.
+    pub fn watch_ends_at(
+        age: Option<Self>,
+        extensions: &tonic::Extensions,
+    ) -> Option<tokio::time::Instant> {
+        let opened = extensions.get::<crate::layers::ConnectionOpened>()?;
+        Some(age?.call_ends_at(opened.0))
+    }
 }
 
 /// The environment variables behind [`Limits`], named in refusals and errors.
