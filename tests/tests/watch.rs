@@ -412,6 +412,36 @@ async fn deadline_cancel_and_shutdown_end_watches_and_leave_none_behind() {
     drop(s);
     watchers_become(&metrics, 0.0).await;
 
+    // A hundred callers that go away, connection and all: no task and no watch is left.
+    let tasks = || async {
+        metric_value(&scrape_metrics(&metrics).await, "runtime_tasks_alive").unwrap_or(-1.0)
+    };
+    let before = tasks().await;
+    assert!(before > 0.0, "runtime_tasks_alive is exported");
+    {
+        let c = client(&p).await;
+        let mut streams = Vec::new();
+        for _ in 0..100 {
+            streams.push(
+                c.clone()
+                    .watch_documents(watch_of(&["ASX:GNP"]))
+                    .await
+                    .unwrap(),
+            );
+        }
+        watchers_become(&metrics, 100.0).await;
+    }
+    watchers_become(&metrics, 0.0).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tasks().await > before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tasks alive stay at {} after the callers left (before: {before})",
+            tasks().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Longer than the server's time cap: a watch is exempt from it.
     let mut s = watch(&p, watch_of(&["ASX:GNP"])).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
