@@ -7,7 +7,7 @@ use documents_api::proto::documents::{
     admin::v1::{admin_client::AdminClient, DescribeDocumentRequest, ListFillsRequest},
     v1::{
         document_provider_client::DocumentProviderClient, EnsureDocumentsRequest,
-        GetDocumentRequest, GetDocumentsRequest, InvalidateDocumentsRequest,
+        GetDocumentRequest, GetDocumentsRequest, InvalidateDocumentsRequest, WatchDocumentsRequest,
     },
 };
 use e2e::harness::{run_grpcurl, Db, Exchange, Provider};
@@ -85,6 +85,20 @@ async fn call_each(channel: &Channel, token: Option<&str>) -> Vec<(&'static str,
         Err(e) => outcome::<()>(Err(e)),
     };
     record("StreamDocuments", streamed);
+    // A watch is answered (its headers) once registered; dropping it ends it.
+    record(
+        "WatchDocuments",
+        outcome(
+            docs.watch_documents(with(
+                WatchDocumentsRequest {
+                    identifiers: vec!["ASX:GNP".into()],
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
+    );
     record(
         "InvalidateDocuments",
         outcome(
@@ -137,6 +151,7 @@ const READS: &[&str] = &[
     "GetDocuments",
     "EnsureDocuments",
     "StreamDocuments",
+    "WatchDocuments",
 ];
 const ADMIN: &[&str] = &[
     "InvalidateDocuments",

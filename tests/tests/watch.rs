@@ -374,9 +374,7 @@ async fn watchers_become(metrics: &str, n: f64) {
     }
 }
 
-#[tokio::test]
-async fn deadline_cancel_and_shutdown_end_watches_and_leave_none_behind() {
-    let db = Db::sqlite();
+async fn deadline_cancel_and_shutdown(db: Db) {
     let ex = Exchange::start();
     let mut p = Provider::start(
         db.url(),
@@ -463,9 +461,7 @@ async fn deadline_cancel_and_shutdown_end_watches_and_leave_none_behind() {
     assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
 }
 
-#[tokio::test]
-async fn a_thousand_watchers_see_a_refresh_and_a_reader_that_does_not_read_is_conflated() {
-    let db = Db::postgres();
+async fn a_thousand_watchers_and_a_reader_that_does_not_read(db: Db) {
     let ex = Exchange::start();
     let p = Provider::start(db.url(), &ex.url, &[]).await;
     let pid = p.proc.pid();
@@ -558,6 +554,26 @@ async fn a_thousand_watchers_see_a_refresh_and_a_reader_that_does_not_read_is_co
         "the reader that did not read was told every change ({}): nothing was conflated",
         versions.len()
     );
+}
+
+#[tokio::test]
+async fn deadline_cancel_and_shutdown_end_watches_and_leave_none_behind_postgres() {
+    deadline_cancel_and_shutdown(Db::postgres()).await;
+}
+
+#[tokio::test]
+async fn deadline_cancel_and_shutdown_end_watches_and_leave_none_behind_sqlite() {
+    deadline_cancel_and_shutdown(Db::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_thousand_watchers_see_a_refresh_and_a_slow_reader_is_conflated_postgres() {
+    a_thousand_watchers_and_a_reader_that_does_not_read(Db::postgres()).await;
+}
+
+#[tokio::test]
+async fn a_thousand_watchers_see_a_refresh_and_a_slow_reader_is_conflated_sqlite() {
+    a_thousand_watchers_and_a_reader_that_does_not_read(Db::sqlite()).await;
 }
 
 /// The JSON reports `consumer-service watch` printed so far.
